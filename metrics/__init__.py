@@ -1,0 +1,1 @@
+"""Disentanglement metrics (installed as ``sbvae.metrics``)."""
