@@ -26,6 +26,8 @@ class GroundTruthData(abc.ABC):
     factor_sizes: tuple[int, ...]
     channels: int
     image_size: int = 64
+    # False for image collections without factors (chairs): metrics refuse them.
+    has_ground_truth: bool = True
 
     @property
     def num_factors(self) -> int:
