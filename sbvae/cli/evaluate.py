@@ -1,0 +1,120 @@
+"""sbvae-eval: score a checkpoint with disentanglement metrics.
+
+    sbvae-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --metrics mig,factor_vae --preset paper
+
+The model and its dataset are rebuilt from the checkpoint alone.  The scores
+are printed as a table, written as JSON (each metric with its parameters, the
+checkpoint, the seed and the values) and added to the run's TensorBoard log.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+from sbvae.errors import SBVAEError
+from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, score
+
+
+def load_checkpoint(path: str, device: torch.device):
+    """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint."""
+    from sbvae.data import GroundTruthDataModule
+
+    if not os.path.isfile(path):
+        raise SBVAEError(f"checkpoint {path} does not exist: pass --ckpt runs/NAME/version_K/checkpoints/last.ckpt.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated or not a torch file
+        raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
+    class_path = ckpt.get("sbvae_model_class")
+    if class_path is None or "datamodule_hyper_parameters" not in ckpt:
+        raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
+    module_name, _, class_name = class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module_name), class_name)
+    # LightningCLI may add private keys (_class_path, _instantiator) beside the constructor arguments.
+    model = model_class(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    datamodule = GroundTruthDataModule(**ckpt["datamodule_hyper_parameters"])
+    return model, datamodule, ckpt
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SBVAEError(f"--device {name} was asked for but no CUDA device is visible; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = [f"{'metric':<12} {'score':>8}  details"]
+    for name, r in results.items():
+        details = {k: v for k, v in r.items() if k not in ("params", "score") and not isinstance(v, (list, dict))}
+        lines.append(f"{name:<12} {r['score']:>8.4f}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
+    return "\n".join(lines)
+
+
+def log_to_tensorboard(run_dir: str, results: dict[str, dict], step: int, preset: str) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(run_dir) as writer:
+        for name, r in results.items():
+            writer.add_scalar(f"eval/{name}" + ("" if preset == "paper" else f"_{preset}"), r["score"], step)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by sbvae-train")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from: {', '.join(METRICS)}")
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="paper: disentanglement_lib sizes; quick: smoke-test sizes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        names = parse_metrics(args.metrics)
+        device = resolve_device(args.device)
+        model, datamodule, ckpt = load_checkpoint(args.ckpt, device)
+        start = time.perf_counter()
+        results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device)
+        seconds = time.perf_counter() - start
+    except (SBVAEError, ValueError) as error:
+        print(f"sbvae-eval: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(table(results))
+    record = {
+        "checkpoint": os.path.abspath(args.ckpt),
+        "global_step": ckpt.get("global_step"),
+        "model": ckpt["sbvae_model_class"],
+        "dataset": ckpt["datamodule_hyper_parameters"],
+        "preset": args.preset,
+        "seed": args.seed,
+        "device": str(device),
+        "seconds": round(seconds, 3),
+        "metrics": results,
+    }
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.preset}-seed{args.seed}.json")
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, output)
+    print(f"wrote {output}")
+    run_dir = None if args.no_tensorboard else run_dir_of(args.ckpt)
+    if run_dir:
+        log_to_tensorboard(run_dir, results, ckpt.get("global_step", 0), args.preset)
+        print(f"added eval/* scalars to the TensorBoard run {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""LightningDataModule over a GroundTruthData: factors on the CPU, pixels on the model's device.
+
+The loaders yield only factor indices (a few hundred bytes a batch); images
+are rendered in ``on_after_batch_transfer``, i.e. on the device the model
+runs on, so no worker pool is needed and no pixels cross from the CPU.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from sbvae.datasets import GroundTruthData, load
+
+# Large odd multipliers keep the (seed, rank, step) streams apart.
+_RANK_STRIDE = 1_000_003
+_STEP_STRIDE = 7_919
+
+
+class FactorStream(IterableDataset):
+    """An endless supply of factor batches, cut into epochs of ``steps`` batches.
+
+    The generator is seeded from the run seed, the process rank and the global
+    step at which iteration starts, so each DDP process sees different data and
+    a resumed run continues with fresh samples instead of replaying old ones.
+    """
+
+    def __init__(self, data: GroundTruthData, batch_size: int, steps: int, seed_fn):
+        self.data, self.batch_size, self.steps, self.seed_fn = data, batch_size, steps, seed_fn
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed_fn())
+        for _ in range(self.steps):
+            yield self.data.sample_factors(self.batch_size, generator)
+
+
+class GroundTruthDataModule(L.LightningDataModule):
+    """Training and validation streams of one ``sbvae.datasets`` dataset.
+
+    Args:
+        dataset: a name known to ``sbvae.datasets.load`` (``sbvae-data list`` shows them).
+        dataset_options: keyword options for that dataset (``path``, ``holdout``, ``color_bins``, ...).
+        image_size: side of the square images, in pixels.
+        batch_size: images per step and per process (the paper: 16 for VAEs, 32 for FactorVAE).
+        steps_per_epoch: training batches between validations / checkpoints.
+        val_size: number of validation images (a fixed set, drawn once from ``val_seed``).
+        seed: seed of the training stream (combined with the rank and the step).
+        val_seed: seed of the validation set, separate from training.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "colored-sprites",
+        dataset_options: dict[str, Any] | None = None,
+        image_size: int = 64,
+        batch_size: int = 16,
+        steps_per_epoch: int = 1000,
+        val_size: int = 1024,
+        seed: int = 0,
+        val_seed: int = 12345,
+    ):
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch), ("val_size", val_size)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {value}.")
+        self.save_hyperparameters()
+        self.data = load(dataset, image_size=image_size, **(dataset_options or {}))
+        self._render_generators: dict[torch.device, torch.Generator] = {}
+
+    @property
+    def channels(self) -> int:
+        return self.data.channels
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def _train_seed(self) -> int:
+        step = self.trainer.global_step if self.trainer is not None else 0
+        return self.hparams.seed + _RANK_STRIDE * self._rank() + _STEP_STRIDE * step
+
+    def train_dataloader(self) -> DataLoader:
+        stream = FactorStream(self.data, self.hparams.batch_size, self.hparams.steps_per_epoch, self._train_seed)
+        return DataLoader(stream, batch_size=None)
+
+    def validation_factors(self) -> torch.Tensor:
+        """The fixed validation set as factor indices (the same on every run and process count)."""
+        generator = torch.Generator().manual_seed(self.hparams.val_seed)
+        return self.data.sample_factors(self.hparams.val_size, generator)
+
+    def val_dataloader(self) -> DataLoader:
+        # Rows carry their index so each batch's continuous factors (colour) are drawn from a
+        # generator seeded by it: the validation images are the same every epoch.  A map-style
+        # dataset lets Lightning's DistributedSampler split it across processes.
+        factors = self.validation_factors()
+        rows = TensorDataset(factors, torch.arange(len(factors)))
+        return DataLoader(rows, batch_size=self.hparams.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def render(self, factors: torch.Tensor) -> torch.Tensor:
+        """Training images for ``factors`` on their device, continuous factors from a per-device stream."""
+        device = factors.device
+        if device not in self._render_generators:
+            self._render_generators[device] = torch.Generator(device=device).manual_seed(
+                self.hparams.seed + _RANK_STRIDE * self._rank()
+            )
+        return self.data.render(factors, self._render_generators[device])
+
+    def render_fixed(self, factors: torch.Tensor, first_row: int) -> torch.Tensor:
+        """Validation images: continuous factors seeded by the row index, so they never change."""
+        generator = torch.Generator(device=factors.device).manual_seed(self.hparams.val_seed + first_row)
+        return self.data.render(factors, generator)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int) -> torch.Tensor:
+        if isinstance(batch, (list, tuple)):
+            factors, rows = batch
+            return self.render_fixed(factors, int(rows[0]))
+        return self.render(batch)

@@ -1,0 +1,13 @@
+"""Errors a user can cause or must act on; the CLIs print them as one sentence and exit non-zero."""
+
+
+class SBVAEError(Exception):
+    """A problem with the user's input or files, with the fix in the message."""
+
+
+class DivergenceError(SBVAEError):
+    """Training produced a non-finite or exploding loss; the run is marked diverged."""
+
+    def __init__(self, message: str, step: int, value: float):
+        super().__init__(message)
+        self.step, self.value = step, value

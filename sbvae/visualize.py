@@ -1,0 +1,61 @@
+"""Pictures the paper relies on, as image tensors (TensorBoard, files, notebooks).
+
+Each function takes a model with ``encode`` / ``decode`` / ``hparams.likelihood``
+(``sbvae.module.VAE`` and ``FactorVAE``) and returns a [3, H, W] grid in [0, 1]
+built with ``torchvision.utils.make_grid``.
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.utils import make_grid
+
+from sbvae.objectives import mean_image
+
+
+def _images(model, z: torch.Tensor) -> torch.Tensor:
+    return mean_image(model.decode(z), model.hparams.likelihood).float().cpu()
+
+
+@torch.no_grad()
+def reconstruction_grid(model, x: torch.Tensor) -> torch.Tensor:
+    """Inputs in the top row, their reconstructions (decoded posterior means) below."""
+    recon = _images(model, model.encode(x)[0])
+    return make_grid(torch.cat([x.float().cpu(), recon]), nrow=x.shape[0], padding=2, pad_value=1.0)
+
+
+@torch.no_grad()
+def latent_order(model, x: torch.Tensor) -> torch.Tensor:
+    """Latent indices sorted by mean posterior variance over ``x``, most informative (smallest) first."""
+    _, logvar = model.encode(x)
+    return logvar.exp().mean(0).argsort()
+
+
+@torch.no_grad()
+def traversal_grid(
+    model,
+    seed: torch.Tensor,
+    order: torch.Tensor,
+    steps: int = 9,
+    limit: float = 2.0,
+    max_latents: int | None = None,
+) -> torch.Tensor:
+    """One row per latent (in ``order``), sweeping it from -limit to +limit around the seed's posterior mean.
+
+    ``seed`` is one image [C, H, W]; the other latents stay at its posterior mean.
+    """
+    mean = model.encode(seed.unsqueeze(0))[0][0]
+    latents = order[:max_latents] if max_latents else order
+    values = torch.linspace(-limit, limit, steps, device=mean.device, dtype=mean.dtype)
+    z = mean.repeat(len(latents), steps, 1)  # [rows, steps, D]
+    rows = torch.arange(len(latents), device=mean.device)
+    z[rows, :, latents.to(mean.device)] = values
+    pictures = _images(model, z.reshape(-1, mean.shape[0]))
+    return make_grid(pictures, nrow=steps, padding=2, pad_value=1.0)
+
+
+def latent_geometry_points(model, x: torch.Tensor, dims: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means of ``x`` in the ``dims`` latents with the smallest mean variance (Figures 7, 8)."""
+    with torch.no_grad():
+        mean, logvar = model.encode(x)
+    chosen = logvar.exp().mean(0).argsort()[:dims]
+    return mean[:, chosen], chosen
