@@ -1,1 +1,59 @@
-"""Disentanglement metrics (installed as ``sbvae.metrics``)."""
+"""Disentanglement metrics (installed as ``sbvae.metrics``), disentanglement_lib's protocol, batched in torch.
+
+Every ``data``-level metric takes a GroundTruthData-like ``data`` (factor_sizes,
+sample_factors, render), a ``represent`` callable mapping images [n, C, H, W]
+to codes [n, D] (the encoder mean), a ``seed`` (int or CPU torch.Generator), a
+``device`` (default: represent's parameters' device, else CPU) and a
+``chunk_size`` (images rendered and encoded per call). Codes-level functions
+(``mig``, ``dci_from_codes``, ...) take codes [N, D] and factor indices [N, K].
+Every result is a frozen dataclass with ``as_dict()`` for JSON.
+"""
+from sbvae.metrics.beta_vae import BetaVAEResult, beta_vae_score
+from sbvae.metrics.dci import DCIResult, completeness, dci, dci_from_codes, disentanglement
+from sbvae.metrics.elbo import ELBOResult, evaluate_elbo
+from sbvae.metrics.factor_vae import FactorVAEResult, factor_vae_score
+from sbvae.metrics.latents_used import LatentsUsedResult, latents_used
+from sbvae.metrics.mig import MIGResult, compute_mig, discretize, entropy, mig, mutual_information
+from sbvae.metrics.modularity import (
+    ModularityResult,
+    explicitness,
+    modularity,
+    modularity_explicitness,
+    modularity_explicitness_from_codes,
+)
+from sbvae.metrics.sap import SAPResult, sap, sap_from_codes
+from sbvae.metrics.utils import MetricResult, check_ground_truth, encode_factors, sample_codes
+
+__all__ = [
+    "BetaVAEResult",
+    "DCIResult",
+    "ELBOResult",
+    "FactorVAEResult",
+    "LatentsUsedResult",
+    "MIGResult",
+    "MetricResult",
+    "ModularityResult",
+    "SAPResult",
+    "beta_vae_score",
+    "check_ground_truth",
+    "completeness",
+    "compute_mig",
+    "dci",
+    "dci_from_codes",
+    "disentanglement",
+    "discretize",
+    "encode_factors",
+    "entropy",
+    "evaluate_elbo",
+    "explicitness",
+    "factor_vae_score",
+    "latents_used",
+    "mig",
+    "modularity",
+    "modularity_explicitness",
+    "modularity_explicitness_from_codes",
+    "mutual_information",
+    "sample_codes",
+    "sap",
+    "sap_from_codes",
+]

@@ -1,0 +1,36 @@
+"""Latents used (Watters et al. 2019, "LATENTS USED"): dimensions the model keeps informative.
+
+A latent counts as used when its posterior standard deviation, averaged over
+the data, is below ``threshold`` (0.5): an unused latent matches the prior
+(std 1) on every image.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from sbvae.metrics.utils import MetricResult, as_tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentsUsedResult(MetricResult):
+    score: int  # number of used latents
+    mean_std: torch.Tensor  # [D] posterior std averaged over the data
+    used: torch.Tensor  # [D] bool
+
+
+def latents_used(logvar: Any = None, *, std: Any = None, threshold: float = 0.5) -> LatentsUsedResult:
+    """Count the latents whose mean posterior std is below ``threshold``.
+
+    Give the encoder's log-variances ``logvar`` [N, D] or the standard deviations ``std`` [N, D].
+    """
+    if (logvar is None) == (std is None):
+        raise ValueError("latents_used needs exactly one of logvar [N, D] or std=[N, D].")
+    s = (0.5 * as_tensor(logvar, dtype=torch.float64)).exp() if std is None else as_tensor(std, dtype=torch.float64)
+    if s.ndim != 2:
+        raise ValueError(f"expected posterior parameters [N, D], got shape {tuple(s.shape)}.")
+    mean_std = s.mean(dim=0).cpu()
+    used = mean_std < threshold
+    return LatentsUsedResult(score=int(used.sum()), mean_std=mean_std, used=used)

@@ -1,0 +1,158 @@
+"""BetaVAE, DCI, SAP, modularity/explicitness, latents used and ELBO: oracles and identity-vs-noise sanity."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sbvae.datasets.base import GroundTruthData
+from sbvae.metrics import (
+    beta_vae_score,
+    completeness,
+    dci,
+    disentanglement,
+    evaluate_elbo,
+    latents_used,
+    modularity,
+    modularity_explicitness,
+    sap,
+    sap_from_codes,
+)
+
+
+class FactorData(GroundTruthData):
+    """Fake ground truth: the "image" of a factor row is the row itself, as float [n, K, 1, 1]."""
+
+    factor_names = ("a", "b", "c")
+    factor_sizes = (3, 6, 10)
+    channels = 3
+    image_size = 1
+
+    def __init__(self, has_ground_truth=True):
+        self.has_ground_truth = has_ground_truth
+
+    def render(self, factors, generator=None):
+        return factors.double()[:, :, None, None]
+
+    def factor_values(self, factors):
+        return factors.double()
+
+
+def identity(x):
+    return x.flatten(1)
+
+
+def noise(dim=6, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return lambda x: torch.randn(x.shape[0], dim, generator=gen, dtype=torch.float64)
+
+
+EYE = np.diag(5.0 * np.ones(5))
+
+
+# ---------------------------------------------------------------- oracle values (DL's tests)
+@pytest.mark.parametrize(
+    "importance, d, c",
+    [
+        (EYE, 1.0, 1.0),
+        (np.zeros((10, 10)), 0.0, 0.0),
+        (np.vstack([EYE, EYE]), 1.0, 1.0 - math.log(2) / math.log(10)),
+        (np.hstack([EYE, EYE]), 1.0 - math.log(2) / math.log(10), 1.0),
+    ],
+    ids=["identity", "zeros", "redundant-codes", "one-code-two-factors"],
+)
+def test_dci_oracle(importance, d, c):
+    assert disentanglement(importance) == pytest.approx(d, abs=1e-7)
+    assert completeness(importance) == pytest.approx(c, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "mi, expected",
+    [(EYE, 1.0), (np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), 2.0 / 3.0), (np.hstack([EYE, EYE]), 1.0 - 1.0 / 9.0)],
+    ids=["identity", "empty-code", "one-code-two-factors"],
+)
+def test_modularity_oracle(mi, expected):
+    assert modularity(mi) == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------- identity vs noise, small sizes
+def test_beta_vae_identity_vs_noise():
+    data = FactorData()
+    good = beta_vae_score(data, identity, num_train=300, num_eval=200, batch_size=16)
+    assert good.score == 1.0
+    bad = beta_vae_score(data, noise(), num_train=300, num_eval=300, batch_size=16)
+    assert abs(bad.score - 1 / 3) < 0.12
+    json.dumps(good.as_dict())
+
+
+def test_dci_identity_vs_noise():
+    data = FactorData()
+    kwargs = dict(num_train=500, num_test=200, gbt_kwargs={"n_estimators": 10})
+    good = dci(data, identity, **kwargs)
+    assert good.disentanglement > 0.9 and good.completeness > 0.9 and good.informativeness_test > 0.95
+    bad = dci(data, noise(), **kwargs)
+    assert bad.disentanglement < 0.25 and bad.completeness < 0.25
+    json.dumps(good.as_dict())
+
+
+def test_sap_identity_vs_noise():
+    data = FactorData()
+    good = sap(data, identity, num_train=500, num_test=300)
+    bad = sap(data, noise(), num_train=500, num_test=300)
+    assert good.score > bad.score + 0.1 and bad.score < 0.05
+    gen = torch.Generator().manual_seed(0)
+    y = torch.stack([torch.randint(0, s, (1000,), generator=gen) for s in (3, 6, 10)], dim=1)
+    continuous = sap_from_codes(y.double(), y, None, None, continuous_factors=True)
+    assert continuous.score > 0.95
+    np.testing.assert_allclose(np.diag(continuous.score_matrix), 1.0, atol=1e-12)
+    json.dumps(good.as_dict())
+
+
+def test_modularity_explicitness_identity_vs_noise():
+    data = FactorData()
+    good = modularity_explicitness(data, identity, num_train=1000, num_test=300)
+    bad = modularity_explicitness(data, noise(), num_train=1000, num_test=300)
+    assert good.modularity > 0.95 and good.modularity > bad.modularity
+    assert good.explicitness_test > 0.8 and abs(bad.explicitness_test - 0.5) < 0.1
+    json.dumps(good.as_dict())
+
+
+def test_data_level_metrics_refuse_chairs():
+    chairs = FactorData(has_ground_truth=False)
+    for metric in (beta_vae_score, dci, sap, modularity_explicitness):
+        with pytest.raises(ValueError, match="has no ground-truth factors"):
+            metric(chairs, identity)
+
+
+# ---------------------------------------------------------------- latents used, ELBO
+def test_latents_used():
+    logvar = torch.zeros(100, 6)
+    logvar[:, :2] = -4.0  # std 0.135: used
+    logvar[:, 2] = 2 * math.log(0.6)  # std 0.6: unused
+    result = latents_used(logvar)
+    assert result.score == 2 and result.used.tolist() == [True, True, False, False, False, False]
+    assert latents_used(std=logvar.mul(0.5).exp()).score == 2
+    json.dumps(result.as_dict())
+    with pytest.raises(ValueError):
+        latents_used()
+
+
+def test_evaluate_elbo():
+    def encode(x):
+        mean = x.flatten(1)[:, :2] * 0.0 + 1.0  # KL per image: 0.5 * (1 + 0.16 - 1 - ln 0.16) summed over 2 dims
+        return mean, torch.full_like(mean, math.log(0.16))
+
+    def decode_nll(z, x):
+        return (z - 1.0).pow(2).sum(1) + 3.0
+
+    kl = 2 * 0.5 * (1.0 + 0.16 - 1.0 - math.log(0.16))
+    exact = evaluate_elbo(FactorData(), encode, decode_nll, num_images=500, sample=False, chunk_size=128)
+    assert exact.nll == pytest.approx(3.0) and exact.kl == pytest.approx(kl) and exact.elbo == pytest.approx(3.0 + kl)
+    assert exact.num_images == 500 and exact.latents_used == 2
+    sampled = evaluate_elbo(FactorData(), encode, decode_nll, num_images=4000)
+    assert sampled.nll == pytest.approx(3.0 + 2 * 0.16, abs=0.05)  # E (z - mean)^2 = var per dim
+    assert sampled.as_dict() == evaluate_elbo(FactorData(), encode, decode_nll, num_images=4000).as_dict()
+    batches = [torch.rand(64, 3, 1, 1) for _ in range(4)]  # any iterable of held-out images (chairs)
+    assert evaluate_elbo(batches, encode, decode_nll, num_images=200, sample=False).num_images == 200
+    json.dumps(exact.as_dict())
