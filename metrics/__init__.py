@@ -6,7 +6,9 @@ to codes [n, D] (the encoder mean), a ``seed`` (int or CPU torch.Generator), a
 ``device`` (default: represent's parameters' device, else CPU) and a
 ``chunk_size`` (images rendered and encoded per call). Codes-level functions
 (``mig``, ``dci_from_codes``, ...) take codes [N, D] and factor indices [N, K].
-Every result is a frozen dataclass with ``as_dict()`` for JSON.
+Every result is a frozen dataclass with ``as_dict()`` for JSON and, except
+ELBOResult, a ``score``. Errors a user can fix raise ``MetricError`` (a
+ValueError and an ``sbvae.errors.SBVAEError``) with the fix in one sentence.
 """
 from sbvae.metrics.beta_vae import BetaVAEResult, beta_vae_score
 from sbvae.metrics.dci import DCIResult, completeness, dci, dci_from_codes, disentanglement
@@ -22,7 +24,12 @@ from sbvae.metrics.modularity import (
     modularity_explicitness_from_codes,
 )
 from sbvae.metrics.sap import SAPResult, sap, sap_from_codes
-from sbvae.metrics.utils import MetricResult, check_ground_truth, encode_factors, sample_codes
+from sbvae.metrics.utils import MetricError, MetricResult, check_ground_truth, encode_factors, sample_codes
+
+# Data-level names in compute_<metric> form, as sbvae.evaluation calls them (same functions).
+compute_dci = dci
+compute_sap = sap
+compute_modularity_explicitness = modularity_explicitness
 
 __all__ = [
     "BetaVAEResult",
@@ -31,13 +38,17 @@ __all__ = [
     "FactorVAEResult",
     "LatentsUsedResult",
     "MIGResult",
+    "MetricError",
     "MetricResult",
     "ModularityResult",
     "SAPResult",
     "beta_vae_score",
     "check_ground_truth",
     "completeness",
+    "compute_dci",
     "compute_mig",
+    "compute_modularity_explicitness",
+    "compute_sap",
     "dci",
     "dci_from_codes",
     "disentanglement",

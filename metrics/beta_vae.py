@@ -15,6 +15,7 @@ import torch
 
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
+    MetricError,
     MetricResult,
     Represent,
     check_factor_sizes,
@@ -48,7 +49,7 @@ def _features(
         codes = codes.double()
         return (codes[:, :batch_size] - codes[:, batch_size:]).abs().mean(dim=1)
 
-    feats = encode_groups(data, represent, rows, feature, render_generator(gen, device), chunk_size, device)
+    feats = encode_groups(data, represent, rows, feature, render_generator(gen), chunk_size, device)
     return feats, k.cpu()
 
 
@@ -72,7 +73,7 @@ def beta_vae_score(
     x_train, y_train = _features(data, represent, num_train, batch_size, gen, chunk_size, device)
     x_eval, y_eval = _features(data, represent, num_eval, batch_size, gen, chunk_size, device)
     if y_train.unique().numel() < 2:
-        raise ValueError(f"num_train={num_train} drew a single factor; use more training samples.")
+        raise MetricError(f"num_train={num_train} drew a single factor; use more training samples.")
     seed_int = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
     model = LogisticRegression(random_state=seed_int).fit(x_train.numpy(), y_train.numpy())
     train_acc = float(model.score(x_train.numpy(), y_train.numpy()))

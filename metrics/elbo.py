@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from sbvae.metrics.utils import DEFAULT_CHUNK_SIZE, MetricResult, make_generator, render_generator, resolve_device
+from sbvae.metrics.utils import DEFAULT_CHUNK_SIZE, MetricError, MetricResult, make_generator, render_generator, resolve_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ELBOResult(MetricResult):
 def _image_batches(data: Any, num_images: int, gen: torch.Generator, chunk_size: int, device: torch.device) -> Iterable[torch.Tensor]:
     if hasattr(data, "sample_factors") and hasattr(data, "render"):
         factors = data.sample_factors(num_images, gen)
-        render_gen = render_generator(gen, device)
+        render_gen = render_generator(gen)
         for start in range(0, num_images, chunk_size):
             yield data.render(factors[start : start + chunk_size].to(device), render_gen)
         return
@@ -65,7 +65,7 @@ def evaluate_elbo(
     """
     gen = make_generator(seed)
     device = resolve_device(encode, device)
-    noise_gen = render_generator(gen, device)
+    noise_gen = render_generator(gen)
     nll_sum = kl_sum = 0.0
     std_sum: torch.Tensor | float = 0.0
     count = 0
@@ -74,7 +74,7 @@ def evaluate_elbo(
         mean, logvar = mean.double(), logvar.double()
         z = mean
         if sample:
-            eps = torch.randn(mean.shape, generator=noise_gen, device=mean.device, dtype=mean.dtype)
+            eps = torch.randn(mean.shape, generator=noise_gen, dtype=mean.dtype).to(mean.device)  # CPU draw: same on any device
             z = mean + eps * (0.5 * logvar).exp()
         nll = decode_nll(z.to(x.dtype), x).double()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
@@ -83,7 +83,7 @@ def evaluate_elbo(
         std_sum = std_sum + (0.5 * logvar).exp().sum(dim=0)
         count += x.shape[0]
     if count == 0:
-        raise ValueError("evaluate_elbo got no images: data yielded nothing.")
+        raise MetricError("evaluate_elbo got no images: data yielded nothing.")
     mean_std = (std_sum / count).cpu()
     return ELBOResult(
         elbo=(nll_sum + kl_sum) / count,

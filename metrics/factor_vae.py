@@ -26,6 +26,7 @@ import torch
 
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
+    MetricError,
     MetricResult,
     Represent,
     check_factor_sizes,
@@ -78,7 +79,7 @@ def _votes(
         local_var = codes.double()[:, :, active].var(dim=1, correction=1)
         return (local_var / scale).argmin(dim=1)  # argmin: first of ties
 
-    winners = encode_groups(data, represent, rows, vote, render_generator(generator, device), chunk_size, device)
+    winners = encode_groups(data, represent, rows, vote, render_generator(generator), chunk_size, device)
     index = k.cpu() * int(active.numel()) + winners
     return torch.bincount(index, minlength=num_factors * int(active.numel())).view(num_factors, -1)
 
@@ -105,12 +106,12 @@ def factor_vae_score(
     check_ground_truth(data)
     check_factor_sizes(data)
     if batch_size < 2:
-        raise ValueError("batch_size must be at least 2 to take a variance (ddof=1).")
+        raise MetricError("batch_size must be at least 2 to take a variance (ddof=1).")
     gen = make_generator(seed)
     device = resolve_device(represent, device)
 
     factors = data.sample_factors(num_variance_estimate, gen)
-    codes = encode_factors(data, represent, factors, render_generator(gen, device), chunk_size, device)
+    codes = encode_factors(data, represent, factors, render_generator(gen), chunk_size, device)
     global_var = codes.double().var(dim=0, correction=1)
     active = torch.nonzero(global_var.sqrt() >= prune_threshold).flatten()
     num_factors = len(data.factor_sizes)

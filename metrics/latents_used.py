@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sbvae.metrics.utils import MetricResult, as_tensor
+from sbvae.metrics.utils import MetricError, MetricResult, as_tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +27,10 @@ def latents_used(logvar: Any = None, *, std: Any = None, threshold: float = 0.5)
     Give the encoder's log-variances ``logvar`` [N, D] or the standard deviations ``std`` [N, D].
     """
     if (logvar is None) == (std is None):
-        raise ValueError("latents_used needs exactly one of logvar [N, D] or std=[N, D].")
+        raise MetricError("latents_used needs exactly one of logvar [N, D] or std=[N, D].")
     s = (0.5 * as_tensor(logvar, dtype=torch.float64)).exp() if std is None else as_tensor(std, dtype=torch.float64)
     if s.ndim != 2:
-        raise ValueError(f"expected posterior parameters [N, D], got shape {tuple(s.shape)}.")
+        raise MetricError(f"expected posterior parameters [N, D], got shape {tuple(s.shape)}.")
     mean_std = s.mean(dim=0).cpu()
     used = mean_std < threshold
     return LatentsUsedResult(score=int(used.sum()), mean_std=mean_std, used=used)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from sbvae.metrics.utils import DEFAULT_CHUNK_SIZE, MetricResult, Represent, as_tensor, sample_codes
+from sbvae.metrics.utils import DEFAULT_CHUNK_SIZE, MetricError, MetricResult, Represent, as_tensor, sample_codes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ def discretize(codes: Any, num_bins: int = 20) -> torch.Tensor:
     """
     x = as_tensor(codes, dtype=torch.float64)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"codes must be a non-empty [N, D] array, got shape {tuple(x.shape)}.")
+        raise MetricError(f"codes must be a non-empty [N, D] array, got shape {tuple(x.shape)}.")
     lo, hi = x.min(dim=0).values, x.max(dim=0).values
     flat = lo == hi
     lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
@@ -57,7 +57,7 @@ def _relabel(labels: Any) -> tuple[torch.Tensor, int]:
     if y.ndim == 1:
         y = y[:, None]
     if y.is_floating_point() and not bool((y == y.round()).all()):
-        raise ValueError("labels must be integer class indices (discretize continuous codes first).")
+        raise MetricError("labels must be integer class indices (discretize continuous codes first).")
     ids = torch.empty(y.shape, dtype=torch.long, device=y.device)
     size = 1
     for j in range(y.shape[1]):
@@ -90,7 +90,7 @@ def mutual_information(discrete_codes: Any, factors: Any) -> torch.Tensor:
     b_ids, b_size = _relabel(factors)
     b_ids = b_ids.to(a_ids.device)
     if a_ids.shape[0] != b_ids.shape[0]:
-        raise ValueError(f"codes and factors need the same number of points, got {a_ids.shape[0]} and {b_ids.shape[0]}.")
+        raise MetricError(f"codes and factors need the same number of points, got {a_ids.shape[0]} and {b_ids.shape[0]}.")
     n, d = a_ids.shape
     k = b_ids.shape[1]
     # Flat index of (code dim, factor, code bin, factor class) for every point and pair.
@@ -108,18 +108,20 @@ def mutual_information(discrete_codes: Any, factors: Any) -> torch.Tensor:
 def mig(codes: Any, factors: Any, num_bins: int = 20, factor_names: Sequence[str] | None = None) -> MIGResult:
     """MIG of codes [N, D] (float) against factor class indices [N, K] (tensors or arrays).
 
-    Raises ValueError for a factor that is constant in the sample (entropy 0),
+    Raises MetricError (a ValueError) for a factor that is constant in the sample (entropy 0),
     where disentanglement_lib would divide by zero.
     """
     codes = as_tensor(codes)
     if codes.ndim != 2 or codes.shape[1] < 2:
-        raise ValueError(f"MIG needs codes [N, D] with at least 2 dimensions, got shape {tuple(codes.shape)}.")
+        raise MetricError(f"MIG needs codes [N, D] with at least 2 dimensions, got shape {tuple(codes.shape)}.")
+    if not bool(torch.isfinite(codes).all()):
+        raise MetricError("codes contain nan or inf (has the model diverged?); MIG needs finite codes.")
     factors = as_tensor(factors, device=codes.device)
     h = entropy(factors)
     constant = [int(j) for j in torch.nonzero(h <= 0).flatten()]
     if constant:
         names = [factor_names[j] if factor_names else f"#{j}" for j in constant]
-        raise ValueError(
+        raise MetricError(
             f"factor(s) {names} take a single value in this sample (entropy 0), so MIG is undefined; "
             "drop constant factors from the factors passed to the metric (e.g. dSprites' colour)."
         )

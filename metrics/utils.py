@@ -14,8 +14,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+try:  # the CLIs print SBVAEError as one sentence
+    from sbvae.errors import SBVAEError as _UserError
+except ImportError:  # pragma: no cover
+    _UserError = Exception
+
 Represent = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_CHUNK_SIZE = 1024
+
+
+class MetricError(_UserError, ValueError):
+    """A metric asked of data or a representation it cannot score; the message names the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +62,7 @@ def as_numpy(x: Any) -> np.ndarray:
 def check_ground_truth(data: Any) -> None:
     """Refuse image collections without factors (chairs) with one sentence."""
     if not getattr(data, "has_ground_truth", True):
-        raise ValueError(
+        raise MetricError(
             f"{type(data).__name__} has no ground-truth factors (has_ground_truth is False), so "
             "disentanglement metrics cannot be computed on it; evaluate on a dataset with factors "
             "(dsprites, colored-sprites, circles) instead."
@@ -65,7 +74,7 @@ def check_factor_sizes(data: Any) -> None:
     names = getattr(data, "factor_names", None) or [str(i) for i in range(len(data.factor_sizes))]
     constant = [n for n, s in zip(names, data.factor_sizes) if int(s) < 2]
     if constant:
-        raise ValueError(
+        raise MetricError(
             f"factor(s) {constant} of {type(data).__name__} take a single value, which no "
             "representation can be scored on; drop them from factor_sizes (disentanglement_lib "
             "drops dSprites' constant colour the same way)."
@@ -96,10 +105,16 @@ def resolve_device(represent: Any, device: torch.device | str | None) -> torch.d
     return torch.device("cpu")
 
 
-def render_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` for ``data.render`` (colour jitter), seeded from the main stream."""
+def render_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator handed to ``data.render`` (colour jitter), seeded from the main stream.
+
+    It lives on the main generator's device (the CPU): sbvae's datasets draw jitter on
+    the generator's device and move it to the factors' device, so jittered images, and
+    hence scores, are the same on every device. A separate stream keeps the factor
+    draws independent of how much jitter a dataset consumes.
+    """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device=generator.device).manual_seed(seed)
 
 
 @torch.no_grad()
@@ -120,11 +135,14 @@ def encode_factors(
         z = represent(x)
         if isinstance(z, (tuple, list)) or not hasattr(z, "shape") or len(z.shape) != 2 or z.shape[0] != f.shape[0]:
             got = type(z).__name__ if isinstance(z, (tuple, list)) else tuple(getattr(z, "shape", ()))
-            raise ValueError(
+            raise MetricError(
                 f"represent must map images [n, C, H, W] to codes [n, D] (the encoder mean), got {got}; "
                 "pass e.g. `lambda x: model.encoder(x)[0]`."
             )
-        chunks.append(as_tensor(z, device=device))
+        z = as_tensor(z, device=device)
+        if not bool(torch.isfinite(z).all()):
+            raise MetricError("represent returned nan or inf codes (has the model diverged?); score a finite checkpoint.")
+        chunks.append(z)
     return torch.cat(chunks)
 
 
@@ -146,7 +164,7 @@ def sample_codes(
     gen = make_generator(generator)
     device = resolve_device(represent, device)
     factors = data.sample_factors(int(num_points), gen)
-    codes = encode_factors(data, represent, factors, render_generator(gen, device), chunk_size, device)
+    codes = encode_factors(data, represent, factors, render_generator(gen), chunk_size, device)
     return codes, factors.to(device)
 
 

@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from sbvae.datasets.base import GroundTruthData
+from sbvae.errors import SBVAEError
 from sbvae.metrics import (
     compute_mig,
     discretize,
@@ -215,6 +216,10 @@ def test_factor_vae_refuses_bad_data():
         compute_mig(FactorData(has_ground_truth=False), identity)
     with pytest.raises(ValueError, match=r"codes \[n, D\]"):
         factor_vae_score(FactorData(), lambda x: (identity(x), identity(x)), **SMALL)
+    with pytest.raises(SBVAEError, match="nan or inf"):  # the CLIs print SBVAEError as one sentence
+        factor_vae_score(FactorData(), lambda x: identity(x) * float("nan"), **SMALL)
+    with pytest.raises(ValueError, match="nan or inf"):
+        mig(torch.full((10, 3), float("inf")), torch.zeros(10, 2, dtype=torch.long) + torch.arange(10)[:, None] % 2)
 
 
 @pytest.mark.gpu
@@ -229,6 +234,6 @@ def test_same_scores_on_cuda():
     cpu = factor_vae_score(data, represent, seed=3, device="cpu", **SMALL)
     gpu = factor_vae_score(data, represent, seed=3, device="cuda", **SMALL)
     assert cpu.as_dict() == gpu.as_dict()
-    codes, f = sample_codes(data, identity, 10_000, seed := 4, device="cuda")
+    codes, f = sample_codes(data, identity, 10_000, 4, device="cuda")
     assert codes.is_cuda
-    assert mig(codes, f).score == pytest.approx(compute_mig(data, identity, seed=seed, device="cpu").score, abs=1e-12)
+    assert mig(codes, f).score == pytest.approx(compute_mig(data, identity, seed=4, device="cpu").score, abs=1e-12)
