@@ -84,11 +84,14 @@ class RunStatus(L.Callback):
     """
 
     def _write(self, trainer: L.Trainer, status: str, **extra) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        if not trainer.is_global_zero:
             return
-        os.makedirs(trainer.log_dir, exist_ok=True)
+        # The logger's folder, not trainer.log_dir: that one is a collective broadcast, and this runs
+        # on process 0 alone (and in on_exception, when other processes may be gone).
+        folder = trainer.loggers[0].log_dir if trainer.loggers and trainer.loggers[0].log_dir else trainer.default_root_dir
+        os.makedirs(folder, exist_ok=True)
         record = {"status": status, "global_step": trainer.global_step, "time": time.time(), **extra}
-        path = os.path.join(trainer.log_dir, "status.json")
+        path = os.path.join(folder, "status.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(record, f, indent=2)

@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "mig": {"num_points": 2_000, "num_bins": 20},
         "factor_vae": {"batch_size": 32, "num_train": 300, "num_eval": 150, "num_variance_estimate": 1_000},
         "beta_vae": {"batch_size": 16, "num_train": 300, "num_eval": 150},
-        "dci": {"num_train": 500, "num_test": 250},
+        "dci": {"num_train": 500, "num_test": 250, "gbt_kwargs": {"n_estimators": 10}},
         "sap": {"num_train": 500, "num_test": 250},
         "modularity": {"num_train": 500, "num_test": 250},
     },
@@ -37,9 +37,9 @@ METRICS: dict[str, Callable[..., Any]] = {
     "mig": M.compute_mig,
     "factor_vae": M.factor_vae_score,
     "beta_vae": M.beta_vae_score,
-    "dci": M.compute_dci,
-    "sap": M.compute_sap,
-    "modularity": M.compute_modularity_explicitness,
+    "dci": M.dci,
+    "sap": M.sap,
+    "modularity": M.modularity_explicitness,
 }
 DEFAULT_METRICS = ("mig", "factor_vae")
 

@@ -130,8 +130,9 @@ class VAE(L.LightningModule):
         """
         values = {k: float(v.detach()) for k, v in losses.items()}
         bad = {k: v for k, v in values.items() if not math.isfinite(v) or v > self.hparams.max_loss}
-        if self.trainer is not None and self.trainer.world_size > 1:
-            any_bad = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+        trainer = self._trainer  # None outside a Trainer (direct calls, tests)
+        if trainer is not None and trainer.world_size > 1:
+            any_bad = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
         else:
             any_bad = bool(bad)
         if any_bad:
@@ -174,7 +175,7 @@ class VAE(L.LightningModule):
         if std_sum.ndim == 2:  # gathered from several processes
             std_sum, count = std_sum.sum(0), count.sum()
         used = ((std_sum / count) < 0.5).sum().float()
-        self.log(f"{stage}/latents_used", used)  # identical on every process after the gather
+        self.log(f"{stage}/latents_used", used, sync_dist=True)  # already identical on every process
         self._posterior_std_sum, self._posterior_count = None, 0
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:

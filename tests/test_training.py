@@ -50,9 +50,9 @@ def test_quickstart_trains_end_to_end(tmp_path, config_path):
     images = events.Tags()["images"]
     assert "reconstructions" in images and "traversals/seed_0" in images
     scalars = events.Tags()["scalars"]
-    for name in ("train/loss_step", "train/nll_step", "train/kl_step", "val/elbo", "val/latents_used"):
+    for name in ("train/loss", "train/nll", "train/kl", "val/elbo", "val/latents_used"):
         assert name in scalars, scalars
-    first, last = events.Scalars("train/loss_step")[0], events.Scalars("train/loss_step")[-1]
+    first, last = events.Scalars("train/loss")[0], events.Scalars("train/loss")[-1]
     assert last.value < first.value  # 6 steps at lr 1e-3 already lower the Bernoulli NLL
 
     # Evaluation rebuilds model and data from the checkpoint alone.
@@ -69,7 +69,7 @@ def test_resume_continues_from_saved_step(tmp_path, config_path):
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9",
         "--ckpt_path", os.path.join(first, "checkpoints", "last.ckpt"))
     second = run_dirs(tmp_path)[1]
-    steps = [e.step for e in tags(second).Scalars("train/loss_step")]
+    steps = [e.step for e in tags(second).Scalars("train/loss")]
     assert min(steps) >= 6 and max(steps) <= 9  # only the 3 remaining steps ran
     ckpt = torch.load(os.path.join(second, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 9

@@ -21,6 +21,11 @@ from sbvae.errors import SBVAEError
 from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, score
 
 
+def _arguments(hparams: dict) -> dict:
+    """Constructor arguments from saved hyperparameters, without LightningCLI's private keys (_class_path, ...)."""
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+
+
 def load_checkpoint(path: str, device: torch.device):
     """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint."""
     from sbvae.data import GroundTruthDataModule
@@ -36,11 +41,10 @@ def load_checkpoint(path: str, device: torch.device):
         raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
     module_name, _, class_name = class_path.rpartition(".")
     model_class = getattr(importlib.import_module(module_name), class_name)
-    # LightningCLI may add private keys (_class_path, _instantiator) beside the constructor arguments.
-    model = model_class(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    model = model_class(**_arguments(ckpt["hyper_parameters"]))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
-    datamodule = GroundTruthDataModule(**ckpt["datamodule_hyper_parameters"])
+    datamodule = GroundTruthDataModule(**_arguments(ckpt["datamodule_hyper_parameters"]))
     return model, datamodule, ckpt
 
 
@@ -97,7 +101,7 @@ def main(argv=None) -> None:
         "checkpoint": os.path.abspath(args.ckpt),
         "global_step": ckpt.get("global_step"),
         "model": ckpt["sbvae_model_class"],
-        "dataset": ckpt["datamodule_hyper_parameters"],
+        "dataset": _arguments(ckpt["datamodule_hyper_parameters"]),
         "preset": args.preset,
         "seed": args.seed,
         "device": str(device),

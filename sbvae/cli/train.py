@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -13,7 +14,12 @@ from lightning.pytorch.cli import LightningCLI
 
 from sbvae.callbacks import ImageLogger, RunStatus
 from sbvae.data import GroundTruthDataModule
-from sbvae.errors import SBVAEError
+from sbvae.errors import DivergenceError, SBVAEError
+
+
+# The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
+# Lightning's caution about __len__ with several workers does not apply.
+warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
 
 
 class SBVAECLI(LightningCLI):
@@ -30,6 +36,12 @@ class SBVAECLI(LightningCLI):
             "checkpoint.filename": "best-{step}",
         })
         parser.add_lightning_class_args(ImageLogger, "images")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would replace the model's arguments by the checkpoint's when resuming, silently
+        # dropping the user's overrides (a lower lr after a divergence, say).  Here the config and
+        # the command line define the model; the checkpoint supplies weights and training state.
+        return
 
 
 def build_cli(args=None, run: bool = True) -> SBVAECLI:
@@ -48,12 +60,26 @@ def build_cli(args=None, run: bool = True) -> SBVAECLI:
     )
 
 
+def user_error(error: BaseException) -> SBVAEError | None:
+    """The SBVAEError behind ``error``: jsonargparse re-raises constructor errors wrapped in its own."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SBVAEError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(args=None) -> None:
     try:
         build_cli(args)
-    except SBVAEError as error:
-        print(f"sbvae-train: {error}", file=sys.stderr)
-        sys.exit(3 if type(error).__name__ == "DivergenceError" else 2)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"sbvae-train: {cause}", file=sys.stderr)
+        sys.exit(3 if isinstance(cause, DivergenceError) else 2)
 
 
 if __name__ == "__main__":
