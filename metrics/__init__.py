@@ -26,11 +26,6 @@ from sbvae.metrics.modularity import (
 from sbvae.metrics.sap import SAPResult, sap, sap_from_codes
 from sbvae.metrics.utils import MetricError, MetricResult, check_ground_truth, encode_factors, sample_codes
 
-# Data-level names in compute_<metric> form, as sbvae.evaluation calls them (same functions).
-compute_dci = dci
-compute_sap = sap
-compute_modularity_explicitness = modularity_explicitness
-
 __all__ = [
     "BetaVAEResult",
     "DCIResult",
@@ -45,10 +40,7 @@ __all__ = [
     "beta_vae_score",
     "check_ground_truth",
     "completeness",
-    "compute_dci",
     "compute_mig",
-    "compute_modularity_explicitness",
-    "compute_sap",
     "dci",
     "dci_from_codes",
     "disentanglement",
