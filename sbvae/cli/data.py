@@ -20,7 +20,7 @@ PROG = "sbvae-data"
 
 
 def _factors(name: str) -> str:
-    from sbvae.datasets import Chairs, Shapes3D, load
+    from sbvae.datasets import Shapes3D, load
 
     if name == "chairs":
         return "index (one per image; no ground truth)"

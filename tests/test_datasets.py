@@ -1,0 +1,153 @@
+"""sbvae.datasets: registry, errors, the interface of every dataset, determinism, devices."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import sbvae.datasets as D
+from sbvae.datasets import DataError, GroundTruthData, available, load
+
+PROCEDURAL = ["dsprites", "colored-sprites", "circles-xy", "circles-xh", "circles-rg", "circles-xyh-small", "circles-xyh-tiny"]
+CHANNELS = {"dsprites": 1, "colored-sprites": 3}
+
+
+@pytest.fixture(autouse=True)
+def _empty_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SBVAE_DATA", str(tmp_path / "data"))
+
+
+def test_available_lists_every_dataset_with_a_description():
+    names = available()
+    assert set(PROCEDURAL + ["shapes3d", "chairs"]) == set(names)
+    assert all(isinstance(d, str) and d for d in names.values())
+
+
+def test_unknown_name_lists_the_valid_names():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*dsprites.*circles-xy.*shapes3d"):
+        load("mnist")
+
+
+def test_unknown_option_is_one_sentence_naming_the_options():
+    with pytest.raises(DataError, match=r"has no option 'colour_bins'; its options are: image_size, color_bins") as e:
+        load("colored-sprites", colour_bins=4)
+    assert str(e.value).count(".") <= 2 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"image_size": 4}, "image_size must be an integer >= 8"),
+    ({"source": "web"}, "source must be one of"),
+    ({"source": "file"}, "does not exist.*deepmind/dsprites-dataset.*path="),
+])
+def test_bad_option_values(options, message):
+    with pytest.raises(DataError, match=message):
+        load("dsprites", **options)
+
+
+def test_data_dir_option_env_and_default(tmp_path, monkeypatch):
+    assert D.data_dir(tmp_path) == tmp_path
+    monkeypatch.setenv("SBVAE_DATA", str(tmp_path / "x"))
+    assert D.data_dir() == tmp_path / "x"
+    monkeypatch.delenv("SBVAE_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert D.data_dir() == tmp_path / "cache" / "sbvae"
+
+
+@pytest.mark.parametrize("name", PROCEDURAL)
+@pytest.mark.parametrize("size", [16, 32])
+def test_interface_shapes_dtypes_range(name, size):
+    data = load(name, image_size=size)
+    assert isinstance(data, GroundTruthData) and data.name == name
+    assert data.num_factors == len(data.factor_names) == len(data.factor_sizes)
+    assert data.channels == CHANNELS.get(name, 3)
+    assert data.observation_shape == (data.channels, size, size)
+    g = torch.Generator().manual_seed(0)
+    factors = data.sample_factors(12, g)
+    assert factors.dtype == torch.long and factors.shape == (12, data.num_factors)
+    assert bool((factors >= 0).all()) and bool((factors < torch.tensor(data.factor_sizes)).all())
+    for gen in (g, None):
+        images = data.render(factors, gen)
+        assert images.dtype == torch.float32 and images.shape == (12, data.channels, size, size)
+        assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+        assert float(images.amax(dim=(1, 2, 3)).min()) > 0.0  # something is drawn in every image
+    values = data.factor_values(factors)
+    assert values.shape == (12, data.num_factors) and values.is_floating_point()
+
+
+@pytest.mark.parametrize("name", ["dsprites", "colored-sprites", "circles-xyh-tiny"])
+def test_check_factors_refuses_bad_indices(name):
+    data = load(name, image_size=16)
+    good = data.sample_factors(3, torch.Generator().manual_seed(0))
+    bad = good.clone()
+    bad[0, -1] = data.factor_sizes[-1]
+    with pytest.raises(ValueError, match="out of range"):
+        data.render(bad)
+    with pytest.raises(ValueError, match="shape"):
+        data.render(good[:, :-1])
+    with pytest.raises(ValueError, match="integer"):
+        data.render(good.float())
+    neg = good.clone()
+    neg[1, 0] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        data.factor_values(neg)
+
+
+@pytest.mark.parametrize("name", ["colored-sprites", "circles-xyh-small", "circles-rg"])
+def test_same_seed_same_images(name):
+    data = load(name, image_size=16)
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        return data.render(data.sample_factors(16, g), g)
+
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(draw(3), draw(4))
+
+
+def test_jitter_comes_from_the_generator_and_none_means_bin_centre():
+    data = load("colored-sprites", image_size=16)
+    factors = data.sample_factors(8, torch.Generator().manual_seed(0))
+    a = data.render(factors, torch.Generator().manual_seed(1))
+    b = data.render(factors, torch.Generator().manual_seed(2))
+    assert not torch.equal(a, b)
+    assert torch.equal(data.render(factors), data.render(factors))
+
+
+@pytest.mark.parametrize("name", PROCEDURAL)
+def test_renders_on_the_factors_device(name):
+    data = load(name, image_size=16)
+    factors = data.sample_factors(4, torch.Generator().manual_seed(0))
+    assert data.render(factors).device == factors.device
+    assert data.factor_values(factors).device == factors.device
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", PROCEDURAL)
+def test_cuda_matches_cpu(name):
+    data = load(name)
+    factors = data.sample_factors(64, torch.Generator().manual_seed(0))
+    cpu = data.render(factors)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    gpu = data.render(factors.cuda(), gen)
+    assert gpu.device.type == "cuda"
+    assert (data.render(factors.cuda()).cpu() - cpu).abs().gt(0.05).float().mean() < 1e-3
+
+
+def test_a_cpu_generator_may_drive_rendering_of_factors_elsewhere():
+    # render draws jitter on the generator's device and moves it to the factors' device
+    data = load("circles-xy", image_size=16)
+    factors = data.sample_factors(4, torch.Generator().manual_seed(0))
+    out = data.render(factors, torch.Generator().manual_seed(1))
+    assert out.shape == (4, 3, 16, 16)
+
+
+def test_datasets_pickle_without_device_caches():
+    data = load("circles-xy", image_size=16, holdout="center")
+    g = torch.Generator().manual_seed(0)
+    data.render(data.sample_factors(4, g))
+    clone = pickle.loads(pickle.dumps(data))
+    factors = clone.sample_factors(4, torch.Generator().manual_seed(0))
+    assert torch.equal(clone.render(factors), data.render(factors))
+    assert "circles-xy" in repr(clone)

@@ -1,0 +1,148 @@
+"""Circles: geometry and anti-aliasing, continuous factors on a grid, hold-out splits, blank images."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sbvae.datasets import DataError, load
+
+SIZES = {"circles-xy": 0.2, "circles-xh": 0.3, "circles-rg": 0.5, "circles-xyh-small": 0.1, "circles-xyh-tiny": 0.075}
+
+
+def coverage(images):
+    return images.amax(dim=1)  # [n, H, W]: the colour is constant, so the max channel scales with coverage
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_area_is_the_disc_of_the_stated_diameter(name):
+    data = load(name)
+    g = torch.Generator().manual_seed(0)
+    factors = data.sample_factors(32, g)
+    images = data.render(factors, g)
+    # white / full-value colours: one channel is exactly 1 inside, so the max channel is the coverage
+    area = coverage(images).sum((1, 2))
+    expected = math.pi * (SIZES[name] * 64 / 2) ** 2
+    assert area.mean().item() == pytest.approx(expected, rel=0.01)
+    assert ((area - expected).abs() / expected).max() < 0.03
+
+
+def test_a_tiny_circle_covers_about_18_pixels_with_anti_aliased_edges():
+    data = load("circles-xyh-tiny")
+    factors = data.sample_factors(64, torch.Generator().manual_seed(1))
+    cov = coverage(data.render(factors))
+    assert cov.sum((1, 2)).mean().item() == pytest.approx(18.1, abs=0.3)
+    partial = ((cov > 0) & (cov < 1)).sum((1, 2)).float()
+    assert partial.min() >= 4  # edges are grey, not binary
+    levels = (cov * 25).round()
+    assert torch.allclose(cov * 25, levels, atol=1e-4)  # coverage counts 5 x 5 sub-pixels
+
+
+def test_supersampled_coverage_equals_drawing_large_and_averaging():
+    data = load("circles-xyh-small", image_size=32)
+    x, y = torch.rand(50) * 0.6 + 0.2, torch.rand(50) * 0.6 + 0.2
+    s, n = 5, 32 * 5
+    sub = (torch.arange(n) + 0.5) / n
+    inside = ((sub.view(1, 1, -1) - x.view(-1, 1, 1)) ** 2 + ((1 - sub).view(1, -1, 1) - y.view(-1, 1, 1)) ** 2
+              <= (0.05) ** 2)
+    ref = F.avg_pool2d(inside.float().unsqueeze(1), s)
+    assert (data.coverage(x, y) - ref).abs().max() <= 1 / 25 + 1e-6
+    assert (data.coverage(x, y) - ref).abs().gt(1e-6).float().mean() < 1e-3
+
+
+def test_position_y_up_and_cell_centres():
+    data = load("circles-xy", grid=8)
+    factors = torch.tensor([[0, 0], [7, 7], [3, 0], [0, 5]])
+    values = data.factor_values(factors)
+    assert values[:, 0].tolist() == pytest.approx([0.2375, 0.7625, 0.4625, 0.2375])
+    cov = coverage(data.render(factors))
+    area = cov.sum((1, 2))
+    cx = (cov.sum(1) * torch.arange(64)).sum(1) / area
+    cy = (cov.sum(2) * torch.arange(64)).sum(1) / area
+    assert (cx - (values[:, 0] * 64 - 0.5)).abs().max() < 0.05
+    assert (cy - ((1 - values[:, 1]) * 64 - 0.5)).abs().max() < 0.05  # y grows upward
+
+
+def test_jitter_stays_inside_the_cell():
+    data = load("circles-xy", grid=4)
+    factors = torch.tensor([[1, 2]]).repeat(200, 1)
+    cov = coverage(data.render(factors, torch.Generator().manual_seed(0)))
+    area = cov.sum((1, 2))
+    x = ((cov.sum(1) * torch.arange(64)).sum(1) / area + 0.5) / 64
+    assert x.min() >= 0.35 - 1e-3 and x.max() <= 0.5 + 1e-3 and x.std() > 0.02  # cell 1 of 4 over [0.2, 0.8]
+
+
+def test_colours_of_each_variant():
+    xh = load("circles-xh", grid=4)
+    img = xh.render(torch.tensor([[0, 0], [3, 3]]))
+    colour = img[:, :, 31, :].amax(dim=2)  # y = 0.5: the circle crosses the middle rows
+    assert colour.amax(1).tolist() == [1.0, 1.0] and colour.amin(1).tolist() == [0.0, 0.0]  # V = 1, S = 1
+    rg = load("circles-rg", grid=4)
+    pixel = rg.render(torch.tensor([[0, 3]]))[0, :, 32, 32]
+    assert pixel.tolist() == pytest.approx([0.45, 0.75, 1.0], abs=1e-6)  # cell centres of 4 over [0.4, 0.8]
+    xy = load("circles-xy")
+    assert xy.render(torch.tensor([[10, 10]]))[0].amax((1, 2)).tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("holdout, lo, hi", [("center", 0.35, 0.65), ("corner", 0.2, 0.5)])
+def test_holdout_splits(holdout, lo, hi):
+    train = load("circles-xy", holdout=holdout, image_size=32)
+    held = load("circles-xy", holdout=holdout, split="heldout", image_size=32)
+    g = torch.Generator().manual_seed(0)
+    f_train = train.sample_factors(20000, g)
+    v = train.factor_values(f_train)
+    in_hole = ((v >= lo) & (v <= hi)).all(1)
+    assert not bool(in_hole.any())  # never leaks
+    assert bool(train.in_split(f_train).all()) and not bool(held.in_split(f_train).any())
+    cells = torch.unique(f_train[:, 0] * 32 + f_train[:, 1])
+    assert len(cells) == 32 * 32 * 3 // 4  # every other cell is reached
+    f_held = held.sample_factors(4000, g)
+    assert bool(held.in_split(f_held).all())
+    assert len(torch.unique(f_held[:, 0] * 32 + f_held[:, 1])) == 256
+    # rendered with jitter, the held-out circles' centres lie in the hole
+    cov = coverage(held.render(f_held[:500], g))
+    area = cov.sum((1, 2))
+    x = ((cov.sum(1) * torch.arange(32)).sum(1) / area + 0.5) / 32
+    y = 1 - ((cov.sum(2) * torch.arange(32)).sum(1) / area + 0.5) / 32
+    for c in (x, y):
+        assert c.min() >= lo - 2e-3 and c.max() <= hi + 2e-3
+
+
+def test_holdout_on_other_factor_pairs():
+    data = load("circles-xyh-small", holdout="center", holdout_factors=("x", "hue"), split="heldout", image_size=16)
+    f = data.sample_factors(1000, torch.Generator().manual_seed(0))
+    v = data.factor_values(f)
+    assert bool(((v[:, [0, 2]] >= 0.35) & (v[:, [0, 2]] <= 0.65)).all())
+    assert v[:, 1].min() < 0.3 and v[:, 1].max() > 0.7  # y is free
+    rg = load("circles-rg", holdout="corner", split="heldout", image_size=16)
+    v = rg.factor_values(rg.sample_factors(500, torch.Generator().manual_seed(0)))
+    assert bool(((v >= 0.4) & (v <= 0.6)).all())  # half of [0.4, 0.8] from the low end
+
+
+def test_blank_fraction_adds_a_presence_factor():
+    data = load("circles-xh", blank_fraction=0.5, image_size=16)
+    assert data.factor_names == ("x", "hue", "presence") and data.factor_sizes[-1] == 2
+    g = torch.Generator().manual_seed(0)
+    f = data.sample_factors(4000, g)
+    images = data.render(f, g)
+    blank = images.amax(dim=(1, 2, 3)) == 0
+    assert blank.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(blank, f[:, -1] == 0)
+    few = load("circles-xh", blank_fraction=0.2, image_size=16)
+    assert (few.sample_factors(4000, g)[:, -1] == 0).float().mean().item() == pytest.approx(0.2, abs=0.03)
+    assert load("circles-xh").factor_names == ("x", "hue")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"holdout": "middle"}, "holdout must be one of"),
+    ({"holdout": "center", "grid": 30}, "multiple of 4"),
+    ({"split": "heldout"}, "need holdout"),
+    ({"holdout": "center", "holdout_factors": ("x", "red")}, "holdout_factors"),
+    ({"blank_fraction": 1.0}, r"blank_fraction must be a number in \[0, 1\)"),
+    ({"grid": 1}, "grid must be an integer >= 2"),
+])
+def test_option_errors(options, message):
+    with pytest.raises(DataError, match=message):
+        load("circles-xy", **options)
