@@ -54,7 +54,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=1.0, help="timing budget per dataset and device")
     parser.add_argument("--device", nargs="*", default=None, help="devices (default: cpu, and cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
