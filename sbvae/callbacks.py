@@ -41,6 +41,7 @@ class ImageLogger(L.Callback):
         self.every_n_steps, self.num_images, self.num_seeds = every_n_steps, num_images, num_seeds
         self.steps, self.limit, self.order_images = steps, limit, order_images
         self._images: torch.Tensor | None = None
+        self._logged_step = -1
 
     def _fixed_images(self, trainer: L.Trainer, device: torch.device) -> torch.Tensor:
         if self._images is None or self._images.device != device:
@@ -53,8 +54,9 @@ class ImageLogger(L.Callback):
     @rank_zero_only
     def log_pictures(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         writer = tensorboard(trainer)
-        if writer is None or trainer.datamodule is None:
+        if writer is None or trainer.datamodule is None or trainer.global_step == self._logged_step:
             return
+        self._logged_step = trainer.global_step
         was_training = module.training
         module.eval()
         try:
@@ -130,11 +132,15 @@ class MetricsCallback(L.Callback):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
         self.metrics, self.every_n_steps, self.preset, self.seed = parse_metrics(metrics), every_n_steps, preset, seed
+        self._scored_step = -1
 
     @rank_zero_only
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         from sbvae.evaluation import score
 
+        if trainer.global_step == self._scored_step:  # the last step was already scored
+            return
+        self._scored_step = trainer.global_step
         writer = tensorboard(trainer)
         results = score(module, trainer.datamodule.data, self.metrics, self.preset, self.seed, module.device)
         if writer is not None:

@@ -118,10 +118,24 @@ def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override
     assert "Traceback" not in err
 
 
-def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path):
+def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
+    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.precision", "bf16-mixed",
+        "--trainer.callbacks+=sbvae.callbacks.MetricsCallback", "--trainer.callbacks.every_n_steps=3",
+        "--trainer.callbacks.metrics=[mig, factor_vae]")
+    events = tags(run_dirs(tmp_path)[0])
+    for name in ("metrics/mig", "metrics/factor_vae"):
+        steps = [e.step for e in events.Scalars(name)]
+        assert steps == [3, 6]  # every 3 steps; the end of fit (step 6) is not scored twice
+        assert all(0.0 <= e.value <= 1.0 for e in events.Scalars(name))
+    assert [e.step for e in events.Images("reconstructions")] == [3, 6]
+    assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("train/loss"))
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart-factorvae.yaml"])
+def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [
-        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY,
+        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path(config), *TINY,
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
         "--trainer.callbacks+=ddp_probe.ReplicaDigest", f"--trainer.callbacks.out_dir={tmp_path}",
