@@ -19,14 +19,10 @@ import torch
 from sbvae.metrics.mig import discretize, mutual_information
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
+    as_numpy,
     MetricResult,
     Represent,
-    as_numpy,
-    check_factor_sizes,
-    check_ground_truth,
-    make_generator,
-    resolve_device,
-    sample_codes,
+    sample_train_test,
 )
 
 
@@ -94,11 +90,5 @@ def modularity_explicitness(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ModularityResult:
     """Modularity and explicitness of ``represent`` on ``data`` (disentanglement_lib defaults)."""
-    check_ground_truth(data)
-    check_factor_sizes(data)
-    gen = make_generator(seed)
-    device = resolve_device(represent, device)
-    train = sample_codes(data, represent, num_train, gen, chunk_size, device)
-    test = sample_codes(data, represent, num_test, gen, chunk_size, device)
-    random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
+    train, test, random_state = sample_train_test(data, represent, seed, num_train, num_test, chunk_size, device)
     return modularity_explicitness_from_codes(*train, *test, num_bins=num_bins, random_state=random_state)

@@ -17,15 +17,11 @@ import torch
 
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
-    MetricResult,
-    Represent,
     as_numpy,
     as_tensor,
-    check_factor_sizes,
-    check_ground_truth,
-    make_generator,
-    resolve_device,
-    sample_codes,
+    MetricResult,
+    Represent,
+    sample_train_test,
 )
 
 
@@ -95,11 +91,5 @@ def sap(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> SAPResult:
     """SAP of ``represent`` on ``data`` (disentanglement_lib defaults)."""
-    check_ground_truth(data)
-    check_factor_sizes(data)
-    gen = make_generator(seed)
-    device = resolve_device(represent, device)
-    train = sample_codes(data, represent, num_train, gen, chunk_size, device)
-    test = sample_codes(data, represent, num_test, gen, chunk_size, device)
-    random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
+    train, test, random_state = sample_train_test(data, represent, seed, num_train, num_test, chunk_size, device)
     return sap_from_codes(*train, *test, continuous_factors=continuous_factors, random_state=random_state)

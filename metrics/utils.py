@@ -168,6 +168,29 @@ def sample_codes(
     return codes, factors.to(device)
 
 
+def sample_train_test(
+    data: Any,
+    represent: Represent,
+    seed: int | torch.Generator | None,
+    num_train: int,
+    num_test: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: torch.device | str | None = None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
+    """Train and test (codes, factors) from one seeded stream, plus a seed for the scikit-learn model.
+
+    The protocol of the classifier-based metrics (DCI, SAP, modularity/explicitness).
+    """
+    check_ground_truth(data)
+    check_factor_sizes(data)
+    gen = make_generator(seed)
+    device = resolve_device(represent, device)
+    train = sample_codes(data, represent, num_train, gen, chunk_size, device)
+    test = sample_codes(data, represent, num_test, gen, chunk_size, device)
+    random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
+    return train, test, random_state
+
+
 def encode_groups(
     data: Any,
     represent: Represent,
