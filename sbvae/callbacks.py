@@ -136,7 +136,7 @@ class MetricsCallback(L.Callback):
 
     @rank_zero_only
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        from sbvae.evaluation import score
+        from sbvae.evaluation import scalars, score
 
         if trainer.global_step == self._scored_step:  # the last step was already scored
             return
@@ -144,8 +144,8 @@ class MetricsCallback(L.Callback):
         writer = tensorboard(trainer)
         results = score(module, trainer.datamodule.data, self.metrics, self.preset, self.seed, module.device)
         if writer is not None:
-            for name, result in results.items():
-                writer.add_scalar(f"metrics/{name}", result["score"], trainer.global_step)
+            for tag, value in scalars(results).items():
+                writer.add_scalar(f"metrics/{tag}", value, trainer.global_step)
             writer.flush()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

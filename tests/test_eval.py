@@ -20,7 +20,7 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     outputs = []
     for i in range(2):
         out = tmp_path / f"res{i}.json"
-        evaluate(["--ckpt", checkpoint, "--metrics", "mig,factor_vae", "--preset", "quick", "--seed", "3",
+        evaluate(["--ckpt", checkpoint, "--metrics", "elbo,mig,factor_vae", "--preset", "quick", "--seed", "3",
                   "--device", "cpu", "--output", str(out)])
         outputs.append(json.load(open(out)))
     printed = capsys.readouterr().out
@@ -33,10 +33,13 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     assert mig["params"]["num_points"] == 2000 and 0.0 <= mig["score"] <= 1.0
     assert len(mig["per_factor"]) == 8  # 5 dSprites factors + 3 binned colour coordinates
     assert 0.0 <= fvae["score"] <= 1.0 and fvae["params"]["num_train"] == 300
+    elbo = a["metrics"]["elbo"]
+    assert abs(elbo["elbo"] - (elbo["nll"] + elbo["kl"])) < 1e-3 and elbo["kl"] >= 0 and elbo["num_images"] == 1000
+    assert 0 <= elbo["latents_used"] <= 10
     # The run's TensorBoard log got the scores.
     events = EventAccumulator(os.path.dirname(os.path.dirname(checkpoint)))
     events.Reload()
-    assert {"eval/mig_quick", "eval/factor_vae_quick"} <= set(events.Tags()["scalars"])
+    assert {"eval/mig_quick", "eval/factor_vae_quick", "eval/nll_quick", "eval/latents_used_quick"} <= set(events.Tags()["scalars"])
 
 
 def test_eval_other_seed_changes_the_sample(checkpoint, tmp_path):

@@ -18,7 +18,7 @@ import time
 import torch
 
 from sbvae.errors import SBVAEError
-from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, score
+from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, scalars, score
 
 
 def _arguments(hparams: dict) -> dict:
@@ -59,8 +59,9 @@ def resolve_device(name: str) -> torch.device:
 def table(results: dict[str, dict]) -> str:
     lines = [f"{'metric':<12} {'score':>8}  details"]
     for name, r in results.items():
+        main_value = r["score"] if "score" in r else r["elbo"]  # the ELBO result has no single "score"
         details = {k: v for k, v in r.items() if k not in ("params", "score") and not isinstance(v, (list, dict))}
-        lines.append(f"{name:<12} {r['score']:>8.4f}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
+        lines.append(f"{name:<12} {main_value:>8.4f}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
     return "\n".join(lines)
 
 
@@ -68,8 +69,9 @@ def log_to_tensorboard(run_dir: str, results: dict[str, dict], step: int, preset
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(run_dir) as writer:
-        for name, r in results.items():
-            writer.add_scalar(f"eval/{name}" + ("" if preset == "paper" else f"_{preset}"), r["score"], step)
+        suffix = "" if preset == "paper" else f"_{preset}"
+        for tag, value in scalars(results).items():
+            writer.add_scalar(f"eval/{tag}{suffix}", value, step)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
