@@ -145,3 +145,36 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config
     digests = [open(tmp_path / f"digest_rank{r}.txt").read().split() for r in (0, 1)]
     assert digests[0] == digests[1]  # same weights, same step, world size 2
     assert digests[0][1:] == ["6", "2"]
+
+
+def final_weights(run):
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    return ckpt["state_dict"]
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, config_path):
+    for seed in ("0", "0", "1"):
+        fit(config_path("quickstart.yaml"), tmp_path, "--seed_everything", seed, "--data.seed", seed)
+    a, b, c = (final_weights(r) for r in run_dirs(tmp_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_quickstart_learns(tmp_path, config_path):
+    """The full quickstart (500 steps, ~1 minute): the ELBO falls well below its start and latents get used."""
+    main(["fit", "--config", config_path("quickstart.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false"])
+    events = tags(run_dirs(tmp_path)[0])
+    elbo = [e.value for e in events.Scalars("val/elbo")]
+    assert elbo[-1] < 0.7 * elbo[0]
+    assert events.Scalars("val/latents_used")[-1].value >= 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_gpu_in_bf16(tmp_path, config_path):
+    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+        "--trainer.precision", "bf16-mixed", "--data.image_size", "64")
+    (run,) = run_dirs(tmp_path)
+    assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
