@@ -9,14 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from sbvae.datasets import GroundTruthData, load
+from sbvae.errors import SBVAEError
 
-# Large odd multipliers keep the (seed, rank, step) streams apart.
-_RANK_STRIDE = 1_000_003
-_STEP_STRIDE = 7_919
+
+# The first key of every stream says what it is for, so no two purposes share random numbers.
+_FACTORS, _RENDER, _VALIDATION = 0, 1, 2
+
+
+def stream_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from (seed, rank, step, ...) so that distinct keys never share a stream."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class FactorStream(IterableDataset):
@@ -67,7 +74,9 @@ class GroundTruthDataModule(L.LightningDataModule):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch), ("val_size", val_size)):
             if value < 1:
-                raise ValueError(f"data.{name} must be a positive integer, got {value}.")
+                raise SBVAEError(f"data.{name} must be a positive integer, got {value}.")
+        if seed < 0 or val_seed < 0:
+            raise SBVAEError(f"data.seed and data.val_seed must be >= 0, got {seed} and {val_seed}.")
         self.save_hyperparameters()
         self.data = load(dataset, image_size=image_size, **(dataset_options or {}))
         self._render_generators: dict[torch.device, torch.Generator] = {}
@@ -81,7 +90,7 @@ class GroundTruthDataModule(L.LightningDataModule):
 
     def _train_seed(self) -> int:
         step = self.trainer.global_step if self.trainer is not None else 0
-        return self.hparams.seed + _RANK_STRIDE * self._rank() + _STEP_STRIDE * step
+        return stream_seed(_FACTORS, self.hparams.seed, self._rank(), step)
 
     def train_dataloader(self) -> DataLoader:
         stream = FactorStream(self.data, self.hparams.batch_size, self.hparams.steps_per_epoch, self._train_seed)
@@ -108,13 +117,13 @@ class GroundTruthDataModule(L.LightningDataModule):
         device = factors.device
         if device not in self._render_generators:
             self._render_generators[device] = torch.Generator(device=device).manual_seed(
-                self.hparams.seed + _RANK_STRIDE * self._rank()
+                stream_seed(_RENDER, self.hparams.seed, self._rank())
             )
         return self.data.render(factors, self._render_generators[device])
 
     def render_fixed(self, factors: torch.Tensor, first_row: int) -> torch.Tensor:
         """Validation images: continuous factors seeded by the row index, so they never change."""
-        generator = torch.Generator(device=factors.device).manual_seed(self.hparams.val_seed + first_row)
+        generator = torch.Generator(device=factors.device).manual_seed(stream_seed(_VALIDATION, self.hparams.val_seed, first_row))
         return self.data.render(factors, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int) -> torch.Tensor:
