@@ -18,7 +18,7 @@ from sbvae.errors import SBVAEError
 
 
 # The first key of every stream says what it is for, so no two purposes share random numbers.
-_FACTORS, _RENDER, _VALIDATION = 0, 1, 2
+_FACTORS, _RENDER, _EVAL_FACTORS, _EVAL_RENDER = 0, 1, 2, 3
 
 
 def stream_seed(*keys: int) -> int:
@@ -96,21 +96,28 @@ class GroundTruthDataModule(L.LightningDataModule):
         stream = FactorStream(self.data, self.hparams.batch_size, self.hparams.steps_per_epoch, self._train_seed)
         return DataLoader(stream, batch_size=None)
 
-    def validation_factors(self) -> torch.Tensor:
-        """The fixed validation set as factor indices (the same on every run and process count)."""
-        generator = torch.Generator().manual_seed(self.hparams.val_seed)
+    def validation_factors(self, purpose: int = 0) -> torch.Tensor:
+        """A fixed evaluation set as factor indices (the same on every run and process count).
+
+        ``purpose`` 0 is the validation set, 1 the test set: both come from ``val_seed`` but never overlap in stream.
+        """
+        generator = torch.Generator().manual_seed(stream_seed(_EVAL_FACTORS, self.hparams.val_seed, purpose))
         return self.data.sample_factors(self.hparams.val_size, generator)
 
-    def val_dataloader(self) -> DataLoader:
+    def _evaluation_loader(self, purpose: int) -> DataLoader:
         # Rows carry their index so each batch's continuous factors (colour) are drawn from a
-        # generator seeded by it: the validation images are the same every epoch.  A map-style
-        # dataset lets Lightning's DistributedSampler split it across processes.
-        factors = self.validation_factors()
-        rows = TensorDataset(factors, torch.arange(len(factors)))
+        # generator seeded by it: the images are the same every epoch.  A map-style dataset lets
+        # Lightning's DistributedSampler split it across processes.
+        factors = self.validation_factors(purpose)
+        rows = TensorDataset(factors, torch.arange(len(factors)) + purpose * len(factors))
         return DataLoader(rows, batch_size=self.hparams.batch_size)
 
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(0)
+
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """A held-out set of the same size as validation, drawn from a separate stream."""
+        return self._evaluation_loader(1)
 
     def render(self, factors: torch.Tensor) -> torch.Tensor:
         """Training images for ``factors`` on their device, continuous factors from a per-device stream."""
@@ -123,7 +130,7 @@ class GroundTruthDataModule(L.LightningDataModule):
 
     def render_fixed(self, factors: torch.Tensor, first_row: int) -> torch.Tensor:
         """Validation images: continuous factors seeded by the row index, so they never change."""
-        generator = torch.Generator(device=factors.device).manual_seed(stream_seed(_VALIDATION, self.hparams.val_seed, first_row))
+        generator = torch.Generator(device=factors.device).manual_seed(stream_seed(_EVAL_RENDER, self.hparams.val_seed, first_row))
         return self.data.render(factors, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int) -> torch.Tensor:
