@@ -48,7 +48,7 @@ class ImageLogger(L.Callback):
             dm = trainer.datamodule
             n = max(self.num_images, self.num_seeds, self.order_images)
             factors = dm.validation_factors()[:n].to(device)
-            self._images = dm.render_fixed(factors, 0)
+            self._images = dm.render_fixed(factors, torch.arange(len(factors)))
         return self._images
 
     @rank_zero_only
@@ -77,6 +77,33 @@ class ImageLogger(L.Callback):
 
     def on_fit_end(self, trainer, module) -> None:
         self.log_pictures(trainer, module)
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps ``checkpoints/last.ckpt`` equal to the latest state: after every validation and at the end of fit.
+
+    (Lightning's ``save_last`` only writes when a monitored checkpoint is written, so after a validation
+    that did not improve, "last" would be stale.)  The file is written under a temporary name and renamed,
+    so an interrupted save never leaves a half-written ``last.ckpt``; a failed or diverged run keeps the
+    previous one untouched.
+    """
+
+    FILENAME = "last.ckpt"
+
+    def _save(self, trainer: L.Trainer) -> None:
+        folder = os.path.join(trainer.log_dir, "checkpoints")  # log_dir is a collective: every process calls it
+        partial = os.path.join(folder, f".{self.FILENAME}.partial")
+        trainer.save_checkpoint(partial)  # process 0 writes, the others wait
+        if trainer.is_global_zero:
+            os.replace(partial, os.path.join(folder, self.FILENAME))
+        trainer.strategy.barrier("last-checkpoint")
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, module) -> None:
+        self._save(trainer)
 
 
 class RunStatus(L.Callback):

@@ -6,12 +6,14 @@ runs on, so no worker pool is needed and no pixels cross from the CPU.
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from sbvae.datasets import GroundTruthData, load
 from sbvae.errors import SBVAEError
@@ -46,6 +48,28 @@ class FactorStream(IterableDataset):
             yield self.data.sample_factors(self.batch_size, generator)
 
 
+class EvaluationRows(IterableDataset):
+    """This process's share of a fixed evaluation set as batches of (factor indices, row numbers).
+
+    Process r of w takes rows r, r + w, r + 2w, ...: every row exactly once over all processes.  An
+    IterableDataset, so Lightning adds no DistributedSampler, which would pad by repeating rows.
+    """
+
+    def __init__(self, factors: torch.Tensor, first_row: int, batch_size: int, shard_fn):
+        self.factors, self.first_row, self.batch_size, self.shard_fn = factors, first_row, batch_size, shard_fn
+
+    def _rows(self) -> torch.Tensor:
+        rank, world = self.shard_fn()
+        return torch.arange(rank, len(self.factors), world)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._rows()) / self.batch_size)
+
+    def __iter__(self):
+        for rows in self._rows().split(self.batch_size):
+            yield self.factors[rows], rows + self.first_row
+
+
 class GroundTruthDataModule(L.LightningDataModule):
     """Training and validation streams of one ``sbvae.datasets`` dataset.
 
@@ -56,8 +80,10 @@ class GroundTruthDataModule(L.LightningDataModule):
         batch_size: images per step and per process (the paper: 16 for VAEs, 32 for FactorVAE).
         steps_per_epoch: training batches between validations / checkpoints.
         val_size: number of validation images (a fixed set, drawn once from ``val_seed``).
-        seed: seed of the training stream (combined with the rank and the step).
-        val_seed: seed of the validation set, separate from training.
+        seed: seed of the training stream (mixed with the rank and the step); default: the run's
+            ``seed_everything``, so replicas of a seed sweep see independent data.
+        val_seed: seed of the validation and test sets; fixed by default so that every run of a sweep is
+            validated on the same images.
     """
 
     def __init__(
@@ -68,16 +94,19 @@ class GroundTruthDataModule(L.LightningDataModule):
         batch_size: int = 16,
         steps_per_epoch: int = 1000,
         val_size: int = 1024,
-        seed: int = 0,
+        seed: int | None = None,
         val_seed: int = 12345,
     ):
         super().__init__()
+        if seed is None:  # follow seed_everything, so a seed sweep also varies the data stream
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         for name, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch), ("val_size", val_size)):
             if value < 1:
                 raise SBVAEError(f"data.{name} must be a positive integer, got {value}.")
         if seed < 0 or val_seed < 0:
             raise SBVAEError(f"data.seed and data.val_seed must be >= 0, got {seed} and {val_seed}.")
         self.save_hyperparameters()
+        self.hparams.seed = seed  # the checkpoint records the seed actually used
         self.data = load(dataset, image_size=image_size, **(dataset_options or {}))
         self._render_generators: dict[torch.device, torch.Generator] = {}
 
@@ -104,13 +133,13 @@ class GroundTruthDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(stream_seed(_EVAL_FACTORS, self.hparams.val_seed, purpose))
         return self.data.sample_factors(self.hparams.val_size, generator)
 
+    def _shard(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
     def _evaluation_loader(self, purpose: int) -> DataLoader:
-        # Rows carry their index so each batch's continuous factors (colour) are drawn from a
-        # generator seeded by it: the images are the same every epoch.  A map-style dataset lets
-        # Lightning's DistributedSampler split it across processes.
         factors = self.validation_factors(purpose)
-        rows = TensorDataset(factors, torch.arange(len(factors)) + purpose * len(factors))
-        return DataLoader(rows, batch_size=self.hparams.batch_size)
+        rows = EvaluationRows(factors, purpose * len(factors), self.hparams.batch_size, self._shard)
+        return DataLoader(rows, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(0)
@@ -128,13 +157,21 @@ class GroundTruthDataModule(L.LightningDataModule):
             )
         return self.data.render(factors, self._render_generators[device])
 
-    def render_fixed(self, factors: torch.Tensor, first_row: int) -> torch.Tensor:
-        """Validation images: continuous factors seeded by the row index, so they never change."""
-        generator = torch.Generator(device=factors.device).manual_seed(stream_seed(_EVAL_RENDER, self.hparams.val_seed, first_row))
-        return self.data.render(factors, generator)
+    def render_fixed(self, factors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Evaluation images: row i's continuous factors (colour) come from a generator seeded by i alone.
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int) -> torch.Tensor:
+        So an evaluation image never depends on the batch size, the process count or the epoch.
+        """
+        device = factors.device
+        images = []
+        for i, row in enumerate(rows.tolist()):
+            generator = torch.Generator(device=device).manual_seed(stream_seed(_EVAL_RENDER, self.hparams.val_seed, row))
+            images.append(self.data.render(factors[i : i + 1], generator))
+        return torch.cat(images)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches become images; evaluation batches become (images, row numbers)."""
         if isinstance(batch, (list, tuple)):
             factors, rows = batch
-            return self.render_fixed(factors, int(rows[0]))
+            return self.render_fixed(factors, rows), rows
         return self.render(batch)

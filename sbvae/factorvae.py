@@ -27,6 +27,7 @@ import torch
 from torch.func import functional_call
 
 from sbvae import objectives
+from sbvae.errors import SBVAEError
 from sbvae.module import VAE, DecoderName
 from sbvae.nets import Discriminator
 
@@ -71,6 +72,15 @@ class FactorVAE(VAE):
         self.save_hyperparameters()
         self.discriminator = Discriminator(latent_dim=latent_dim, hidden=disc_hidden, layers=disc_layers)
         self.automatic_optimization = False
+
+    def on_fit_start(self) -> None:
+        # The discriminator steps outside the Lightning optimizer wrapper (see training_step); a GradScaler
+        # would update its scale between the two optimizers' steps.  bf16 needs no scaler.
+        if str(self.trainer.precision).startswith("16"):
+            raise SBVAEError(
+                f"FactorVAE does not support precision {self.trainer.precision!r} (fp16 loss scaling with two "
+                "optimizers); use --trainer.precision bf16-mixed or 32-true."
+            )
 
     def frozen_discriminator(self, z: torch.Tensor) -> torch.Tensor:
         """Discriminator logits whose gradient reaches ``z`` but not the discriminator's weights."""

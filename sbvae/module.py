@@ -110,17 +110,37 @@ class VAE(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.represent(x)
 
-    def per_image_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """NLL [B], KL [B], the latent sample z and the log-variance, for one batch of images."""
-        if x.shape[1:] != (self.hparams.channels, self.hparams.image_size, self.hparams.image_size):
+    def per_image_terms(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """NLL [B], KL [B], the latent sample z and the log-variance, for one batch of images.
+
+        ``noise`` (standard normal, [B, latent_dim]) fixes the sample; by default it is drawn afresh.
+        The posterior and the losses are kept in float32 under mixed precision: the KL's
+        exp(logvar) - 1 - logvar cancels badly in bfloat16.
+        """
+        expected = (self.hparams.channels, self.hparams.image_size, self.hparams.image_size)
+        if tuple(x.shape[1:]) != expected:
             raise SBVAEError(
-                f"the model expects images of shape {(self.hparams.channels, self.hparams.image_size, self.hparams.image_size)},"
-                f" got {tuple(x.shape[1:])}: set model.image_size / the dataset to match."
+                f"the model expects images of shape {expected}, got {tuple(x.shape[1:])}: "
+                "set data.image_size (the model follows it) or use a dataset with matching channels."
             )
-        mean, logvar = self.encode(x)
-        z = objectives.reparameterize(mean, logvar)
-        nll = objectives.reconstruction_nll(self.decode(z), x, self.hparams.likelihood, self.hparams.gaussian_variance)
+        mean, logvar = (t.float() for t in self.encode(x))
+        z = objectives.reparameterize(mean, logvar, noise)
+        output = self.decode(z).float()
+        nll = objectives.reconstruction_nll(output, x.float(), self.hparams.likelihood, self.hparams.gaussian_variance)
         return nll, objectives.gaussian_kl(mean, logvar), z, logvar
+
+    def evaluation_noise(self, rows: torch.Tensor) -> torch.Tensor:
+        """The posterior sample's noise for evaluation rows: a function of the row number alone.
+
+        Validation ELBOs are then exactly repeatable and independent of the batch size and process
+        count, and evaluating never consumes the training run's random numbers.
+        """
+        noise = torch.empty(len(rows), self.hparams.latent_dim)
+        for i, row in enumerate(rows.tolist()):
+            noise[i] = torch.randn(self.hparams.latent_dim, generator=torch.Generator().manual_seed(int(row)))
+        return noise.to(self.device)
 
     # -- training ----------------------------------------------------------------------------
     def check_divergence(self, **losses: torch.Tensor) -> None:
@@ -159,12 +179,13 @@ class VAE(L.LightningModule):
         for name in ("elbo", "nll", "kl"):
             self.log(f"{stage}/{name}", getattr(terms, name), on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=sync)
 
-    def _evaluation_step(self, stage: str, batch: torch.Tensor) -> None:
-        nll, kl, _, logvar = self.per_image_terms(batch)
-        self.log_terms(stage, objectives.beta_vae_loss(nll, kl, self.hparams.beta), batch.shape[0])
+    def _evaluation_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, rows = batch
+        nll, kl, _, logvar = self.per_image_terms(x, self.evaluation_noise(rows))
+        self.log_terms(stage, objectives.beta_vae_loss(nll, kl, self.hparams.beta), x.shape[0])
         std_sum = torch.exp(0.5 * logvar.double()).sum(0)
         self._posterior_std_sum = std_sum if self._posterior_std_sum is None else self._posterior_std_sum + std_sum
-        self._posterior_count += batch.shape[0]
+        self._posterior_count += x.shape[0]
 
     def _log_latents_used(self, stage: str) -> None:
         """The paper's "latents used": dimensions whose mean posterior std over the data is below 0.5."""
@@ -178,13 +199,13 @@ class VAE(L.LightningModule):
         self.log(f"{stage}/latents_used", used, sync_dist=True)  # already identical on every process
         self._posterior_std_sum, self._posterior_count = None, 0
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_latents_used("val")
 
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step("test", batch)
 
     def on_test_epoch_end(self) -> None:

@@ -45,8 +45,11 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
-def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """z = mean + std * noise, with fresh standard normal noise unless it is given."""
+    if noise is None:
+        noise = torch.randn_like(mean)
+    return mean + noise * torch.exp(0.5 * logvar)
 
 
 @dataclass

@@ -153,8 +153,8 @@ def final_weights(run):
 
 
 def test_same_seed_same_run_other_seed_other_run(tmp_path, config_path):
-    for seed in ("0", "0", "1"):
-        fit(config_path("quickstart.yaml"), tmp_path, "--seed_everything", seed, "--data.seed", seed)
+    for seed in ("0", "0", "1"):  # data.seed follows seed_everything
+        fit(config_path("quickstart.yaml"), tmp_path, "--seed_everything", seed)
     a, b, c = (final_weights(r) for r in run_dirs(tmp_path))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -178,3 +178,37 @@ def test_trains_on_gpu_in_bf16(tmp_path, config_path):
         "--trainer.precision", "bf16-mixed", "--data.image_size", "64")
     (run,) = run_dirs(tmp_path)
     assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
+
+
+def test_last_checkpoint_is_the_final_step_even_mid_epoch(tmp_path, config_path):
+    # 7 steps with 3-step epochs: the run ends inside an epoch, after validations that may not improve.
+    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "7")
+    (run,) = run_dirs(tmp_path)
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 7
+    assert not [f for f in os.listdir(os.path.join(run, "checkpoints")) if f.endswith(".partial")]
+
+
+def test_missing_resume_checkpoint_is_one_sentence(tmp_path, config_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(config_path("quickstart.yaml"), tmp_path, "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope.ckpt does not exist" in err and "Traceback" not in err
+
+
+def test_losses_stay_float32_under_bf16_autocast():
+    model = VAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4}, decoder_options={"channels": [8, 8]})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll, kl, z, logvar = model.per_image_terms(torch.rand(4, 3, 16, 16))
+    assert nll.dtype == kl.dtype == z.dtype == torch.float32
+
+
+def test_evaluation_noise_depends_on_the_row_only():
+    model = VAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4}, decoder_options={"channels": [8, 8]})
+    rows = torch.arange(10)
+    torch.manual_seed(0)
+    a = model.evaluation_noise(rows)
+    torch.manual_seed(1)
+    b = torch.cat([model.evaluation_noise(rows[:3]), model.evaluation_noise(rows[3:])])
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])

@@ -1,10 +1,11 @@
 """sbvae-train: LightningCLI over the sbvae LightningModules and the ground-truth DataModule.
 
     sbvae-train fit --config configs/quickstart.yaml [--model.init_args.beta 4] [--trainer.max_steps 100]
-    sbvae-train fit --config configs/quickstart.yaml --ckpt_path last     # resume
+    sbvae-train fit --config configs/quickstart.yaml --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -12,7 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from sbvae.callbacks import ImageLogger, RunStatus
+from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
 from sbvae.data import GroundTruthDataModule
 from sbvae.errors import DivergenceError, SBVAEError
 
@@ -31,7 +32,7 @@ class SBVAECLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/elbo",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # LastCheckpoint keeps last.ckpt current
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{step}",
         })
@@ -41,7 +42,13 @@ class SBVAECLI(LightningCLI):
         # Lightning would replace the model's arguments by the checkpoint's when resuming, silently
         # dropping the user's overrides (a lower lr after a divergence, say).  Here the config and
         # the command line define the model; the checkpoint supplies weights and training state.
-        return
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in ("last", "best", "hpc", "registry") and not os.path.isfile(path):
+            raise SBVAEError(
+                f"--ckpt_path {path} does not exist: pass a checkpoint written by sbvae-train, "
+                "e.g. runs/NAME/version_K/checkpoints/last.ckpt."
+            )
 
 
 def build_cli(args=None, run: bool = True) -> SBVAECLI:
@@ -53,7 +60,7 @@ def build_cli(args=None, run: bool = True) -> SBVAECLI:
         run=run,
         auto_configure_optimizers=False,
         trainer_defaults={
-            "callbacks": [RunStatus()],
+            "callbacks": [LastCheckpoint(), RunStatus()],
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
         },
         save_config_kwargs={"overwrite": True},
