@@ -11,7 +11,7 @@ import warnings
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
 from sbvae.data import GroundTruthDataModule
@@ -21,6 +21,24 @@ from sbvae.errors import DivergenceError, SBVAEError
 # The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
 # Lightning's caution about __len__ with several workers does not apply.
 warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+
+
+# Lines of jsonargparse's nested Union report that say nothing about what the user typed.
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>")
+
+
+class ConciseArgumentParser(LightningArgumentParser):
+    """Reports a bad key or value in one line instead of the whole usage text."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parts = [line.strip(" -") for line in str(message).splitlines()]
+        detail = " ".join(p for p in parts if p and not p.startswith(_NOISE))
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"sbvae-train: error: {detail}\n(every accepted key: {prog} --help, or add --print_config)\n")
+        sys.exit(2)
 
 
 class SBVAECLI(LightningCLI):
@@ -56,6 +74,7 @@ def build_cli(args=None, run: bool = True) -> SBVAECLI:
         L.LightningModule,
         GroundTruthDataModule,
         subclass_mode_model=True,
+        parser_class=ConciseArgumentParser,
         args=args,
         run=run,
         auto_configure_optimizers=False,
