@@ -70,3 +70,15 @@ def test_eval_truncated_checkpoint(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate(["--ckpt", str(broken), "--device", "cpu"])
     assert "is the file complete" in capsys.readouterr().err
+
+
+def test_eval_dataset_option_override(checkpoint, tmp_path, capsys):
+    out = tmp_path / "bins.json"
+    evaluate(["--ckpt", checkpoint, "--metrics", "mig", "--preset", "quick", "--device", "cpu", "--no-tensorboard",
+              "--dataset-option", "color_bins=4", "--output", str(out)])
+    record = json.load(open(out))
+    assert record["dataset"]["dataset_options"] == {"color_bins": 4}
+    assert record["metrics"]["mig"]["factor_entropy"][-1] <= 1.3863 + 1e-6  # 4 colour bins: entropy <= ln 4
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", checkpoint, "--device", "cpu", "--dataset-option", "color_bins"])
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import sys
 import time
 
 import torch
+import yaml
 
 from sbvae.errors import SBVAEError
 from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, scalars, score
@@ -26,8 +27,8 @@ def _arguments(hparams: dict) -> dict:
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
-def load_checkpoint(path: str, device: torch.device):
-    """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint."""
+def load_checkpoint(path: str, device: torch.device, dataset_options: dict | None = None):
+    """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint; ``dataset_options`` override the saved ones."""
     from sbvae.data import GroundTruthDataModule
 
     if not os.path.isfile(path):
@@ -44,7 +45,9 @@ def load_checkpoint(path: str, device: torch.device):
     model = model_class(**_arguments(ckpt["hyper_parameters"]))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
-    datamodule = GroundTruthDataModule(**_arguments(ckpt["datamodule_hyper_parameters"]))
+    data_args = _arguments(ckpt["datamodule_hyper_parameters"])
+    data_args["dataset_options"] = {**(data_args.get("dataset_options") or {}), **(dataset_options or {})}
+    datamodule = GroundTruthDataModule(**data_args)
     return model, datamodule, ckpt
 
 
@@ -74,6 +77,16 @@ def log_to_tensorboard(run_dir: str, results: dict[str, dict], step: int, preset
             writer.add_scalar(f"eval/{tag}{suffix}", value, step)
 
 
+def parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SBVAEError(f"--dataset-option expects KEY=VALUE (e.g. split=heldout), got {item!r}.")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by sbvae-train")
@@ -83,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log")
+    parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dataset option of the checkpoint, e.g. split=heldout for a hold-out circles run (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -91,7 +106,7 @@ def main(argv=None) -> None:
     try:
         names = parse_metrics(args.metrics)
         device = resolve_device(args.device)
-        model, datamodule, ckpt = load_checkpoint(args.ckpt, device)
+        model, datamodule, ckpt = load_checkpoint(args.ckpt, device, parse_options(args.dataset_option))
         start = time.perf_counter()
         results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device)
         seconds = time.perf_counter() - start
@@ -103,7 +118,7 @@ def main(argv=None) -> None:
         "checkpoint": os.path.abspath(args.ckpt),
         "global_step": ckpt.get("global_step"),
         "model": ckpt["sbvae_model_class"],
-        "dataset": _arguments(ckpt["datamodule_hyper_parameters"]),
+        "dataset": dict(datamodule.hparams),  # with any --dataset-option applied
         "preset": args.preset,
         "seed": args.seed,
         "device": str(device),
