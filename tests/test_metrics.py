@@ -7,7 +7,6 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
-from sbvae.datasets.base import GroundTruthData
 from sbvae.errors import SBVAEError
 from sbvae.metrics import (
     compute_mig,
@@ -18,39 +17,7 @@ from sbvae.metrics import (
     mutual_information,
     sample_codes,
 )
-
-DSPRITES_SIZES = (3, 6, 40, 32, 32)  # shape, scale, orientation, posX, posY (colour dropped)
-
-
-class FactorData(GroundTruthData):
-    """Fake ground truth: the "image" of a factor row is the row itself, as float [n, K, 1, 1]."""
-
-    factor_names = ("shape", "scale", "orientation", "posX", "posY")
-    factor_sizes = DSPRITES_SIZES
-    channels = 5
-    image_size = 1
-
-    def __init__(self, factor_sizes=DSPRITES_SIZES, has_ground_truth=True):
-        self.factor_sizes = tuple(factor_sizes)
-        self.factor_names = tuple(f"f{i}" for i in range(len(factor_sizes)))
-        self.channels = len(factor_sizes)
-        self.has_ground_truth = has_ground_truth
-
-    def render(self, factors, generator=None):
-        return factors.double()[:, :, None, None]
-
-    def factor_values(self, factors):
-        return factors.double()
-
-
-def identity(x):
-    return x.flatten(1)
-
-
-def noise(dim=10, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return lambda x: torch.randn(x.shape[0], dim, generator=gen, dtype=torch.float64)
-
+from metric_fakes import DSPRITES_NAMES, DSPRITES_SIZES, FactorData, identity, noise
 
 @pytest.fixture(scope="module")
 def factors():
@@ -145,7 +112,7 @@ def test_mig_constant_factor_raises(factors):
     bad = factors.clone()
     bad[:, 1] = 0
     with pytest.raises(ValueError, match="scale.*single value"):
-        mig(factors.double(), bad, factor_names=FactorData.factor_names)
+        mig(factors.double(), bad, factor_names=DSPRITES_NAMES)
     with pytest.raises(ValueError, match="at least 2"):
         mig(factors.double()[:, :1], factors)
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from sbvae.datasets.base import GroundTruthData
 from sbvae.metrics import (
     beta_vae_score,
     completeness,
@@ -19,33 +18,11 @@ from sbvae.metrics import (
     sap,
     sap_from_codes,
 )
+from metric_fakes import FactorData, identity, noise
 
 
-class FactorData(GroundTruthData):
-    """Fake ground truth: the "image" of a factor row is the row itself, as float [n, K, 1, 1]."""
-
-    factor_names = ("a", "b", "c")
-    factor_sizes = (3, 6, 10)
-    channels = 3
-    image_size = 1
-
-    def __init__(self, has_ground_truth=True):
-        self.has_ground_truth = has_ground_truth
-
-    def render(self, factors, generator=None):
-        return factors.double()[:, :, None, None]
-
-    def factor_values(self, factors):
-        return factors.double()
-
-
-def identity(x):
-    return x.flatten(1)
-
-
-def noise(dim=6, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return lambda x: torch.randn(x.shape[0], dim, generator=gen, dtype=torch.float64)
+def small_data(**kwargs):
+    return FactorData((3, 6, 10), factor_names=("a", "b", "c"), **kwargs)
 
 
 EYE = np.diag(5.0 * np.ones(5))
@@ -78,28 +55,28 @@ def test_modularity_oracle(mi, expected):
 
 # ---------------------------------------------------------------- identity vs noise, small sizes
 def test_beta_vae_identity_vs_noise():
-    data = FactorData()
+    data = small_data()
     good = beta_vae_score(data, identity, num_train=300, num_eval=200, batch_size=16)
     assert good.score == 1.0
-    bad = beta_vae_score(data, noise(), num_train=300, num_eval=300, batch_size=16)
+    bad = beta_vae_score(data, noise(6), num_train=300, num_eval=300, batch_size=16)
     assert abs(bad.score - 1 / 3) < 0.12
     json.dumps(good.as_dict())
 
 
 def test_dci_identity_vs_noise():
-    data = FactorData()
+    data = small_data()
     kwargs = dict(num_train=500, num_test=200, gbt_kwargs={"n_estimators": 10})
     good = dci(data, identity, **kwargs)
     assert good.disentanglement > 0.9 and good.completeness > 0.9 and good.informativeness_test > 0.95
-    bad = dci(data, noise(), **kwargs)
+    bad = dci(data, noise(6), **kwargs)
     assert bad.disentanglement < 0.25 and bad.completeness < 0.25
     json.dumps(good.as_dict())
 
 
 def test_sap_identity_vs_noise():
-    data = FactorData()
+    data = small_data()
     good = sap(data, identity, num_train=500, num_test=300)
-    bad = sap(data, noise(), num_train=500, num_test=300)
+    bad = sap(data, noise(6), num_train=500, num_test=300)
     assert good.score > bad.score + 0.1 and bad.score < 0.05
     gen = torch.Generator().manual_seed(0)
     y = torch.stack([torch.randint(0, s, (1000,), generator=gen) for s in (3, 6, 10)], dim=1)
@@ -110,16 +87,16 @@ def test_sap_identity_vs_noise():
 
 
 def test_modularity_explicitness_identity_vs_noise():
-    data = FactorData()
+    data = small_data()
     good = modularity_explicitness(data, identity, num_train=1000, num_test=300)
-    bad = modularity_explicitness(data, noise(), num_train=1000, num_test=300)
+    bad = modularity_explicitness(data, noise(6), num_train=1000, num_test=300)
     assert good.modularity > 0.95 and good.modularity > bad.modularity
     assert good.explicitness_test > 0.8 and abs(bad.explicitness_test - 0.5) < 0.1
     json.dumps(good.as_dict())
 
 
 def test_data_level_metrics_refuse_chairs():
-    chairs = FactorData(has_ground_truth=False)
+    chairs = small_data(has_ground_truth=False)
     for metric in (beta_vae_score, dci, sap, modularity_explicitness):
         with pytest.raises(ValueError, match="has no ground-truth factors"):
             metric(chairs, identity)
@@ -147,12 +124,12 @@ def test_evaluate_elbo():
         return (z - 1.0).pow(2).sum(1) + 3.0
 
     kl = 2 * 0.5 * (1.0 + 0.16 - 1.0 - math.log(0.16))
-    exact = evaluate_elbo(FactorData(), encode, decode_nll, num_images=500, sample=False, chunk_size=128)
+    exact = evaluate_elbo(small_data(), encode, decode_nll, num_images=500, sample=False, chunk_size=128)
     assert exact.nll == pytest.approx(3.0) and exact.kl == pytest.approx(kl) and exact.elbo == pytest.approx(3.0 + kl)
     assert exact.num_images == 500 and exact.latents_used == 2
-    sampled = evaluate_elbo(FactorData(), encode, decode_nll, num_images=4000)
+    sampled = evaluate_elbo(small_data(), encode, decode_nll, num_images=4000)
     assert sampled.nll == pytest.approx(3.0 + 2 * 0.16, abs=0.05)  # E (z - mean)^2 = var per dim
-    assert sampled.as_dict() == evaluate_elbo(FactorData(), encode, decode_nll, num_images=4000).as_dict()
+    assert sampled.as_dict() == evaluate_elbo(small_data(), encode, decode_nll, num_images=4000).as_dict()
     batches = [torch.rand(64, 3, 1, 1) for _ in range(4)]  # any iterable of held-out images (chairs)
     assert evaluate_elbo(batches, encode, decode_nll, num_images=200, sample=False).num_images == 200
     json.dumps(exact.as_dict())
