@@ -59,11 +59,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], factor_names: tuple[str, ...]) -> str:
     lines = [f"{'metric':<12} {'score':>8}  details"]
     for name, r in results.items():
         main_value = r["score"] if "score" in r else r["elbo"]  # the ELBO result has no single "score"
         details = {k: v for k, v in r.items() if k not in ("params", "score") and not isinstance(v, (list, dict))}
+        if name == "mig":  # the per-factor gaps say which factors are captured
+            details = dict(zip(factor_names, r["per_factor"]))
         lines.append(f"{name:<12} {main_value:>8.4f}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
     return "\n".join(lines)
 
@@ -113,7 +115,7 @@ def main(argv=None) -> None:
     except (SBVAEError, ValueError) as error:
         print(f"sbvae-eval: {error}", file=sys.stderr)
         sys.exit(2)
-    print(table(results))
+    print(table(results, tuple(datamodule.data.factor_names)))
     record = {
         "checkpoint": os.path.abspath(args.ckpt),
         "global_step": ckpt.get("global_step"),
