@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from sbvae.datasets.common import atomic_path
 from sbvae.errors import DivergenceError
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
@@ -120,11 +121,8 @@ class RunStatus(L.Callback):
         folder = trainer.loggers[0].log_dir if trainer.loggers and trainer.loggers[0].log_dir else trainer.default_root_dir
         os.makedirs(folder, exist_ok=True)
         record = {"status": status, "global_step": trainer.global_step, "time": time.time(), **extra}
-        path = os.path.join(folder, "status.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_path(os.path.join(folder, "status.json")) as tmp, open(tmp, "w") as f:
             json.dump(record, f, indent=2)
-        os.replace(tmp, path)
 
     def on_fit_start(self, trainer, module) -> None:
         self._write(trainer, "running")

@@ -109,6 +109,7 @@ class GroundTruthDataModule(L.LightningDataModule):
         self.hparams.seed = seed  # the checkpoint records the seed actually used
         self.data = load(dataset, image_size=image_size, **(dataset_options or {}))
         self._render_generators: dict[torch.device, torch.Generator] = {}
+        self._eval_images: dict[tuple, torch.Tensor] = {}  # (device, *row numbers) -> images
 
     @property
     def channels(self) -> int:
@@ -163,11 +164,15 @@ class GroundTruthDataModule(L.LightningDataModule):
         So an evaluation image never depends on the batch size, the process count or the epoch.
         """
         device = factors.device
+        key = (str(device), *rows.tolist())  # the same batches recur every epoch: render them once
+        if key in self._eval_images:
+            return self._eval_images[key]
         images = []
         for i, row in enumerate(rows.tolist()):
             generator = torch.Generator(device=device).manual_seed(stream_seed(_EVAL_RENDER, self.hparams.val_seed, row))
             images.append(self.data.render(factors[i : i + 1], generator))
-        return torch.cat(images)
+        self._eval_images[key] = torch.cat(images)
+        return self._eval_images[key]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches become images; evaluation batches become (images, row numbers)."""

@@ -52,10 +52,3 @@ def traversal_grid(
     pictures = _images(model, z.reshape(-1, mean.shape[0]))
     return make_grid(pictures, nrow=steps, padding=2, pad_value=1.0)
 
-
-def latent_geometry_points(model, x: torch.Tensor, dims: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means of ``x`` in the ``dims`` latents with the smallest mean variance (Figures 7, 8)."""
-    with torch.no_grad():
-        mean, logvar = model.encode(x)
-    chosen = logvar.exp().mean(0).argsort()[:dims]
-    return mean[:, chosen], chosen

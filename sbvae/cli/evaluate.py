@@ -18,6 +18,7 @@ import time
 import torch
 import yaml
 
+from sbvae.datasets.common import atomic_path
 from sbvae.errors import SBVAEError
 from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, scalars, score
 
@@ -128,10 +129,8 @@ def main(argv=None) -> None:
         "metrics": results,
     }
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.preset}-seed{args.seed}.json")
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_path(output) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
-    os.replace(tmp, output)
     print(f"wrote {output}")
     run_dir = None if args.no_tensorboard else run_dir_of(args.ckpt)
     if run_dir:
