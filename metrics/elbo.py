@@ -13,8 +13,10 @@ import dataclasses
 from typing import Any, Callable, Iterable
 
 import torch
-
+from sbvae.metrics.latents_used import count_used
 from sbvae.metrics.utils import DEFAULT_CHUNK_SIZE, MetricError, MetricResult, make_generator, render_generator, resolve_device
+
+from sbvae.objectives import gaussian_kl, reparameterize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +77,9 @@ def evaluate_elbo(
         z = mean
         if sample:
             eps = torch.randn(mean.shape, generator=noise_gen, dtype=mean.dtype).to(mean.device)  # CPU draw: same on any device
-            z = mean + eps * (0.5 * logvar).exp()
+            z = reparameterize(mean, logvar, eps)
         nll = decode_nll(z.to(x.dtype), x).double()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+        kl = gaussian_kl(mean, logvar)
         nll_sum += float(nll.sum())
         kl_sum += float(kl.sum())
         std_sum = std_sum + (0.5 * logvar).exp().sum(dim=0)
@@ -90,6 +92,6 @@ def evaluate_elbo(
         nll=nll_sum / count,
         kl=kl_sum / count,
         num_images=count,
-        latents_used=int((mean_std < latent_threshold).sum()),
+        latents_used=count_used(mean_std, latent_threshold),
         mean_std=mean_std,
     )

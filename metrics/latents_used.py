@@ -21,6 +21,11 @@ class LatentsUsedResult(MetricResult):
     used: torch.Tensor  # [D] bool
 
 
+def count_used(mean_std: torch.Tensor, threshold: float = 0.5) -> int:
+    """The rule itself, on posterior stds already averaged over the data [D]."""
+    return int((mean_std < threshold).sum())
+
+
 def latents_used(logvar: Any = None, *, std: Any = None, threshold: float = 0.5) -> LatentsUsedResult:
     """Count the latents whose mean posterior std is below ``threshold``.
 
@@ -32,5 +37,4 @@ def latents_used(logvar: Any = None, *, std: Any = None, threshold: float = 0.5)
     if s.ndim != 2:
         raise MetricError(f"expected posterior parameters [N, D], got shape {tuple(s.shape)}.")
     mean_std = s.mean(dim=0).cpu()
-    used = mean_std < threshold
-    return LatentsUsedResult(score=int(used.sum()), mean_std=mean_std, used=used)
+    return LatentsUsedResult(score=count_used(mean_std, threshold), mean_std=mean_std, used=mean_std < threshold)

@@ -16,6 +16,7 @@ import torch
 
 from sbvae import objectives
 from sbvae.errors import DivergenceError, SBVAEError
+from sbvae.metrics.latents_used import count_used
 from sbvae.nets import DECODERS, ConvEncoder
 
 DecoderName = Literal["spatial_broadcast", "deconv", "coordconv"]
@@ -195,7 +196,7 @@ class VAE(L.LightningModule):
         std_sum, count = self.all_gather(self._posterior_std_sum), self.all_gather(count)
         if std_sum.ndim == 2:  # gathered from several processes
             std_sum, count = std_sum.sum(0), count.sum()
-        used = ((std_sum / count) < 0.5).sum().float()
+        used = torch.tensor(float(count_used(std_sum / count)), device=std_sum.device)
         self.log(f"{stage}/latents_used", used, sync_dist=True)  # already identical on every process
         self._posterior_std_sum, self._posterior_count = None, 0
 
