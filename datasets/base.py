@@ -14,6 +14,8 @@ import abc
 
 import torch
 
+from sbvae import keyed
+
 try:  # the CLIs print SBVAEError as one sentence; fall back when used on its own
     from sbvae.errors import SBVAEError as _UserError
 except ImportError:  # pragma: no cover
@@ -50,11 +52,13 @@ class GroundTruthData(abc.ABC):
         return (self.channels, self.image_size, self.image_size)
 
     def sample_factors(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Independent uniform class indices, LongTensor [n, K] on the generator's device."""
-        device = generator.device if generator is not None else torch.device("cpu")
-        sizes = torch.tensor(self.factor_sizes, dtype=torch.float64, device=device)
-        u = torch.rand(n, len(self.factor_sizes), generator=generator, dtype=torch.float64, device=device)
-        return (u * sizes).long().clamp_max_(sizes.long() - 1)
+        """Independent uniform class indices, LongTensor [n, K] on the generator's device.
+
+        ``generator``: a ``torch.Generator`` or an ``sbvae.keyed.KeyedRandom`` (training's keyed streams).
+        """
+        u = keyed.rand((n, len(self.factor_sizes)), generator, dtype=torch.float64)
+        sizes = self._sizes_on(u.device)  # cached: no host-to-device copy inside a captured step
+        return (u * sizes).long().clamp_max_(sizes - 1)
 
     @abc.abstractmethod
     def render(self, factors: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

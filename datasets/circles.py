@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sbvae import keyed
 from sbvae.datasets.base import DataError, GroundTruthData
 from sbvae.datasets.common import bin_centres, bin_values, check_choice, check_int, hsv_to_rgb
 
@@ -144,11 +145,11 @@ class Circles(GroundTruthData):
         device = out.device
         if self.hole is not None:
             cells = self._allowed_cells(device)
-            pick = torch.randint(len(cells), (n,), generator=generator, device=device)
+            pick = keyed.randint(len(cells), (n,), generator, device)
             a, b, _, _ = self.hole
             out[:, a], out[:, b] = cells[pick, 0], cells[pick, 1]
         if self.blank_fraction > 0:
-            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+            u = keyed.rand((n,), generator, device, torch.float64)
             out[:, -1] = (u >= self.blank_fraction).long()
         return out
 

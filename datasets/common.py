@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sbvae import keyed
 from sbvae.datasets.base import DataError
 
 ENV_VAR = "SBVAE_DATA"
@@ -78,7 +79,7 @@ def bin_values(bins: torch.Tensor, count: int, low: float, high: float, generato
     if generator is None:
         u = torch.full(bins.shape, 0.5, device=bins.device)
     else:
-        u = torch.rand(bins.shape, generator=generator, device=generator.device).to(bins.device)
+        u = keyed.rand(bins.shape, generator).to(bins.device)
     return low + (high - low) * (bins.float() + u) / count
 
 

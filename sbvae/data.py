@@ -1,8 +1,10 @@
-"""LightningDataModule over a GroundTruthData: factors on the CPU, pixels on the model's device.
+"""LightningDataModule over a GroundTruthData: every pixel is rendered on the model's device.
 
-The loaders yield only factor indices (a few hundred bytes a batch); images
-are rendered in ``on_after_batch_transfer``, i.e. on the device the model
-runs on, so no worker pool is needed and no pixels cross from the CPU.
+Training batches are drawn inside the training step from keyed streams
+(``training_batch``), so nothing crosses from the CPU per step and a resumed
+or replicated run sees exactly the data of the run it continues or copies.
+The evaluation loaders yield factor indices and row numbers (a few hundred
+bytes a batch), rendered in ``on_after_batch_transfer``.
 """
 from __future__ import annotations
 
@@ -15,37 +17,32 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sbvae.datasets import GroundTruthData, load
+from sbvae import keyed
+from sbvae.datasets import load
 from sbvae.errors import SBVAEError
 
 
-# The first key of every stream says what it is for, so no two purposes share random numbers.
-_FACTORS, _RENDER, _EVAL_FACTORS, _EVAL_RENDER = 0, 1, 2, 3
-
-
 def stream_seed(*keys: int) -> int:
-    """A 63-bit seed mixed from (seed, rank, step, ...) so that distinct keys never share a stream."""
+    """A 63-bit seed mixed from keys such as (purpose, seed, set), for the CPU generator of a fixed set."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-class FactorStream(IterableDataset):
-    """An endless supply of factor batches, cut into epochs of ``steps`` batches.
+class StepTicks(IterableDataset):
+    """``steps`` placeholder batches per epoch: the model draws each training batch itself.
 
-    The generator is seeded from the run seed, the process rank and the global
-    step at which iteration starts, so each DDP process sees different data and
-    a resumed run continues with fresh samples instead of replaying old ones.
+    The images of step s are a function of (seed, rank, s) alone (``GroundTruthDataModule.training_batch``),
+    rendered on the device inside the training step, so the loader carries nothing.
     """
 
-    def __init__(self, data: GroundTruthData, batch_size: int, steps: int, seed_fn):
-        self.data, self.batch_size, self.steps, self.seed_fn = data, batch_size, steps, seed_fn
+    def __init__(self, steps: int):
+        self.steps = steps
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed_fn())
         for _ in range(self.steps):
-            yield self.data.sample_factors(self.batch_size, generator)
+            yield torch.empty(0)
 
 
 class EvaluationRows(IterableDataset):
@@ -108,30 +105,32 @@ class GroundTruthDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.hparams.seed = seed  # the checkpoint records the seed actually used
         self.data = load(dataset, image_size=image_size, **(dataset_options or {}))
-        self._render_generators: dict[torch.device, torch.Generator] = {}
         self._eval_images: dict[tuple, torch.Tensor] = {}  # (device, *row numbers) -> images
 
     @property
     def channels(self) -> int:
         return self.data.channels
 
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
-
-    def _train_seed(self) -> int:
-        step = self.trainer.global_step if self.trainer is not None else 0
-        return stream_seed(_FACTORS, self.hparams.seed, self._rank(), step)
-
     def train_dataloader(self) -> DataLoader:
-        stream = FactorStream(self.data, self.hparams.batch_size, self.hparams.steps_per_epoch, self._train_seed)
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(StepTicks(self.hparams.steps_per_epoch), batch_size=None)
+
+    def training_batch(self, seed, rank: int, step, device: torch.device) -> torch.Tensor:
+        """The training images of one step: factors and colour from streams keyed by (seed, rank, step).
+
+        ``seed`` may be a tensor of R replica seeds: the batch is then R x batch_size images, chunk k
+        being what the single run with seed k draws.  ``step`` may be a device tensor (CUDA graphs).
+        """
+        seeds = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(-1)
+        n = len(seeds) * self.hparams.batch_size
+        factors = self.data.sample_factors(n, keyed.stream(keyed.FACTORS, seeds, rank, step))
+        return self.data.render(factors, keyed.stream(keyed.RENDER, seeds, rank, step))
 
     def validation_factors(self, purpose: int = 0) -> torch.Tensor:
         """A fixed evaluation set as factor indices (the same on every run and process count).
 
         ``purpose`` 0 is the validation set, 1 the test set: both come from ``val_seed`` but never overlap in stream.
         """
-        generator = torch.Generator().manual_seed(stream_seed(_EVAL_FACTORS, self.hparams.val_seed, purpose))
+        generator = torch.Generator().manual_seed(stream_seed(keyed.EVAL_FACTORS, self.hparams.val_seed, purpose))
         return self.data.sample_factors(self.hparams.val_size, generator)
 
     def _shard(self) -> tuple[int, int]:
@@ -149,34 +148,21 @@ class GroundTruthDataModule(L.LightningDataModule):
         """A held-out set of the same size as validation, drawn from a separate stream."""
         return self._evaluation_loader(1)
 
-    def render(self, factors: torch.Tensor) -> torch.Tensor:
-        """Training images for ``factors`` on their device, continuous factors from a per-device stream."""
-        device = factors.device
-        if device not in self._render_generators:
-            self._render_generators[device] = torch.Generator(device=device).manual_seed(
-                stream_seed(_RENDER, self.hparams.seed, self._rank())
-            )
-        return self.data.render(factors, self._render_generators[device])
-
     def render_fixed(self, factors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Evaluation images: row i's continuous factors (colour) come from a generator seeded by i alone.
+        """Evaluation images: row i's continuous factors (colour) come from a stream keyed by i alone.
 
         So an evaluation image never depends on the batch size, the process count or the epoch.
         """
         device = factors.device
         key = (str(device), *rows.tolist())  # the same batches recur every epoch: render them once
-        if key in self._eval_images:
-            return self._eval_images[key]
-        images = []
-        for i, row in enumerate(rows.tolist()):
-            generator = torch.Generator(device=device).manual_seed(stream_seed(_EVAL_RENDER, self.hparams.val_seed, row))
-            images.append(self.data.render(factors[i : i + 1], generator))
-        self._eval_images[key] = torch.cat(images)
+        if key not in self._eval_images:
+            row_keys = keyed.key(keyed.EVAL_RENDER, self.hparams.val_seed, rows.to(device))
+            self._eval_images[key] = self.data.render(factors, keyed.KeyedRandom(row_keys))
         return self._eval_images[key]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training batches become images; evaluation batches become (images, row numbers)."""
+        """Evaluation batches become (images, row numbers); training batches are placeholders."""
         if isinstance(batch, (list, tuple)):
             factors, rows = batch
             return self.render_fixed(factors, rows), rows
-        return self.render(batch)
+        return batch

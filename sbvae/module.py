@@ -14,7 +14,8 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from sbvae import objectives
+from sbvae import keyed, objectives
+from sbvae.engine import Engine
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.nets import DECODERS, ConvEncoder
@@ -56,7 +57,14 @@ class VAE(L.LightningModule):
         beta: weight of the KL term.
         lr: Adam learning rate (paper: 3e-4).
         max_loss: a loss above this (nats per image) counts as divergence, like a nan.
+        step_mode: how ``sbvae.engine`` runs a training step: "graph" captures the whole step in a CUDA
+            graph (one process on CUDA), "eager" runs it op by op (CPU, DDP, debugging); "auto" picks
+            graph where it works.  Both compute the same step.
+        channels_last: train in the channels-last memory format (faster convolutions on recent GPUs).
     """
+
+    # Summed for backward and checked for divergence (FactorVAE adds its discriminator's loss).
+    backward_terms: tuple[str, ...] = ("loss",)
 
     def __init__(
         self,
@@ -71,6 +79,8 @@ class VAE(L.LightningModule):
         beta: float = 1.0,
         lr: float = 3e-4,
         max_loss: float = 1e6,
+        step_mode: Literal["auto", "graph", "eager"] = "auto",
+        channels_last: bool = False,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -79,6 +89,8 @@ class VAE(L.LightningModule):
             raise SBVAEError(f"unknown likelihood {likelihood!r}: choose one of {objectives.LIKELIHOODS}.")
         if beta < 0 or lr <= 0 or gaussian_variance <= 0:
             raise SBVAEError("beta must be >= 0, and lr and gaussian_variance > 0.")
+        if step_mode not in ("auto", "graph", "eager"):
+            raise SBVAEError(f"unknown step_mode {step_mode!r}: choose auto, graph or eager.")
         self.save_hyperparameters()
         self.encoder = _build(
             ConvEncoder, dict(in_channels=channels, image_size=image_size, latent_dim=latent_dim),
@@ -90,6 +102,8 @@ class VAE(L.LightningModule):
         )
         self._posterior_std_sum: torch.Tensor | None = None
         self._posterior_count = 0
+        self.engine: Engine | None = None
+        self.automatic_optimization = False  # the engine runs backward and the optimiser steps
 
     # -- the model ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +126,11 @@ class VAE(L.LightningModule):
         return self.represent(x)
 
     def per_image_terms(
-        self, x: torch.Tensor, noise: torch.Tensor | None = None
+        self, x: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """NLL [B], KL [B], the latent sample z and the log-variance, for one batch of images.
 
-        ``noise`` (standard normal, [B, latent_dim]) fixes the sample; by default it is drawn afresh.
+        ``noise`` (standard normal, [B, latent_dim]) is the posterior sample's noise.
         The posterior and the losses are kept in float32 under mixed precision: the KL's
         exp(logvar) - 1 - logvar cancels badly in bfloat16.
         """
@@ -138,47 +152,92 @@ class VAE(L.LightningModule):
         Validation ELBOs are then exactly repeatable and independent of the batch size and process
         count, and evaluating never consumes the training run's random numbers.
         """
-        noise = torch.empty(len(rows), self.hparams.latent_dim)
-        for i, row in enumerate(rows.tolist()):
-            noise[i] = torch.randn(self.hparams.latent_dim, generator=torch.Generator().manual_seed(int(row)))
-        return noise.to(self.device)
+        rows = rows.to(self.device)
+        return keyed.KeyedRandom(keyed.key(keyed.EVAL_POSTERIOR, rows)).normal((len(rows), self.hparams.latent_dim))
+
+    def loss_terms(self, x: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training objective and what is logged of it, batch means in nats per image.
+
+        ``loss`` is optimised; ``elbo`` (NLL + KL), ``nll`` and ``kl`` are reported.  The one place
+        the objective is assembled: training, the fast path, replicas and the benchmark call it.
+        """
+        nll, kl, _, _ = self.per_image_terms(x, noise)
+        return vars(objectives.beta_vae_loss(nll, kl, self.hparams.beta))
+
+    def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
+        """The random inputs of ``loss_terms`` for one step, from ``draw(purpose) -> KeyedRandom``."""
+        return {"noise": draw(keyed.POSTERIOR).normal((batch_size, self.hparams.latent_dim))}
 
     # -- training ----------------------------------------------------------------------------
-    def check_divergence(self, **losses: torch.Tensor) -> None:
-        """Stop with DivergenceError when any loss is non-finite or above ``max_loss`` on any process.
+    def on_train_start(self) -> None:
+        # After a resume has restored weights and optimiser state: the engine captures those tensors.
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "training_batch"):
+            raise SBVAEError("sbvae models train on an sbvae GroundTruthDataModule (the `data:` section of the config).")
+        mode = self.hparams.step_mode
+        graph_ok = self.device.type == "cuda" and self.trainer.world_size == 1
+        if mode == "auto":
+            mode = "graph" if graph_ok else "eager"
+        elif mode == "graph" and not graph_ok:
+            raise SBVAEError("step_mode graph needs one CUDA device and one process; use step_mode auto or eager.")
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+        optimizers = self.optimizers()
+        optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
+        precision = str(self.trainer.precision)
+        self.engine = Engine(
+            self, optimizers, lambda step: self._training_images(dm, step), seed=dm.hparams.seed,
+            rank=self.trainer.global_rank, mode=mode, start_step=self.global_step, device=self.device,
+            autocast_dtype=torch.bfloat16 if precision.startswith("bf16") else None,
+            backward=self.manual_backward if self.trainer.world_size > 1 else None,
+        )
 
-        It runs before the optimiser step, so the weights (and every checkpoint) stay finite.
+    def _training_images(self, dm, step: torch.Tensor) -> torch.Tensor:
+        x = dm.training_batch(self.engine.seed, self.engine.rank, step, self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def sync_divergence(self) -> None:
+        """Stop with DivergenceError if any step so far diverged (reads one flag from the device).
+
+        Such a step never updated the weights, and the engine froze them from then on, so the model
+        (and every checkpoint) stays finite.
         """
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        bad = {k: v for k, v in values.items() if not math.isfinite(v) or v > self.hparams.max_loss}
-        trainer = self._trainer  # None outside a Trainer (direct calls, tests)
-        if trainer is not None and trainer.world_size > 1:
-            any_bad = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
-        else:
-            any_bad = bool(bad)
-        if any_bad:
-            what = ", ".join(f"{k} = {v:.4g}" for k, v in bad.items()) or "a loss on another process"
-            step = self.global_step
-            raise DivergenceError(
-                f"training diverged at step {step} ({what}); the last good checkpoint is kept: resume from it "
-                "with a lower learning rate, another seed, or model.likelihood=gaussian (the paper's advice for stability).",
-                step=step,
-                value=next(iter(bad.values()), float("nan")),
-            )
+        found = self.engine.first_bad_step() if self.engine is not None else None
+        if found is None:
+            return
+        step, values = found
+        guarded = {k: v for k, v in values.items() if k in self.backward_terms}
+        bad = {k: v for k, v in guarded.items() if not (math.isfinite(v) and v <= self.hparams.max_loss)}
+        what = ", ".join(f"{k} = {v:.4g}" for k, v in (bad or guarded).items())
+        raise DivergenceError(
+            f"training diverged at step {step} ({what}); the last good checkpoint is kept: resume from it "
+            "with a lower learning rate, another seed, or model.likelihood=gaussian (the paper's advice for stability).",
+            step=step,
+            value=next(iter(bad.values()), float("nan")),
+        )
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        nll, kl, _, _ = self.per_image_terms(batch)
-        terms = objectives.beta_vae_loss(nll, kl, self.hparams.beta)
-        self.check_divergence(loss=terms.loss)
-        self.log_terms("train", terms, batch.shape[0], prog_bar=True)
-        return terms.loss
+    def training_step(self, batch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer
+        # The engine does the whole step (its update included) and leaves no gradient behind, so the
+        # Lightning optimizer's step is a no-op that only counts the step (trainer.global_step).
+        terms = {}
+        optimizer.step(closure=lambda: terms.update(self.engine.step()))
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=self.engine_batch_size())
+        trainer = self.trainer
+        done = self.global_step
+        if (done % trainer.log_every_n_steps == 0 or batch_idx + 1 == trainer.num_training_batches
+                or (trainer.max_steps > 0 and done >= trainer.max_steps)):
+            self.sync_divergence()
 
-    def log_terms(self, stage: str, terms: objectives.ELBOTerms, batch_size: int, prog_bar: bool = False) -> None:
-        on_step = stage == "train"
-        sync = not on_step  # epoch means are reduced across processes; per-step values are rank 0's
-        self.log(f"{stage}/loss", terms.loss, prog_bar=prog_bar, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=sync)
-        for name in ("elbo", "nll", "kl"):
-            self.log(f"{stage}/{name}", getattr(terms, name), on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=sync)
+    def engine_batch_size(self) -> int:
+        return self.trainer.datamodule.hparams.batch_size
+
+    def log_terms(self, stage: str, terms: objectives.ELBOTerms, batch_size: int) -> None:
+        """Epoch means of the evaluation terms, reduced across processes."""
+        for name in ("loss", "elbo", "nll", "kl"):
+            self.log(f"{stage}/{name}", getattr(terms, name), on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
 
     def _evaluation_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, rows = batch
@@ -217,4 +276,9 @@ class VAE(L.LightningModule):
         checkpoint["sbvae_model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return adam(self.parameters(), self.device, lr=self.hparams.lr)
+
+
+def adam(params, device: torch.device, **options) -> torch.optim.Adam:
+    """Adam whose state lives on the device (capturable) on CUDA: the engine steps it inside a CUDA graph."""
+    return torch.optim.Adam(params, capturable=torch.device(device).type == "cuda", **options)

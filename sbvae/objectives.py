@@ -45,10 +45,8 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
-def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """z = mean + std * noise, with fresh standard normal noise unless it is given."""
-    if noise is None:
-        noise = torch.randn_like(mean)
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """z = mean + std * noise, for standard normal ``noise`` (drawn by the caller from a keyed stream)."""
     return mean + noise * torch.exp(0.5 * logvar)
 
 
@@ -68,14 +66,12 @@ def beta_vae_loss(nll: torch.Tensor, kl: torch.Tensor, beta: float) -> ELBOTerms
     return ELBOTerms(loss=nll_mean + beta * kl_mean, elbo=nll_mean + kl_mean, nll=nll_mean, kl=kl_mean)
 
 
-def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Shuffle each latent dimension independently across the batch.
+def permute_dims(z: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Shuffle each latent dimension independently across the batch, in the order of ``keys`` [B, D].
 
-    The result keeps every dimension's marginal but breaks the dependence
-    between dimensions: a sample of prod_j q(z_j) (Kim & Mnih 2018, Alg. 2).
+    With uniform keys the result keeps every dimension's marginal but breaks the
+    dependence between dimensions: a sample of prod_j q(z_j) (Kim & Mnih 2018, Alg. 2).
     """
-    b, d = z.shape
-    keys = torch.rand(b, d, device=z.device, generator=generator)
     return torch.gather(z, 0, keys.argsort(dim=0))
 
 

@@ -1,6 +1,7 @@
-"""A callback the DDP test loads by class path: each process writes a digest of its weights."""
+"""Callbacks the subprocess tests load by class path: weight digests per DDP process, a hard kill."""
 import hashlib
 import os
+import signal
 
 import lightning as L
 
@@ -16,3 +17,14 @@ class ReplicaDigest(L.Callback):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         with open(os.path.join(self.out_dir, f"digest_rank{trainer.global_rank}.txt"), "w") as f:
             f.write(f"{digest.hexdigest()} {trainer.global_step} {trainer.world_size}\n")
+
+
+class KillAt(L.Callback):
+    """Kills its own process with SIGKILL once ``step`` steps are done: a crash no handler sees."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

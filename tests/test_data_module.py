@@ -50,10 +50,10 @@ def test_training_seed_follows_seed_everything(monkeypatch):
     assert GroundTruthDataModule(image_size=16).hparams.seed == 0
 
 
-def test_training_stream_differs_by_rank_and_step():
-    dm = GroundTruthDataModule(image_size=16, batch_size=8, steps_per_epoch=2)
-    first = next(iter(dm.train_dataloader()))
-    again = next(iter(dm.train_dataloader()))
-    assert torch.equal(first, again)  # same (seed, rank, step): same stream
-    dm.hparams.seed = 1
-    assert not torch.equal(first, next(iter(dm.train_dataloader())))
+def test_training_batch_is_keyed_by_seed_rank_and_step():
+    dm = GroundTruthDataModule(image_size=16, batch_size=8)
+    batch = lambda seed, rank, step: dm.training_batch(seed, rank, torch.tensor(step), "cpu")
+    base = batch(0, 0, 0)
+    assert torch.equal(base, batch(0, 0, 0))
+    for other in (batch(1, 0, 0), batch(0, 1, 0), batch(0, 0, 1)):
+        assert not torch.equal(base, other)

@@ -10,7 +10,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sbvae.cli.train import main
-from sbvae.errors import DivergenceError
 from sbvae.module import VAE
 
 TINY = [
@@ -91,13 +90,6 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
     second = run_dirs(tmp_path)[1]
     status = json.load(open(os.path.join(second, "status.json")))
     assert status["status"] == "diverged" and status["step"] == 6
-
-
-def test_nan_loss_raises_divergence():
-    model = VAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4}, decoder_options={"channels": [8, 8]})
-    with pytest.raises(DivergenceError, match="diverged at step 0"):
-        model.check_divergence(loss=torch.tensor(float("nan")))
-    model.check_divergence(loss=torch.tensor(123.0))  # finite and below max_loss: no error
 
 
 @pytest.mark.parametrize(
@@ -200,7 +192,7 @@ def test_missing_resume_checkpoint_is_one_sentence(tmp_path, config_path, capsys
 def test_losses_stay_float32_under_bf16_autocast():
     model = VAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4}, decoder_options={"channels": [8, 8]})
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        nll, kl, z, logvar = model.per_image_terms(torch.rand(4, 3, 16, 16))
+        nll, kl, z, logvar = model.per_image_terms(torch.rand(4, 3, 16, 16), torch.randn(4, 10))
     assert nll.dtype == kl.dtype == z.dtype == torch.float32
 
 

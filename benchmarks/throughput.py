@@ -1,0 +1,202 @@
+"""Training throughput, in one process and one run: a plain PyTorch loop, sbvae's step, and sbvae-train.
+
+    python benchmarks/throughput.py --device cpu|cuda [--quick] [--json PATH] [--models sbd,deconv,factorvae-sbd]
+                                    [--precision 32-true|bf16-mixed] [--channels-last] [--replicas 1,15]
+
+Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, FactorVAE-SBD at batch 32):
+  naive    the loop a researcher writes in 60 lines: the same nets, images pre-rendered on the device,
+           randn_like noise, Adam; eager.
+  step     sbvae's training step alone (``sbvae.engine``: a CUDA graph on CUDA, eager on CPU), images
+           rendered inside the step.
+  trainer  ``sbvae-train fit`` on the config, with its logging, validation, checkpoints and pictures:
+           steps completed over wall time after warm-up.
+  replicas R seeds in one process (``--replicas``), images/s summed over the replicas.
+The ratio column divides by the naive row of the same model and run.  ``--quick``: 16 px images and
+few steps, so the whole run takes a few minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import lightning
+import torch
+import torch.nn.functional as F
+
+from sbvae.cli.train import build_cli
+from sbvae.data import GroundTruthDataModule
+from sbvae.engine import Engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"sbd": "sprites/vae-sbd.yaml", "deconv": "sprites/vae-deconv.yaml", "factorvae-sbd": "sprites/factorvae-sbd.yaml"}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def build(model_name: str, args, device: torch.device, replicas: int = 1):
+    """(model, datamodule) from the model's paper config, as sbvae-train builds them."""
+    overrides = ["--data.image_size", str(args.image_size), "--trainer.accelerator", "cpu"]
+    cli = build_cli(["--config", os.path.join(ROOT, "configs", CONFIGS[model_name]), *overrides], run=False)
+    return cli.model.to(device), cli.datamodule
+
+
+# -- naive: what a user writes -------------------------------------------------------------------
+def naive_step_fn(model, dm, device, autocast):
+    enc, dec = model.encoder, model.decoder
+    disc = getattr(model, "discriminator", None)
+    pool = dm.data.render(dm.data.sample_factors(2048, torch.Generator().manual_seed(0)).to(device))
+    batch = dm.hparams.batch_size
+    vae_params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.Adam(vae_params, lr=model.hparams.lr)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=2e-5, betas=(0.5, 0.9)) if disc is not None else None
+
+    def step():
+        x = pool[torch.randint(len(pool), (batch,), device=device)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            mean, logvar = enc(x)
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+            logits = dec(z)
+        nll = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") / batch
+        kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).sum() / batch
+        loss = nll + model.hparams.beta * kl
+        if disc is not None:  # FactorVAE: the TC term trains the VAE, the discriminator loss the discriminator
+            for p in disc.parameters():
+                p.requires_grad_(False)
+            tc = (disc(z)[:, 0] - disc(z)[:, 1]).mean()
+            for p in disc.parameters():
+                p.requires_grad_(True)
+            zd = z.detach()
+            zp = torch.stack([c[torch.randperm(batch, device=device)] for c in zd.T], 1)
+            labels = torch.cat([torch.zeros(batch), torch.ones(batch)]).long().to(device)
+            d_loss = F.cross_entropy(disc(torch.cat([zd, zp])), labels)
+            loss = loss + model.hparams.gamma * tc + d_loss
+        opt.zero_grad(set_to_none=True)
+        if opt_d is not None:
+            opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if opt_d is not None:
+            opt_d.step()
+
+    return step
+
+
+# -- step: sbvae's engine alone --------------------------------------------------------------------
+def engine_step_fn(model, dm, device, autocast, channels_last, replicas):
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opts = model.configure_optimizers()
+    opts = list(opts) if isinstance(opts, tuple) else [opts]
+    mode = "graph" if device.type == "cuda" else "eager"
+    engine = Engine(model, opts, lambda s: dm.training_batch(0, 0, s, device), seed=0, rank=0, mode=mode,
+                    start_step=0, device=device, autocast_dtype=torch.bfloat16 if autocast else None)
+    return engine.step
+
+
+# -- trainer: the real loop ------------------------------------------------------------------------
+class StepClock(lightning.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            sync(module.device)
+            self.start, self.first = time.perf_counter(), trainer.global_step
+        self.end, self.steps = time.perf_counter(), trainer.global_step
+
+    def on_train_end(self, trainer, module):
+        sync(module.device)
+        self.end = time.perf_counter()
+
+
+def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: int = 1) -> float:
+    clock = StepClock(args.warmup)
+    steps = args.warmup + args.trainer_steps
+    with tempfile.TemporaryDirectory() as out:
+        extra = ["--replicas", str(replicas)] if replicas > 1 else []
+        cli = build_cli([
+            "--config", os.path.join(ROOT, "configs", CONFIGS[model_name]), *extra,
+            "--data.image_size", str(args.image_size), "--trainer.max_steps", str(steps),
+            "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
+            "--trainer.precision", args.precision, "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", out, "--data.steps_per_epoch", str(args.steps_per_epoch),
+            "--data.val_size", str(args.val_size), "--images.every_n_steps", str(args.steps_per_epoch),
+            "--model.init_args.channels_last", str(args.channels_last).lower(),
+        ], run=False)
+        cli.trainer.callbacks.append(clock)
+        cli.trainer.fit(cli.model, cli.datamodule)
+    batch = cli.datamodule.hparams.batch_size * replicas
+    return batch * (clock.steps - clock.first) / (clock.end - clock.start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="16 px images and few steps (a few minutes on 2 CPU cores)")
+    parser.add_argument("--json", help="write the results here (default: benchmarks/results/throughput-<device>.json)")
+    parser.add_argument("--models", default=",".join(CONFIGS))
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--replicas", default="", help="comma-separated replica counts for replica rows, e.g. 15,32")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    args.image_size = 16 if args.quick else 64
+    args.steps, args.warmup = (5, 2) if args.quick else (200, 20)
+    args.trainer_steps = 10 if args.quick else 2000
+    args.steps_per_epoch = 1000 if args.quick else 10000  # the paper configs validate every 10,000 steps
+    args.val_size = 64 if args.quick else 4096
+    autocast = args.precision == "bf16-mixed"
+    rows = []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model, dm = build(name, args, device)
+        batch = dm.hparams.batch_size
+        naive = batch / timed(naive_step_fn(model, dm, device, autocast), args.steps, args.warmup, device)
+        torch.manual_seed(0)
+        model, dm = build(name, args, device)
+        step = batch / timed(engine_step_fn(model, dm, device, autocast, args.channels_last, 1), args.steps,
+                             args.warmup + 3, device)
+        trainer = trainer_images_per_s(name, args, device)
+        for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):
+            rows.append({"model": name, "batch": batch, "replicas": 1, "path": path, "images_per_s": rate,
+                         "naive_images_per_s": naive})
+        for r in (int(v) for v in args.replicas.split(",") if v):
+            rows.append({"model": name, "batch": batch, "replicas": r, "path": "trainer",
+                         "images_per_s": trainer_images_per_s(name, args, device, r), "naive_images_per_s": naive})
+    print(f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8}")
+    for r in rows:
+        print(f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
+              f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f}")
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "lightning": lightning.__version__, "precision": args.precision,
+        "channels_last": args.channels_last, "image_size": args.image_size, "quick": args.quick, "results": rows,
+    }
+    out = args.json or os.path.join(ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}.json")
+    with open(out, "w") as f:
+        json.dump(info, f, indent=2)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

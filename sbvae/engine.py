@@ -1,0 +1,156 @@
+"""The training step as one device program: draw, render, loss, backward, guarded Adam, bookkeeping.
+
+The plain nn.Modules and ``loss_terms`` stay the definition of the model; this module applies speed to
+them from outside.  One ``Engine.step()`` is a whole optimisation step with no host synchronisation:
+
+* the batch and every random number come from keyed streams (``sbvae.keyed``) of the device step counter,
+  so a replayed CUDA graph still sees fresh images, colours and posterior noise each step;
+* divergence is detected on the device: a step whose loss is non-finite or above ``max_loss`` (or whose
+  gradient is non-finite) restores the weights and optimiser state it started from, and every later
+  step does the same, so the weights freeze at the last good step.  The host reads the flag only in
+  ``first_bad_step()``, which the LightningModule calls at logging, validation and the end of training;
+* on CUDA, with one process, the step is captured once in a CUDA graph and replayed ("graph" mode).
+  "eager" runs the same program op by op (CPU, DDP, debugging).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from sbvae import keyed
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture: lazy state (Adam moments, cuDNN plans) settles
+
+
+class Engine:
+    """Runs ``model.loss_terms`` as guarded optimisation steps.
+
+    Args:
+        model: a module with ``loss_terms(x, **randomness) -> dict``, ``step_randomness(n, draw)``,
+            ``backward_terms`` (the terms summed for backward and checked for divergence) and
+            ``hparams.max_loss``.
+        optimizers: the optimisers of all parameters (Adam with ``capturable=True`` on CUDA).
+        draw_batch: ``draw_batch(step) -> images`` for a device step tensor (keyed, no host work).
+        seed, rank: the keys of this run's streams (``seed`` may be a tensor of replica seeds).
+        mode: "graph" (CUDA graph, one process) or "eager".
+        start_step: the global step of the first call (a resumed run continues its streams).
+        backward: runs backward on the summed loss (Lightning's ``manual_backward`` under DDP, which arms
+            the gradient all-reduce); default ``loss.backward()``.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+                 draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int, mode: str,
+                 start_step: int, device: torch.device, autocast_dtype: torch.dtype | None = None,
+                 backward: Callable[[torch.Tensor], None] | None = None):
+        if mode not in ("graph", "eager"):
+            raise ValueError(f"unknown engine mode {mode!r}: 'graph' or 'eager'.")
+        self.model, self.optimizers, self.draw_batch = model, optimizers, draw_batch
+        self.seed, self.rank, self.mode, self.autocast_dtype = seed, rank, mode, autocast_dtype
+        self.device = device
+        self.backward = backward or torch.Tensor.backward
+        self.step_counter = torch.tensor(start_step, dtype=torch.int64, device=device)
+        self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)
+        self.bad_values: torch.Tensor | None = None
+        self.terms: dict[str, torch.Tensor] = {}
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._calls = 0
+
+    # -- the step ---------------------------------------------------------------------------
+    def _params(self) -> list[torch.Tensor]:
+        return [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]]
+
+    def _optimizer_state(self) -> list[torch.Tensor]:
+        return [v for opt in self.optimizers for state in opt.state.values() for v in state.values()
+                if torch.is_tensor(v) and v.device == self.device]
+
+    def _program(self) -> None:
+        step = self.step_counter
+        x = self.draw_batch(step)
+        randomness = self.model.step_randomness(
+            x.shape[0], lambda purpose: keyed.stream(purpose, self.seed, self.rank, step)
+        )
+        with self._autocast():
+            terms = self.model.loss_terms(x, **randomness)
+        guarded = torch.stack([terms[name].float() for name in self.model.backward_terms])
+        total = guarded.sum()
+        self.backward(total)
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        grad_norm = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
+        bad = ~torch.isfinite(total) | ~torch.isfinite(grad_norm) | (guarded > self.model.hparams.max_loss).any()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            bad_any = bad.to(torch.int32)
+            dist.all_reduce(bad_any, op=dist.ReduceOp.MAX)  # replicas of a DDP run skip together
+            bad = bad_any.bool()
+        frozen = bad | (self.bad_step >= 0)
+        params = self._params()
+        before = [p.detach().clone() for p in params]
+        # Adam creates its state on the first step: undoing that step means zero moments and step 0.
+        state_before = [t.clone() for t in self._optimizer_state()] if self._state_ready() else None
+        for opt in self.optimizers:
+            opt.step()
+        if state_before is None:
+            state_before = [torch.zeros_like(t) for t in self._optimizer_state()]
+        with torch.no_grad():
+            for now, old in zip(params + self._optimizer_state(), before + state_before):
+                now.copy_(torch.where(frozen, old, now))
+        first_time = bad & (self.bad_step < 0)
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        self.bad_values = values if self.bad_values is None else torch.where(first_time, values, self.bad_values)
+        self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
+        self.terms = dict(zip(terms, values.unbind()))
+        self.step_counter.add_(1)
+
+    def _state_ready(self) -> bool:
+        return all(len(opt.state) == sum(len(g["params"]) for g in opt.param_groups) for opt in self.optimizers)
+
+    def _autocast(self):
+        # Graph capture needs the autocast weight cache off; the same context keeps eager numbers equal.
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns this step's terms as device scalars (no synchronisation)."""
+        if self.mode == "eager" or self._calls < WARMUP_STEPS:
+            self._eager_step()
+        else:
+            if self._graph is None:
+                self._capture()
+            self._graph.replay()
+        self._calls += 1
+        return self.terms
+
+    def _eager_step(self) -> None:
+        if self.mode == "graph":  # warm-up on a side stream, as capture requires
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._run_and_clear()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            self._run_and_clear()
+
+    def _run_and_clear(self) -> None:
+        self._program()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def _capture(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)  # backward inside the graph allocates the static gradients
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._program()
+        # Outside the graph no gradient is visible: a Lightning optimizer.step() after a replay is a no-op.
+        for p in self._params():
+            p.grad = None
+
+    # -- divergence, read by the host -----------------------------------------------------------
+    def first_bad_step(self) -> tuple[int, dict[str, float]] | None:
+        """(step, the terms at that step) of the first divergent step, or None; one host synchronisation."""
+        step = int(self.bad_step)
+        if step < 0:
+            return None
+        return step, dict(zip(self.terms, self.bad_values.tolist()))

@@ -1,0 +1,114 @@
+"""Keyed random numbers: each draw is a hash of its key (seed, purpose, rank, step) and its position.
+
+A counter-based generator written in plain integer tensor ops, so that
+
+* a resumed run draws exactly what the uninterrupted run would have drawn (no generator state to save);
+* replica k of a replica-parallel run draws what the single run with seed base + k draws;
+* a CUDA graph replays fresh numbers each step: the step is a device tensor the graph increments;
+* DDP processes (the rank is part of the key) never share a stream.
+
+The hash is MurmurHash3's 32-bit finaliser, chained over the key's words; products are split into
+16-bit halves so that no int64 product overflows on any device.  Uniforms carry 24 bits.
+
+A ``KeyedRandom`` holds G keys (one per replica, or one per evaluation row) and hands out draws whose
+first dimension is cut into G equal chunks: chunk g is what the single key g would have drawn.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+# The first word of every key: what the numbers are for, so no two purposes share a stream.
+FACTORS, RENDER, EVAL_FACTORS, EVAL_RENDER, POSTERIOR, PERMUTATION, EVAL_POSTERIOR = range(7)
+
+
+def _mul32(h: torch.Tensor, m: int) -> torch.Tensor:
+    """(h * m) mod 2^32 for 0 <= h < 2^32, never exceeding 2^49 in int64."""
+    lo, hi = m & 0xFFFF, m >> 16
+    return (h * lo + (((h * hi) & 0xFFFF) << 16)) & _M32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _absorb(h: torch.Tensor, part) -> torch.Tensor:
+    """Mix one key part (an int or an int64 tensor, up to 63 bits) into the hash state ``h``."""
+    part = torch.as_tensor(part, dtype=torch.int64, device=h.device)
+    for word in (part & _M32, (part >> 32) & _M32):
+        h = _fmix32((h ^ (_fmix32(word) + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
+    return h
+
+
+def key(*parts, device: torch.device | str | None = None) -> torch.Tensor:
+    """The 32-bit key (int64 tensor, broadcast over tensor parts) of ``parts`` such as (purpose, seed, rank, step)."""
+    devices = [p.device for p in parts if isinstance(p, torch.Tensor)]
+    h = torch.full((), 0x2545F491, dtype=torch.int64, device=devices[0] if devices else device)
+    for part in parts:
+        h = _absorb(h, part)
+    return h
+
+
+class KeyedRandom:
+    """Uniform and normal draws from G keys; pass it wherever a dataset takes a ``generator``.
+
+    Draw number i of this object (its i-th call) is keyed by (key, i), so a fixed program of draws
+    (one training step) is reproducible from the key alone.
+    """
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys = keys.reshape(-1).to(torch.int64)
+        self.device = self.keys.device
+        self._draws = 0
+
+    def _bits(self, shape: tuple[int, ...]) -> torch.Tensor:
+        groups = len(self.keys)
+        if not shape or shape[0] % groups:
+            raise ValueError(f"a keyed draw's first dimension must be a multiple of its {groups} keys, got shape {shape}.")
+        per_group = math.prod(shape) // groups
+        draw_key = _absorb(self.keys, self._draws).unsqueeze(1)  # [G, 1]
+        self._draws += 1
+        index = _mul32(torch.arange(per_group, dtype=torch.int64, device=self.device), _GOLDEN)
+        h = _fmix32(_fmix32(index.unsqueeze(0) ^ draw_key) ^ ((draw_key * 0x9E37) & _M32))
+        return h.reshape(shape)
+
+    def rand(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform on the open interval (0, 1)."""
+        u = (self._bits(tuple(shape)) >> 8).to(torch.float32) * 2.0 ** -24 + 2.0 ** -25
+        return u.to(dtype)
+
+    def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return (self.rand(shape) * high).long().clamp_max_(high - 1)
+
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal (Box-Muller on two uniform draws)."""
+        u1, u2 = self.rand(shape), self.rand(shape)
+        return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)
+
+
+def stream(purpose: int, seed, rank, step) -> KeyedRandom:
+    """The stream of one purpose at one training step; ``seed`` may hold one seed per replica."""
+    return KeyedRandom(key(purpose, seed, rank, step))
+
+
+def rand(shape, generator=None, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform draws from a ``KeyedRandom`` or a ``torch.Generator`` (None: the global one), on its device."""
+    if isinstance(generator, KeyedRandom):
+        return generator.rand(tuple(shape), dtype)
+    device = generator.device if generator is not None else device
+    return torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def randint(high: int, shape, generator=None, device=None) -> torch.Tensor:
+    if isinstance(generator, KeyedRandom):
+        return generator.randint(high, tuple(shape))
+    device = generator.device if generator is not None else device
+    return torch.randint(high, tuple(shape), generator=generator, device=device)

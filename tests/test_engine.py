@@ -1,0 +1,241 @@
+"""The training engine: equal to a plain PyTorch step, keyed randomness, divergence without host syncs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sbvae import keyed
+from sbvae.data import GroundTruthDataModule
+from sbvae.engine import Engine
+from sbvae.factorvae import FactorVAE
+from sbvae.module import VAE
+from test_training import TINY, final_weights, fit, run_dirs
+
+SMALL = dict(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
+             decoder_options={"channels": [8, 8]})
+
+
+def tiny_data(batch_size=8):
+    return GroundTruthDataModule("colored-sprites", image_size=16, batch_size=batch_size, seed=5)
+
+
+def make_engine(model, dm, seed=5, mode="eager", start_step=0):
+    optimizers = model.configure_optimizers()
+    optimizers = list(optimizers) if isinstance(optimizers, tuple) else [optimizers]
+    draw = lambda step: dm.training_batch(seed, 0, step, torch.device("cpu"))
+    model.engine = Engine(model, optimizers, draw, seed=seed, rank=0, mode=mode, start_step=start_step,
+                          device=torch.device("cpu"))
+    return model.engine, optimizers
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_engine_step_equals_a_plain_pytorch_step():
+    torch.manual_seed(0)
+    model, plain = VAE(beta=2.0, **SMALL), VAE(beta=2.0, **SMALL)
+    plain.load_state_dict(model.state_dict())
+    dm = tiny_data()
+    engine, _ = make_engine(model, dm)
+    adam = torch.optim.Adam(plain.parameters(), lr=plain.hparams.lr)
+    for step in range(3):
+        engine.step()
+        # What a user writes by hand, fed the same keyed images and noise.
+        x = dm.training_batch(5, 0, step, torch.device("cpu"))
+        noise = keyed.stream(keyed.POSTERIOR, 5, 0, step).normal((8, 10))
+        nll, kl, _, _ = plain.per_image_terms(x, noise)
+        loss = nll.mean() + 2.0 * kl.mean()
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+        torch.testing.assert_close(engine.terms["loss"], loss.detach(), rtol=1e-6, atol=1e-5)
+    for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_consecutive_steps_draw_new_images_and_noise():
+    dm = tiny_data()
+    a, b = dm.training_batch(5, 0, torch.tensor(0), "cpu"), dm.training_batch(5, 0, torch.tensor(1), "cpu")
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a, dm.training_batch(5, 0, torch.tensor(0), "cpu"), rtol=0, atol=0)
+    n0 = keyed.stream(keyed.POSTERIOR, 5, 0, torch.tensor(0)).normal((8, 10))
+    n1 = keyed.stream(keyed.POSTERIOR, 5, 0, torch.tensor(1)).normal((8, 10))
+    assert not torch.equal(n0, n1)
+    other_rank = dm.training_batch(5, 1, torch.tensor(0), "cpu")
+    assert not torch.equal(a, other_rank)
+
+
+def test_replica_chunks_equal_single_seed_draws():
+    dm = tiny_data(batch_size=4)
+    stacked = dm.training_batch(torch.tensor([3, 4, 5]), 0, torch.tensor(2), "cpu")
+    for k, seed in enumerate((3, 4, 5)):
+        assert torch.equal(stacked[4 * k: 4 * k + 4], dm.training_batch(seed, 0, torch.tensor(2), "cpu"))
+
+
+def test_keyed_uniforms_are_uniform_and_normals_normal():
+    u = keyed.stream(0, 1, 0, 0).rand((200_000,))
+    assert 0 < u.min() and u.max() < 1
+    counts = torch.histc(u, 20, 0, 1)
+    assert (counts - 10_000).abs().max() < 5 * 100  # 5 sigma of a binomial(200000, 1/20)
+    z = keyed.stream(1, 1, 0, 0).normal((200_000,))
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert abs((z.abs() < 1).float().mean() - 0.6827) < 0.005
+
+
+def test_a_nan_step_never_updates_weights_and_freezes_the_model():
+    torch.manual_seed(0)
+    model = VAE(**SMALL)
+    engine, optimizers = make_engine(model, tiny_data())
+    engine.step()
+    engine.step()
+    before = snapshot(model)
+    adam_before = {k: v.clone() for k, v in optimizers[0].state_dict()["state"][0].items()}
+    real = model.loss_terms
+    model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * float("nan")}
+    engine.step()  # step 2: nan
+    model.loss_terms = real
+    engine.step()  # step 3 is finite, but the run is frozen
+    assert engine.first_bad_step()[0] == 2
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for k, v in optimizers[0].state_dict()["state"][0].items():
+        assert torch.equal(v, adam_before[k]), k
+    with pytest.raises(Exception, match="diverged at step 2 \\(loss = nan\\)"):
+        model.sync_divergence()
+
+
+def test_a_first_step_nan_leaves_adam_as_new():
+    torch.manual_seed(0)
+    model = VAE(**SMALL, max_loss=1.0)  # every loss explodes
+    before = snapshot(model)
+    engine, optimizers = make_engine(model, tiny_data())
+    engine.step()
+    assert engine.first_bad_step()[0] == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert float(optimizers[0].state_dict()["state"][0]["step"]) == 0.0
+
+
+def test_resumed_engine_continues_the_same_streams():
+    torch.manual_seed(0)
+    a = VAE(**SMALL)
+    b = VAE(**SMALL)
+    b.load_state_dict(a.state_dict())
+    ea, oa = make_engine(a, tiny_data())
+    for _ in range(4):
+        ea.step()
+    eb, ob = make_engine(b, tiny_data())
+    for _ in range(2):
+        eb.step()
+    # "Kill" after step 2 and resume from a copy of the state, as a checkpoint would.
+    c = VAE(**SMALL)
+    c.load_state_dict(b.state_dict())
+    ec, oc = make_engine(c, tiny_data(), start_step=2)
+    oc[0].load_state_dict(ob[0].state_dict())
+    for _ in range(2):
+        ec.step()
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, c.state_dict()[k]), k
+
+
+def test_factorvae_training_steps_both_networks_separately(tmp_path, config_path):
+    torch.manual_seed(0)
+    model = FactorVAE(**SMALL, disc_hidden=16, disc_layers=2)
+    vae_opt, disc_opt = model.configure_optimizers()
+    disc_ids = {id(p) for p in model.discriminator.parameters()}
+    assert not disc_ids & {id(p) for g in vae_opt.param_groups for p in g["params"]}
+    assert disc_ids == {id(p) for g in disc_opt.param_groups for p in g["params"]}
+    before = snapshot(model)
+    engine, _ = make_engine(model, tiny_data())
+    engine.step()
+    after = snapshot(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("discriminator.") for k in changed)
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.") for k in changed)
+
+
+def test_killed_run_resumes_bit_identical(tmp_path, config_path):
+    """kill -9 after the step-3 checkpoint, resume from last.ckpt: the same weights as never stopping."""
+    fit(config_path("quickstart.yaml"), tmp_path / "straight", "--trainer.max_steps", "8")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY,
+           "--trainer.max_steps", "8", "--trainer.logger.init_args.save_dir", str(tmp_path / "killed"),
+           "--trainer.callbacks+=ddp_probe.KillAt", "--trainer.callbacks.step=5"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    (killed,) = run_dirs(tmp_path / "killed")
+    last = os.path.join(killed, "checkpoints", "last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    fit(config_path("quickstart.yaml"), tmp_path / "killed", "--trainer.max_steps", "8", "--ckpt_path", last)
+    resumed = final_weights(run_dirs(tmp_path / "killed")[-1])
+    straight = final_weights(run_dirs(tmp_path / "straight")[0])
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_divergence_in_a_trainer_stops_within_the_logging_interval(tmp_path, config_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(config_path("quickstart.yaml"), tmp_path, "--model.init_args.max_loss", "1.0",
+            "--trainer.log_every_n_steps", "4", "--data.steps_per_epoch", "10", "--trainer.max_steps", "20")
+    assert exit_info.value.code == 3
+    assert "diverged at step 0 (loss = " in capsys.readouterr().err
+    (run,) = run_dirs(tmp_path)
+    status = json.load(open(os.path.join(run, "status.json")))
+    assert status["status"] == "diverged" and status["step"] == 0
+    assert status["global_step"] == 4  # noticed at the first logging step, not every step
+    assert not os.path.exists(os.path.join(run, "checkpoints", "last.ckpt"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_and_eager_paths_give_the_same_losses_for_20_steps():
+    """Stated tolerance: 1e-4 relative on every logged term (kernel choice differs between capture and eager)."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    losses = {}
+    for mode in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = VAE(image_size=64, channels=3).to(device)
+        dm = GroundTruthDataModule("colored-sprites", image_size=64, batch_size=16, seed=5)
+        optimizers = [model.configure_optimizers()]
+        engine = Engine(model, optimizers, lambda s: dm.training_batch(5, 0, s, device), seed=5, rank=0,
+                        mode=mode, start_step=0, device=device)
+        losses[mode] = torch.stack([torch.stack(list(engine.step().values())).clone() for _ in range(20)])
+    assert not torch.equal(losses["graph"][-1], losses["graph"][-2])  # replays see new data and noise
+    torch.testing.assert_close(losses["graph"], losses["eager"], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_nan_step_freezes_weights():
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = VAE(image_size=32, channels=3).to(device)
+    dm = GroundTruthDataModule("colored-sprites", image_size=32, batch_size=16, seed=5)
+    poison = torch.ones((), device=device)
+    real = model.loss_terms
+    model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * poison}
+    engine = Engine(model, [model.configure_optimizers()], lambda s: dm.training_batch(5, 0, s, device), seed=5,
+                    rank=0, mode="graph", start_step=0, device=device)
+    for _ in range(6):  # 3 warm-up steps, then capture and replays
+        engine.step()
+    before = snapshot(model)
+    poison.fill_(float("nan"))
+    engine.step()
+    poison.fill_(1.0)
+    engine.step()
+    assert engine.first_bad_step()[0] == 6
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sbvae_train_runs_graphed_on_gpu(tmp_path, config_path):
+    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+        "--data.image_size", "64", "--trainer.max_steps", "12")
+    (run,) = run_dirs(tmp_path)
+    assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
