@@ -38,20 +38,27 @@ class Engine:
         start_step: the global step of the first call (a resumed run continues its streams).
         backward: runs backward on the summed loss (Lightning's ``manual_backward`` under DDP, which arms
             the gradient all-reduce); default ``loss.backward()``.
+        max_loss: a guarded term above this counts as divergence (default: ``model.hparams.max_loss``).
+        replicas: R when the model is a stack of R replicas (``sbvae.replicas``): its terms are [R]
+            vectors, its parameters and optimiser state have a leading replica dimension, and each
+            replica diverges and freezes on its own.
     """
 
     def __init__(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                  draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int, mode: str,
                  start_step: int, device: torch.device, autocast_dtype: torch.dtype | None = None,
-                 backward: Callable[[torch.Tensor], None] | None = None):
+                 backward: Callable[[torch.Tensor], None] | None = None, max_loss: float | None = None,
+                 replicas: int | None = None):
         if mode not in ("graph", "eager"):
             raise ValueError(f"unknown engine mode {mode!r}: 'graph' or 'eager'.")
         self.model, self.optimizers, self.draw_batch = model, optimizers, draw_batch
         self.seed, self.rank, self.mode, self.autocast_dtype = seed, rank, mode, autocast_dtype
         self.device = device
+        self.max_loss = model.hparams.max_loss if max_loss is None else max_loss
+        self.replicas = replicas
         self.backward = backward or torch.Tensor.backward
         self.step_counter = torch.tensor(start_step, dtype=torch.int64, device=device)
-        self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)
+        self.bad_step = torch.full((replicas,) if replicas else (), -1, dtype=torch.int64, device=device)
         self.bad_values: torch.Tensor | None = None
         self.terms: dict[str, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -73,12 +80,14 @@ class Engine:
         )
         with self._autocast():
             terms = self.model.loss_terms(x, **randomness)
-        guarded = torch.stack([terms[name].float() for name in self.model.backward_terms])
-        total = guarded.sum()
-        self.backward(total)
+        guarded = torch.stack([terms[name].float() for name in self.model.backward_terms])  # [T] or [T, R]
+        self.backward(guarded.sum())
         grads = [p.grad for p in self._params() if p.grad is not None]
-        grad_norm = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
-        bad = ~torch.isfinite(total) | ~torch.isfinite(grad_norm) | (guarded > self.model.hparams.max_loss).any()
+        if self.replicas:  # one gradient norm per replica
+            grad_norm = torch.stack([g.float().flatten(1).norm(dim=1) for g in grads]).sum(0)
+        else:
+            grad_norm = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
+        bad = (~torch.isfinite(guarded)).any(0) | (guarded > self.max_loss).any(0) | ~torch.isfinite(grad_norm)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             bad_any = bad.to(torch.int32)
             dist.all_reduce(bad_any, op=dist.ReduceOp.MAX)  # replicas of a DDP run skip together
@@ -94,13 +103,22 @@ class Engine:
             state_before = [torch.zeros_like(t) for t in self._optimizer_state()]
         with torch.no_grad():
             for now, old in zip(params + self._optimizer_state(), before + state_before):
-                now.copy_(torch.where(frozen, old, now))
+                now.copy_(torch.where(self._mask(frozen, now), old, now))
         first_time = bad & (self.bad_step < 0)
-        values = torch.stack([v.detach().float() for v in terms.values()])
+        values = torch.stack([v.detach().float() for v in terms.values()])  # [V] or [V, R]
         self.bad_values = values if self.bad_values is None else torch.where(first_time, values, self.bad_values)
         self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
         self.terms = dict(zip(terms, values.unbind()))
         self.step_counter.add_(1)
+
+    def _mask(self, frozen: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """``frozen`` shaped to broadcast over ``tensor``: per replica on stacked tensors; a shared
+        scalar (Adam's step count) stays only when every replica is frozen."""
+        if not self.replicas:
+            return frozen
+        if tensor.ndim == 0 or tensor.shape[0] != self.replicas:
+            return frozen.all()
+        return frozen.view(-1, *([1] * (tensor.ndim - 1)))
 
     def _state_ready(self) -> bool:
         return all(len(opt.state) == sum(len(g["params"]) for g in opt.param_groups) for opt in self.optimizers)

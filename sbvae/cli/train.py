@@ -2,6 +2,7 @@
 
     sbvae-train fit --config configs/quickstart.yaml [--model.init_args.beta 4] [--trainer.max_steps 100]
     sbvae-train fit --config configs/quickstart.yaml --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
+    sbvae-train fit --config configs/quickstart.yaml --replicas 15      # seeds 0..14 in one process
 """
 from __future__ import annotations
 
@@ -55,6 +56,22 @@ class SBVAECLI(LightningCLI):
             "checkpoint.filename": "best-{step}",
         })
         parser.add_lightning_class_args(ImageLogger, "images")
+        parser.add_argument("--replicas", type=int, default=1,
+                            help="train this many seeds (seed_everything, +1, ...) of the config in one process")
+
+    def before_fit(self) -> None:
+        replicas = self.config["fit"].get("replicas", 1)
+        if replicas < 1:
+            raise SBVAEError(f"--replicas must be at least 1, got {replicas}.")
+        if replicas == 1:
+            return
+        from sbvae.replicas import ReplicaOutputs, ReplicaSet
+
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.model = ReplicaSet(self.model, [base + k for k in range(replicas)])
+        images = next(c for c in self.trainer.callbacks if isinstance(c, ImageLogger))
+        self.trainer.callbacks.remove(images)  # each replica draws its own pictures
+        self.trainer.callbacks.append(ReplicaOutputs(images.every_n_steps))
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the model's arguments by the checkpoint's when resuming, silently
@@ -62,6 +79,8 @@ class SBVAECLI(LightningCLI):
         # the command line define the model; the checkpoint supplies weights and training state.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and os.path.isdir(path):  # a run folder: its own last.ckpt (all replicas of a replica run)
+            path = self.config[subcommand]["ckpt_path"] = os.path.join(path, "checkpoints", "last.ckpt")
         if path and path not in ("last", "best", "hpc", "registry") and not os.path.isfile(path):
             raise SBVAEError(
                 f"--ckpt_path {path} does not exist: pass a checkpoint written by sbvae-train, "

@@ -1,0 +1,286 @@
+"""Replica-parallel training: R seeds of one configuration trained in one process, as one program.
+
+Replica k is the run ``--seed_everything base + k`` would have been: its initial weights are built under
+that seed, its data, colours and posterior noise come from the keyed streams of that seed, and Adam
+over the stacked parameters is elementwise, hence exactly per-replica Adam.  The replicas' parameters
+are stacked (``torch.func.stack_module_state``) and one ``vmap`` of the plain model's ``loss_terms``
+runs them all, so each kernel launch does R models' work.  ``sbvae.engine`` runs the step; a replica
+whose loss diverges is frozen alone.
+
+Each replica writes what a single run writes, under ``<run>/replica_k/``: TensorBoard scalars and
+pictures, ``checkpoints/last.ckpt`` (a single run's checkpoint: ``sbvae-eval --ckpt`` and
+``--ckpt_path`` take it unchanged) and ``status.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+
+import lightning as L
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+from torch.utils.tensorboard import SummaryWriter
+
+from sbvae.engine import Engine
+from sbvae.errors import SBVAEError
+from sbvae.module import VAE, adam
+from sbvae.datasets.common import atomic_path
+from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
+
+
+class _Call(nn.Module):
+    """Makes one of the model's methods the forward of a module, so ``functional_call`` runs it on given weights."""
+
+    def __init__(self, model: VAE, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.model, self.method)(*args, **kwargs)
+
+
+def _flat(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+
+class ReplicaSet(L.LightningModule):
+    """R copies of ``template``'s configuration, replica k initialised under seed ``seeds[k]``."""
+
+    def __init__(self, template: VAE, seeds: list[int]):
+        super().__init__()
+        if len(set(seeds)) != len(seeds):
+            raise SBVAEError(f"replica seeds must differ, got {seeds}.")
+        self.seeds = list(seeds)
+        self.model_class = type(template)
+        # LightningCLI adds private keys (_class_path, ...) that are no constructor arguments.
+        self.model_hparams = {k: v for k, v in template.hparams.items() if not k.startswith("_")}
+        models = []
+        for seed in self.seeds:
+            torch.manual_seed(seed)  # what seed_everything(seed) does before the single run builds its model
+            models.append(self.model_class(**self.model_hparams))
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.stacked = nn.ParameterDict({_flat(n): nn.Parameter(p) for n, p in params.items()})
+        for n, b in buffers.items():
+            self.register_buffer("buffer__" + _flat(n), b)
+        self.buffer_names = list(buffers)
+        # The template only lends its code to functional_call: its own weights live on no device.
+        meta = copy.deepcopy(models[0]).to("meta")
+        object.__setattr__(self, "_loss_of", _Call(meta, "loss_terms"))
+        object.__setattr__(self, "_terms_of", _Call(meta, "per_image_terms"))
+        object.__setattr__(self, "_proto", models[0])
+        self.backward_terms = template.backward_terms
+        self.engine: Engine | None = None
+        self.automatic_optimization = False
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.seeds)
+
+    # -- one replica as a plain model ----------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        out = {"model." + n: self.stacked[_flat(n)] for n in self.names}
+        out.update({"model." + n: getattr(self, "buffer__" + _flat(n)) for n in self.buffer_names})
+        return out
+
+    def replica_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        state = {n: self.stacked[_flat(n)][k].detach().clone() for n in self.names}
+        state.update({n: getattr(self, "buffer__" + _flat(n))[k].clone() for n in self.buffer_names})
+        return state
+
+    def replica_model(self, k: int) -> VAE:
+        """Replica k as the plain LightningModule a single run would have (a copy, on this device)."""
+        model = self._proto
+        model.load_state_dict(self.replica_state_dict(k))
+        return model.to(self.device).eval()
+
+    # -- the objective ---------------------------------------------------------------------------
+    def loss_terms(self, x: torch.Tensor, **randomness: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each term as a vector over replicas; ``x`` and the randomness are R chunks of one replica's batch."""
+        r = self.num_replicas
+        split = lambda t: t.reshape(r, t.shape[0] // r, *t.shape[1:])
+        run = lambda w, xk, rk: functional_call(self._loss_of, w, (xk,), rk)
+        return torch.vmap(run)(self.weights(), split(x), {k: split(v) for k, v in randomness.items()})
+
+    def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
+        return self._proto.step_randomness(batch_size, draw)
+
+    # -- training ----------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        dm = self.trainer.datamodule
+        if self.trainer.world_size > 1:
+            raise SBVAEError("--replicas trains in one process: use --trainer.devices 1 (one process per GPU, "
+                             "e.g. CUDA_VISIBLE_DEVICES=k, each with its own seeds).")
+        mode = self.model_hparams.get("step_mode", "auto")
+        if mode == "auto":
+            mode = "graph" if self.device.type == "cuda" else "eager"
+        seeds = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
+        precision = str(self.trainer.precision)
+        self.engine = Engine(
+            self, [o.optimizer for o in self._optimizer_list()],
+            lambda step: dm.training_batch(seeds, 0, step, self.device), seed=seeds, rank=0, mode=mode,
+            start_step=self.global_step, device=self.device, max_loss=self.model_hparams["max_loss"],
+            autocast_dtype=torch.bfloat16 if precision.startswith("bf16") else None, replicas=self.num_replicas,
+        )
+
+    def _optimizer_list(self):
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        terms = {}
+        self._optimizer_list()[0].step(closure=lambda: terms.update(self.engine.step()))
+        self.last_terms = terms  # [R] device vectors, read by ReplicaOutputs at logging steps
+
+    def configure_optimizers(self):
+        hp = self.model_hparams
+        groups = {"vae": [], "disc": []}
+        for n in self.names:
+            groups["disc" if n.startswith("discriminator.") else "vae"].append(self.stacked[_flat(n)])
+        opts = [adam(groups["vae"], self.device, lr=hp["lr"])]
+        if groups["disc"]:
+            opts.append(adam(groups["disc"], self.device, lr=hp["disc_lr"], betas=tuple(hp["disc_betas"])))
+        return tuple(opts) if len(opts) > 1 else opts[0]
+
+    # -- validation: every replica on the same fixed images ----------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, rows = batch
+        noise = self._proto.evaluation_noise(rows).to(self.device)
+        run = lambda w: functional_call(self._terms_of, w, (x, noise))[:2]
+        nll, kl = torch.vmap(run)(self.weights())  # [R, B] each: every replica on the same images and noise
+        sums = torch.stack([(nll + kl).sum(1), nll.sum(1), kl.sum(1)])
+        self._val_sum = sums if getattr(self, "_val_sum", None) is None else self._val_sum + sums
+        self._val_count = getattr(self, "_val_count", 0) + x.shape[0]
+
+    def on_validation_epoch_end(self) -> None:
+        if getattr(self, "_val_sum", None) is None:
+            return
+        self.val_terms = dict(zip(("elbo", "nll", "kl"), (self._val_sum / self._val_count).unbind()))
+        self.log("val/elbo", self.val_terms["elbo"].mean())  # the set's own checkpoint selection
+        self._val_sum, self._val_count = None, 0
+
+
+class ReplicaOutputs(L.Callback):
+    """Per replica: TensorBoard scalars and pictures, checkpoints and status.json under ``replica_k/``."""
+
+    def __init__(self, every_n_steps: int = 1000):
+        self.every_n_steps = every_n_steps
+        self.writers: list[SummaryWriter] = []
+
+    def folder(self, trainer, k: int) -> str:
+        return os.path.join(trainer.log_dir, f"replica_{k}")
+
+    def on_fit_start(self, trainer, module: ReplicaSet) -> None:
+        self.writers = [SummaryWriter(self.folder(trainer, k)) for k in range(module.num_replicas)]
+        for k in range(module.num_replicas):
+            self._status(trainer, module, k, "running")
+
+    def _status(self, trainer, module, k: int, status: str, **extra) -> None:
+        folder = self.folder(trainer, k)
+        os.makedirs(folder, exist_ok=True)
+        record = {"status": status, "global_step": trainer.global_step, "seed": module.seeds[k], "time": time.time(),
+                  "pid": os.getpid(), **extra}
+        with atomic_path(os.path.join(folder, "status.json")) as tmp, open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+
+    def _diverged(self, module: ReplicaSet) -> dict[int, int]:
+        return {k: step for k, step in enumerate(module.engine.bad_step.tolist()) if step >= 0}
+
+    def on_train_batch_end(self, trainer, module: ReplicaSet, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % trainer.log_every_n_steps == 0:
+            values = {name: v.tolist() for name, v in module.last_terms.items()}  # one synchronisation
+            frozen = self._diverged(module)
+            for k, writer in enumerate(self.writers):
+                if k not in frozen:
+                    for name, v in values.items():
+                        writer.add_scalar(f"train/{name}", v[k], step)
+            for k, bad in frozen.items():
+                self._mark_diverged(trainer, module, k, bad)
+            if len(frozen) == module.num_replicas:
+                raise_all_diverged(frozen)
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self._pictures(trainer, module)
+
+    def _mark_diverged(self, trainer, module, k: int, step: int) -> None:
+        path = os.path.join(self.folder(trainer, k), "status.json")
+        if os.path.exists(path) and json.load(open(path)).get("status") == "diverged":
+            return
+        self._status(trainer, module, k, "diverged", step=step, message=(
+            f"replica {k} (seed {module.seeds[k]}) diverged at step {step}; it was frozen there and its last good "
+            "checkpoint is kept."))
+
+    def _pictures(self, trainer, module: ReplicaSet) -> None:
+        dm = trainer.datamodule
+        factors = dm.validation_factors()[:64].to(module.device)
+        x = dm.render_fixed(factors, torch.arange(len(factors)))
+        for k, writer in enumerate(self.writers):
+            model = module.replica_model(k)
+            with torch.no_grad():
+                writer.add_image("reconstructions", reconstruction_grid(model, x[:8]), trainer.global_step)
+                order = latent_order(model, x)
+                writer.add_image("traversals/seed_0", traversal_grid(model, x[0], order), trainer.global_step)
+            writer.flush()
+
+    def on_validation_end(self, trainer, module: ReplicaSet) -> None:
+        if trainer.sanity_checking or not hasattr(module, "val_terms"):
+            return
+        values = {n: v.tolist() for n, v in module.val_terms.items()}
+        frozen = self._diverged(module) if module.engine is not None else {}
+        for k, writer in enumerate(self.writers):
+            for name, v in values.items():
+                writer.add_scalar(f"val/{name}", v[k], trainer.global_step)
+            if k not in frozen:
+                self._save(trainer, module, k)
+
+    def on_train_end(self, trainer, module: ReplicaSet) -> None:
+        frozen = self._diverged(module)
+        self._pictures(trainer, module)
+        for k in range(module.num_replicas):
+            if k in frozen:
+                self._mark_diverged(trainer, module, k, frozen[k])
+            else:
+                self._save(trainer, module, k)
+                self._status(trainer, module, k, "completed")
+        for writer in self.writers:
+            writer.close()
+        done = module.num_replicas - len(frozen)
+        print(f"sbvae-train: {done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
+              + (f" (replicas {sorted(frozen)})" if frozen else "") + ".")
+
+    def _save(self, trainer, module: ReplicaSet, k: int) -> None:
+        """Replica k's last.ckpt in a single run's format (weights, Adam state, loops, data seed)."""
+        ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        ckpt["state_dict"] = module.replica_state_dict(k)
+        ckpt["optimizer_states"] = [_slice_optimizer_state(s, k) for s in ckpt["optimizer_states"]]
+        ckpt["hyper_parameters"] = dict(module.model_hparams)
+        ckpt["hparams_name"] = "kwargs"
+        ckpt["datamodule_hyper_parameters"] = {**dict(ckpt["datamodule_hyper_parameters"]), "seed": module.seeds[k]}
+        ckpt["sbvae_model_class"] = f"{module.model_class.__module__}.{module.model_class.__qualname__}"
+        ckpt.pop("callbacks", None)  # the set's callback states do not describe one replica
+        folder = os.path.join(self.folder(trainer, k), "checkpoints")
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, ".last.ckpt.partial")
+        torch.save(ckpt, partial)
+        os.replace(partial, os.path.join(folder, "last.ckpt"))
+
+
+def _slice_optimizer_state(state: dict, k: int) -> dict:
+    """Replica k's part of an optimiser state over stacked parameters (the step counter is shared)."""
+    out = {"param_groups": copy.deepcopy(state["param_groups"]), "state": {}}
+    for index, per_param in state["state"].items():
+        out["state"][index] = {name: (v[k].clone() if torch.is_tensor(v) and v.ndim > 0 else v)
+                               for name, v in per_param.items()}
+    return out
+
+
+def raise_all_diverged(frozen: dict[int, int]):
+    from sbvae.errors import DivergenceError
+
+    step = min(frozen.values())
+    raise DivergenceError(
+        f"every replica diverged (first at step {step}); their last good checkpoints are kept: resume with a lower "
+        "learning rate, other seeds, or model.likelihood=gaussian.", step=step, value=float("nan"))
