@@ -120,10 +120,11 @@ class GroundTruthDataModule(L.LightningDataModule):
         ``seed`` may be a tensor of R replica seeds: the batch is then R x batch_size images, chunk k
         being what the single run with seed k draws.  ``step`` may be a device tensor (CUDA graphs).
         """
-        seeds = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(-1)
-        n = len(seeds) * self.hparams.batch_size
-        factors = self.data.sample_factors(n, keyed.stream(keyed.FACTORS, seeds, rank, step))
-        return self.data.render(factors, keyed.stream(keyed.RENDER, seeds, rank, step))
+        # An int seed stays a kernel argument: no host-to-device copy inside a captured step.
+        step = step if isinstance(step, torch.Tensor) else torch.tensor(step, device=device)
+        n = (seed.numel() if isinstance(seed, torch.Tensor) else 1) * self.hparams.batch_size
+        factors = self.data.sample_factors(n, keyed.stream(keyed.FACTORS, seed, rank, step))
+        return self.data.render(factors, keyed.stream(keyed.RENDER, seed, rank, step))
 
     def validation_factors(self, purpose: int = 0) -> torch.Tensor:
         """A fixed evaluation set as factor indices (the same on every run and process count).

@@ -41,11 +41,29 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
 
 
 def _absorb(h: torch.Tensor, part) -> torch.Tensor:
-    """Mix one key part (an int or an int64 tensor, up to 63 bits) into the hash state ``h``."""
-    part = torch.as_tensor(part, dtype=torch.int64, device=h.device)
-    for word in (part & _M32, (part >> 32) & _M32):
-        h = _fmix32((h ^ (_fmix32(word) + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
+    """Mix one key part (an int or an int64 tensor, up to 63 bits) into the hash state ``h``.
+
+    A Python int is hashed on the host and enters as a kernel argument: no host-to-device copy, so
+    keys can be built inside CUDA graph capture.
+    """
+    if isinstance(part, torch.Tensor):
+        words = (part.to(torch.int64) & _M32, (part.to(torch.int64) >> 32) & _M32)
+        mixed = [_fmix32(w) for w in words]
+    else:
+        part = int(part)
+        mixed = [_fmix32_int(part & _M32), _fmix32_int((part >> 32) & _M32)]
+    for m in mixed:
+        h = _fmix32((h ^ (m + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
     return h
+
+
+def _fmix32_int(h: int) -> int:
+    """``_fmix32`` on a Python int (the same numbers)."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
 
 
 def key(*parts, device: torch.device | str | None = None) -> torch.Tensor:

@@ -230,12 +230,3 @@ def test_graphed_nan_step_freezes_weights():
     engine.step()
     assert engine.first_bad_step()[0] == 6
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_sbvae_train_runs_graphed_on_gpu(tmp_path, config_path):
-    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
-        "--data.image_size", "64", "--trainer.max_steps", "12")
-    (run,) = run_dirs(tmp_path)
-    assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"

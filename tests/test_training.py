@@ -165,9 +165,10 @@ def test_quickstart_learns(tmp_path, config_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_trains_on_gpu_in_bf16(tmp_path, config_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_trains_graphed_on_gpu(tmp_path, config_path, precision):
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
-        "--trainer.precision", "bf16-mixed", "--data.image_size", "64")
+        "--trainer.precision", precision, "--data.image_size", "64", "--trainer.max_steps", "12")
     (run,) = run_dirs(tmp_path)
     assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
 
