@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from sbvae.datasets.common import atomic_path
+from sbvae.runs import atomic_path
 from sbvae.errors import DivergenceError
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 

@@ -8,7 +8,6 @@ seeded generator per metric, so a checkpoint and a seed give the same numbers.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from sbvae import metrics as M
@@ -102,13 +101,3 @@ def scalars(results: dict[str, dict]) -> dict[str, float]:
         else:
             out[name] = float(r["score"])
     return out
-
-
-def run_dir_of(ckpt_path: str) -> str | None:
-    """The TensorBoard run folder a checkpoint belongs to (runs/NAME/version_K), if it is one."""
-    folder = os.path.dirname(os.path.abspath(ckpt_path))
-    if os.path.basename(folder) == "checkpoints":
-        folder = os.path.dirname(folder)
-    has_events = any(f.startswith("events.out.tfevents") for f in os.listdir(folder))
-    return folder if has_events else None
-

@@ -18,9 +18,9 @@ import time
 import torch
 import yaml
 
-from sbvae.datasets.common import atomic_path
+from sbvae import runs
 from sbvae.errors import SBVAEError
-from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, scalars, score
+from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, scalars, score
 
 
 def _arguments(hparams: dict) -> dict:
@@ -32,12 +32,7 @@ def load_checkpoint(path: str, device: torch.device, dataset_options: dict | Non
     """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint; ``dataset_options`` override the saved ones."""
     from sbvae.data import GroundTruthDataModule
 
-    if not os.path.isfile(path):
-        raise SBVAEError(f"checkpoint {path} does not exist: pass --ckpt runs/NAME/version_K/checkpoints/last.ckpt.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated or not a torch file
-        raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
+    ckpt = runs.load_checkpoint(path)
     class_path = ckpt.get("sbvae_model_class")
     if class_path is None or "datamodule_hyper_parameters" not in ckpt:
         raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
@@ -128,11 +123,11 @@ def main(argv=None) -> None:
         "seconds": round(seconds, 3),
         "metrics": results,
     }
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.preset}-seed{args.seed}.json")
-    with atomic_path(output) as tmp, open(tmp, "w") as f:
+    output = args.output or runs.eval_output(args.ckpt, args.preset, args.seed)
+    with runs.atomic_path(output) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
     print(f"wrote {output}")
-    run_dir = None if args.no_tensorboard else run_dir_of(args.ckpt)
+    run_dir = None if args.no_tensorboard else runs.run_dir_of(args.ckpt)
     if run_dir:
         log_to_tensorboard(run_dir, results, ckpt.get("global_step", 0), args.preset)
         print(f"added eval/* scalars to the TensorBoard run {run_dir}")

@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from sbvae import runs
 from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
 from sbvae.data import GroundTruthDataModule
 from sbvae.errors import DivergenceError, SBVAEError
@@ -21,6 +22,8 @@ from sbvae.errors import DivergenceError, SBVAEError
 # The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
 # Lightning's caution about __len__ with several workers does not apply.
 warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+# A resumed run continues in its own checkpoints folder on purpose (one run, one folder).
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 # Lines of jsonargparse's nested Union report that say nothing about what the user typed.
@@ -61,12 +64,39 @@ class SBVAECLI(LightningCLI):
         # dropping the user's overrides (a lower lr after a divergence, say).  Here the config and
         # the command line define the model; the checkpoint supplies weights and training state.
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and path not in ("last", "best", "hpc", "registry") and not os.path.isfile(path):
+        if not subcommand:
+            return
+        settings = self.config[subcommand]
+        if "weights_only" in settings:
+            settings["weights_only"] = True  # Lightning's own load of the checkpoint: never code from a file
+        path = settings.get("ckpt_path")
+        if not path or path in ("last", "best", "hpc", "registry"):
+            return
+        if not os.path.isfile(path):
             raise SBVAEError(
                 f"--ckpt_path {path} does not exist: pass a checkpoint written by sbvae-train, "
                 "e.g. runs/NAME/version_K/checkpoints/last.ckpt."
             )
+        checkpoint = runs.load_checkpoint(path)  # refuses a file that would run code, before anything else
+        if subcommand == "fit":
+            continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0))
+
+
+def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
+    """Point the TensorBoard logger at the run folder of ``ckpt_path``, so a resumed run stays one run.
+
+    Its events then land beside the earlier ones, and TensorBoard drops the earlier events from ``step``
+    on (they were logged after the checkpoint, by the process that died). A checkpoint outside a run
+    folder starts a new one, as does a run logged with another logger.
+    """
+    run = runs.run_dir_of(ckpt_path)
+    logger = trainer_config.get("logger")
+    if run is None or not logger or isinstance(logger, (bool, list)) or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        return
+    parent = os.path.dirname(run)
+    logger.init_args.save_dir, logger.init_args.name = os.path.dirname(parent), os.path.basename(parent)
+    logger.init_args.version = os.path.basename(run)
+    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": int(step)}
 
 
 def build_cli(args=None, run: bool = True) -> SBVAECLI:
