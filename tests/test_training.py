@@ -66,6 +66,7 @@ def test_quickstart_trains_end_to_end(tmp_path, config_path):
 def test_resume_continues_in_the_same_run_folder(tmp_path, config_path):
     fit(config_path("quickstart.yaml"), tmp_path)
     (run,) = run_dirs(tmp_path)
+    first_start = json.load(open(os.path.join(run, "status.json")))["started"]
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9",
         "--ckpt_path", os.path.join(run, "checkpoints", "last.ckpt"))
     assert run_dirs(tmp_path) == [run]  # no version_1: one run, one folder
@@ -74,7 +75,7 @@ def test_resume_continues_in_the_same_run_folder(tmp_path, config_path):
     ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 9
     status = json.load(open(os.path.join(run, "status.json")))
-    assert status["status"] == "completed" and status["global_step"] == 9
+    assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
 
 
 def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys):

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from sbvae import runs
 from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
 from sbvae.data import GroundTruthDataModule
-from sbvae.errors import DivergenceError, SBVAEError
+from sbvae.errors import DivergenceError, Preempted, SBVAEError
 
 
 # The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
@@ -58,6 +58,7 @@ class SBVAECLI(LightningCLI):
             "checkpoint.filename": "best-{step}",
         })
         parser.add_lightning_class_args(ImageLogger, "images")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the model's arguments by the checkpoint's when resuming, silently
@@ -109,7 +110,7 @@ def build_cli(args=None, run: bool = True) -> SBVAECLI:
         run=run,
         auto_configure_optimizers=False,
         trainer_defaults={
-            "callbacks": [LastCheckpoint(), RunStatus()],
+            "callbacks": [RunStatus()],
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
         },
         save_config_kwargs={"overwrite": True},
@@ -135,6 +136,8 @@ def main(args=None) -> None:
         if cause is None:
             raise
         print(f"sbvae-train: {cause}", file=sys.stderr)
+        if isinstance(cause, Preempted):  # what a shell reports for a process the signal killed
+            sys.exit(128 + cause.signum)
         sys.exit(3 if isinstance(cause, DivergenceError) else 2)
 
 
