@@ -69,8 +69,8 @@ def parse_metrics(names: str | list[str]) -> list[str]:
     return chosen
 
 
-def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None) -> dict[str, dict]:
-    """Each metric's parameters and result, as plain JSON-ready dicts."""
+def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None) -> dict[str, M.MetricResult]:
+    """Each metric's result."""
     if preset not in PRESETS:
         raise SBVAEError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
     names = parse_metrics(names)
@@ -84,20 +84,21 @@ def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, d
     results = {}
     try:
         for name in names:
-            params = dict(PRESETS[preset][name])
-            result = METRICS[name](model, data, seed=seed, device=device, **params)
-            results[name] = {"params": {**params, "seed": seed}, **result.as_dict()}
+            results[name] = METRICS[name](model, data, seed=seed, device=device, **PRESETS[preset][name])
     finally:
         model.train(was_training)
     return results
 
 
-def scalars(results: dict[str, dict]) -> dict[str, float]:
-    """One number per tag for TensorBoard: each metric's score, and the ELBO's four columns."""
-    out = {}
-    for name, r in results.items():
-        if name == "elbo":
-            out.update({key: float(r[key]) for key in ("elbo", "nll", "kl", "latents_used")})
-        else:
-            out[name] = float(r["score"])
-    return out
+def records(results: dict[str, M.MetricResult], preset: str, seed: int) -> dict[str, dict]:
+    """The results as JSON: each metric's parameters (with the seed) and every field of its result."""
+    return {name: {"params": {**PRESETS[preset][name], "seed": seed}, **r.as_dict()} for name, r in results.items()}
+
+
+def scalars(results: dict[str, M.MetricResult]) -> dict[str, float]:
+    """One number per TensorBoard tag: each metric's score as ``<metric>``, its other scalars as ``<metric>/<name>``."""
+    return {
+        (name if key == "score" else f"{name}/{key}"): value
+        for name, r in results.items()
+        for key, value in r.scalars().items()
+    }

@@ -2,10 +2,14 @@
 import json
 import os
 
+import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sbvae.cli.evaluate import main as evaluate
+from sbvae import metrics as M
+from sbvae.cli.evaluate import main as evaluate, table
+from sbvae.evaluation import scalars
 from test_training import fit, run_dirs
 
 
@@ -39,7 +43,8 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     # The run's TensorBoard log got the scores.
     events = EventAccumulator(os.path.dirname(os.path.dirname(checkpoint)))
     events.Reload()
-    assert {"eval/mig_quick", "eval/factor_vae_quick", "eval/nll_quick", "eval/latents_used_quick"} <= set(events.Tags()["scalars"])
+    assert {"eval/mig_quick", "eval/factor_vae_quick", "eval/elbo_quick", "eval/elbo/nll_quick", "eval/elbo/latents_used_quick",
+            "eval/mig/shape_quick"} <= set(events.Tags()["scalars"])
 
 
 def test_eval_other_seed_changes_the_sample(checkpoint, tmp_path):
@@ -82,3 +87,21 @@ def test_eval_dataset_option_override(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate(["--ckpt", checkpoint, "--device", "cpu", "--dataset-option", "color_bins"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_every_result_lists_its_scalars_one_way():
+    mig = M.MIGResult(score=0.25, per_factor=torch.tensor([0.5, 0.0]), mutual_info=torch.zeros(3, 2),
+                      factor_entropy=torch.ones(2), factor_names=("x", "y"))
+    elbo = M.ELBOResult(score=10.0, elbo=10.0, nll=7.0, kl=3.0, num_images=100, latents_used=2, mean_std=torch.ones(3))
+    dci = M.DCIResult(score=0.4, disentanglement=0.4, completeness=0.3, informativeness_train=0.9,
+                      informativeness_test=0.8, importance_matrix=np.zeros((3, 2)))
+    assert mig.scalars() == {"score": 0.25, "x": 0.5, "y": 0.0}
+    assert scalars({"mig": mig, "elbo": elbo, "dci": dci}) == {
+        "mig": 0.25, "mig/x": 0.5, "mig/y": 0.0,
+        "elbo": 10.0, "elbo/nll": 7.0, "elbo/kl": 3.0, "elbo/latents_used": 2.0,
+        "dci": 0.4, "dci/disentanglement": 0.4, "dci/completeness": 0.3,
+        "dci/informativeness_train": 0.9, "dci/informativeness_test": 0.8,
+    }
+    lines = table({"mig": mig, "elbo": elbo}).splitlines()
+    assert lines[1].split() == ["mig", "0.2500", "x=0.5,", "y=0"]
+    assert lines[2].split() == ["elbo", "10.0000", "nll=7,", "kl=3,", "latents_used=2"]

@@ -20,7 +20,8 @@ import yaml
 
 from sbvae import runs
 from sbvae.errors import SBVAEError
-from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, scalars, score
+from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, records, scalars, score
+from sbvae.metrics import MetricResult
 
 
 def _arguments(hparams: dict) -> dict:
@@ -55,18 +56,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def table(results: dict[str, dict], factor_names: tuple[str, ...]) -> str:
+def table(results: dict[str, MetricResult]) -> str:
     lines = [f"{'metric':<12} {'score':>8}  details"]
-    for name, r in results.items():
-        main_value = r["score"] if "score" in r else r["elbo"]  # the ELBO result has no single "score"
-        details = {k: v for k, v in r.items() if k not in ("params", "score") and not isinstance(v, (list, dict))}
-        if name == "mig":  # the per-factor gaps say which factors are captured
-            details = dict(zip(factor_names, r["per_factor"]))
-        lines.append(f"{name:<12} {main_value:>8.4f}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
+    for name, result in results.items():
+        details = {k: v for k, v in result.scalars().items() if k != "score"}
+        lines.append(f"{name:<12} {result.score:>8.4f}  " + ", ".join(f"{k}={v:.4g}" for k, v in details.items()))
     return "\n".join(lines)
 
 
-def log_to_tensorboard(run_dir: str, results: dict[str, dict], step: int, preset: str) -> None:
+def log_to_tensorboard(run_dir: str, results: dict[str, MetricResult], step: int, preset: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(run_dir) as writer:
@@ -111,7 +109,7 @@ def main(argv=None) -> None:
     except (SBVAEError, ValueError) as error:
         print(f"sbvae-eval: {error}", file=sys.stderr)
         sys.exit(2)
-    print(table(results, tuple(datamodule.data.factor_names)))
+    print(table(results))
     record = {
         "checkpoint": os.path.abspath(args.ckpt),
         "global_step": ckpt.get("global_step"),
@@ -121,7 +119,7 @@ def main(argv=None) -> None:
         "seed": args.seed,
         "device": str(device),
         "seconds": round(seconds, 3),
-        "metrics": results,
+        "metrics": records(results, args.preset, args.seed),
     }
     output = args.output or runs.eval_output(args.ckpt, args.preset, args.seed)
     with runs.atomic_path(output) as tmp, open(tmp, "w") as f:
