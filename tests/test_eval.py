@@ -27,8 +27,14 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
         evaluate(["--ckpt", checkpoint, "--metrics", "elbo,mig,factor_vae", "--preset", "quick", "--seed", "3",
                   "--device", "cpu", "--output", str(out)])
         outputs.append(json.load(open(out)))
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "mig" in printed and "factor_vae" in printed
+    # One progress bar per metric on stderr, ending exactly at the images the metric encodes (this untrained
+    # model's codes are all collapsed, so factor_vae stops after its variance estimate, short of its votes).
+    for bar in ("elbo        : 100%", "1.00k/1.00k", "mig         : 100%", "2.00k/2.00k", "factor_vae  :", "/15.4k"):
+        assert bar in captured.err
+    assert "%|" not in printed and printed.splitlines()[0].split() == ["metric", "score", "details"]
     a, b = outputs
     assert a["metrics"] == b["metrics"]  # same checkpoint and seed: same numbers
     assert a["checkpoint"] == os.path.abspath(checkpoint) and a["seed"] == 3 and a["preset"] == "quick"

@@ -5,6 +5,7 @@
 The model and its dataset are rebuilt from the checkpoint alone.  The scores
 are printed as a table, written as JSON (each metric with its parameters, the
 checkpoint, the seed and the values) and added to the run's TensorBoard log.
+A progress bar per metric goes to stderr.
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dataset option of the checkpoint, e.g. split=heldout for a hold-out circles run (repeatable)")
     return parser.parse_args(argv)
@@ -104,7 +106,8 @@ def main(argv=None) -> None:
         device = resolve_device(args.device)
         model, datamodule, ckpt = load_checkpoint(args.ckpt, device, parse_options(args.dataset_option))
         start = time.perf_counter()
-        results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device)
+        results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device,
+                        progress=not args.no_progress)
         seconds = time.perf_counter() - start
     except (SBVAEError, ValueError) as error:
         print(f"sbvae-eval: {error}", file=sys.stderr)
