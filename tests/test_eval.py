@@ -1,6 +1,7 @@
 """sbvae-eval on a tiny checkpoint: JSON, determinism, TensorBoard scalars and clear errors."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -111,3 +112,36 @@ def test_every_result_lists_its_scalars_one_way():
     lines = table({"mig": mig, "elbo": elbo}).splitlines()
     assert lines[1].split() == ["mig", "0.2500", "x=0.5,", "y=0"]
     assert lines[2].split() == ["elbo", "10.0000", "nll=7,", "kl=3,", "latents_used=2"]
+
+
+def test_eval_scores_every_replica_of_a_run_folder(checkpoint, tmp_path, capsys):
+    source_run = os.path.dirname(os.path.dirname(checkpoint))
+    run = tmp_path / "runs" / "replicated" / "version_0"
+    for r in (0, 1):
+        (run / f"replica_{r}" / "checkpoints").mkdir(parents=True)
+        shutil.copy(checkpoint, run / f"replica_{r}" / "checkpoints" / "last.ckpt")
+        shutil.copy(os.path.join(source_run, "status.json"), run / f"replica_{r}" / "status.json")
+    quick = ["--metrics", "mig", "--preset", "quick", "--device", "cpu", "--no-progress"]
+    evaluate(["--ckpt", str(run), *quick])
+    evaluate(["--ckpt", checkpoint, *quick, "--output", str(tmp_path / "single.json"), "--no-tensorboard"])
+    single = json.load(open(tmp_path / "single.json"))
+    for r in (0, 1):
+        replica = run / f"replica_{r}"
+        record = json.load(open(replica / "checkpoints" / "eval-quick-seed0.json"))
+        assert record["checkpoint"] == str(replica / "checkpoints" / "last.ckpt")
+        assert record["metrics"] == single["metrics"]  # a replica's checkpoint is scored like any other
+        events = EventAccumulator(str(replica))
+        events.Reload()
+        assert "eval/mig_quick" in events.Tags()["scalars"]
+    assert capsys.readouterr().out.count("wrote ") == 3
+
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", str(run), *quick, "--output", str(tmp_path / "one.json")])
+    assert "holds 2 replicas" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", str(tmp_path / "runs"), *quick])
+    assert "holds no checkpoints/last.ckpt" in capsys.readouterr().err
+
+    evaluate(["--ckpt", source_run, *quick, "--seed", "5", "--no-tensorboard"])  # a single run's folder: its last.ckpt
+    record = json.load(open(os.path.join(source_run, "checkpoints", "eval-quick-seed5.json")))
+    assert record["checkpoint"] == os.path.abspath(checkpoint)

@@ -1,11 +1,12 @@
-"""sbvae-eval: score a checkpoint with disentanglement metrics.
+"""sbvae-eval: score checkpoints with disentanglement metrics.
 
     sbvae-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --metrics mig,factor_vae --preset paper
+    sbvae-eval --ckpt runs/quickstart/version_0        # a run folder: its last.ckpt, or every replica's
 
 The model and its dataset are rebuilt from the checkpoint alone.  The scores
-are printed as a table, written as JSON (each metric with its parameters, the
-checkpoint, the seed and the values) and added to the run's TensorBoard log.
-A progress bar per metric goes to stderr.
+are printed as a table, written as JSON beside each checkpoint (each metric
+with its parameters, the checkpoint, the seed and the values) and added to the
+run's TensorBoard log.  A progress bar per metric goes to stderr.
 """
 from __future__ import annotations
 
@@ -86,11 +87,11 @@ def parse_options(items: list[str]) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by sbvae-train")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by sbvae-train, or a run folder (every replica's last.ckpt)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from: {', '.join(METRICS)}")
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="paper: disentanglement_lib sizes; quick: smoke-test sizes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside the checkpoint)")
+    parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside each checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -99,22 +100,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        names = parse_metrics(args.metrics)
-        device = resolve_device(args.device)
-        model, datamodule, ckpt = load_checkpoint(args.ckpt, device, parse_options(args.dataset_option))
-        start = time.perf_counter()
-        results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device,
-                        progress=not args.no_progress)
-        seconds = time.perf_counter() - start
-    except (SBVAEError, ValueError) as error:
-        print(f"sbvae-eval: {error}", file=sys.stderr)
-        sys.exit(2)
+def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torch.device, options: dict) -> None:
+    """Score one checkpoint: print the table, write the JSON, add the scores to its TensorBoard run."""
+    model, datamodule, ckpt = load_checkpoint(path, device, options)
+    start = time.perf_counter()
+    results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device,
+                    progress=not args.no_progress)
+    seconds = time.perf_counter() - start
     print(table(results))
     record = {
-        "checkpoint": os.path.abspath(args.ckpt),
+        "checkpoint": os.path.abspath(path),
         "global_step": ckpt.get("global_step"),
         "model": ckpt["sbvae_model_class"],
         "dataset": dict(datamodule.hparams),  # with any --dataset-option applied
@@ -124,14 +119,33 @@ def main(argv=None) -> None:
         "seconds": round(seconds, 3),
         "metrics": records(results, args.preset, args.seed),
     }
-    output = args.output or runs.eval_output(args.ckpt, args.preset, args.seed)
+    output = args.output or runs.eval_output(path, args.preset, args.seed)
     with runs.atomic_path(output) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
     print(f"wrote {output}")
-    run_dir = None if args.no_tensorboard else runs.run_dir_of(args.ckpt)
+    run_dir = None if args.no_tensorboard else runs.run_dir_of(path)
     if run_dir:
         log_to_tensorboard(run_dir, results, ckpt.get("global_step", 0), args.preset)
         print(f"added eval/* scalars to the TensorBoard run {run_dir}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        names = parse_metrics(args.metrics)
+        device = resolve_device(args.device)
+        options = parse_options(args.dataset_option)
+        paths = runs.checkpoints_to_score(args.ckpt)
+        if args.output and len(paths) > 1:
+            raise SBVAEError(f"--output names one file but {args.ckpt} holds {len(paths)} replicas: leave --output out "
+                             "to write each replica's JSON beside its checkpoint.")
+        for path in paths:
+            if len(paths) > 1:
+                print(f"\n{path}")
+            evaluate(path, args, names, device, options)
+    except (SBVAEError, ValueError) as error:
+        print(f"sbvae-eval: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
