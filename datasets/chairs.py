@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from sbvae.datasets.base import DataError, GroundTruthData
-from sbvae.datasets.common import atomic_path, check_int, data_dir as resolve_data_dir
+from sbvae.datasets.common import check_int, data_dir as resolve_data_dir
+from sbvae.runs import atomic_path
 
 CHAIRS_FOLDER = "rendered_chairs"
 CHAIRS_SOURCE = "https://www.di.ens.fr/willow/research/seeing3Dchairs/ (rendered_chairs.tar)"

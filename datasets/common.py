@@ -1,9 +1,7 @@
-"""Helpers shared by the datasets: the data directory, atomic writes, option checks, colour."""
+"""Helpers shared by the datasets: the data directory, option checks, colour."""
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -23,20 +21,6 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
         return Path(os.environ[ENV_VAR]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(cache).expanduser() / "sbvae"
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike):
-    """Yield a temporary path next to ``final``; rename it to ``final`` only if the block completes."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def check_int(owner: str, name: str, value, minimum: int) -> int:

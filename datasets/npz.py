@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sbvae.datasets.base import DataError
-from sbvae.datasets.common import atomic_path
+from sbvae.runs import atomic_path
 from sbvae.datasets.sprites import (
     DSPRITES_FILE,
     DSPRITES_SOURCE,

@@ -6,8 +6,8 @@ to codes [n, D] (the encoder mean), a ``seed`` (int or CPU torch.Generator), a
 ``device`` (default: represent's parameters' device, else CPU) and a
 ``chunk_size`` (images rendered and encoded per call). Codes-level functions
 (``mig``, ``dci_from_codes``, ...) take codes [N, D] and factor indices [N, K].
-Every result is a frozen dataclass with ``as_dict()`` for JSON and, except
-ELBOResult, a ``score``. Errors a user can fix raise ``MetricError`` (a
+Every result is a frozen dataclass with a headline ``score``, ``scalars()``
+(its single numbers by name) and ``as_dict()`` for JSON. Errors a user can fix raise ``MetricError`` (a
 ValueError and an ``sbvae.errors.SBVAEError``) with the fix in one sentence.
 """
 from sbvae.metrics.beta_vae import BetaVAEResult, beta_vae_score

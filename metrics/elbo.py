@@ -21,12 +21,17 @@ from sbvae.objectives import gaussian_kl, reparameterize
 
 @dataclasses.dataclass(frozen=True)
 class ELBOResult(MetricResult):
+    score: float  # = elbo
     elbo: float  # negative ELBO = nll + kl, nats per image
     nll: float
     kl: float
     num_images: int
     latents_used: int
     mean_std: torch.Tensor  # [D] posterior std averaged over the images
+
+    def scalars(self) -> dict[str, float]:
+        """The paper's first four columns: negative ELBO (the score), NLL, KL and latents used."""
+        return {"score": self.score, "nll": self.nll, "kl": self.kl, "latents_used": float(self.latents_used)}
 
 
 def _image_batches(data: Any, num_images: int, gen: torch.Generator, chunk_size: int, device: torch.device) -> Iterable[torch.Tensor]:
@@ -87,8 +92,10 @@ def evaluate_elbo(
     if count == 0:
         raise MetricError("evaluate_elbo got no images: data yielded nothing.")
     mean_std = (std_sum / count).cpu()
+    elbo = (nll_sum + kl_sum) / count
     return ELBOResult(
-        elbo=(nll_sum + kl_sum) / count,
+        score=elbo,
+        elbo=elbo,
         nll=nll_sum / count,
         kl=kl_sum / count,
         num_images=count,

@@ -26,6 +26,12 @@ class MIGResult(MetricResult):
     per_factor: torch.Tensor  # [K] (MI gap) / H per factor
     mutual_info: torch.Tensor  # [D, K] nats
     factor_entropy: torch.Tensor  # [K] nats
+    factor_names: tuple[str, ...] | None = None  # names the per-factor gaps in scalars()
+
+    def scalars(self) -> dict[str, float]:
+        """The score, then each factor's gap by factor name (which factors the code captures)."""
+        names = self.factor_names or [f"factor_{k}" for k in range(len(self.per_factor))]
+        return {"score": self.score, **{name: float(gap) for name, gap in zip(names, self.per_factor.tolist())}}
 
 
 def discretize(codes: Any, num_bins: int = 20) -> torch.Tensor:
@@ -128,7 +134,8 @@ def mig(codes: Any, factors: Any, num_bins: int = 20, factor_names: Sequence[str
     mi = mutual_information(discretize(codes, num_bins), factors)
     top2 = torch.topk(mi, 2, dim=0).values
     per_factor = (top2[0] - top2[1]) / h
-    return MIGResult(score=float(per_factor.mean()), per_factor=per_factor.cpu(), mutual_info=mi.cpu(), factor_entropy=h.cpu())
+    return MIGResult(score=float(per_factor.mean()), per_factor=per_factor.cpu(), mutual_info=mi.cpu(), factor_entropy=h.cpu(),
+                     factor_names=tuple(factor_names) if factor_names else None)
 
 
 def compute_mig(

@@ -29,10 +29,21 @@ class MetricError(_UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class MetricResult:
-    """Base of every result: a frozen dataclass whose ``as_dict()`` is JSON-ready."""
+    """Base of every result: a frozen dataclass with a headline ``score``, ``scalars()`` and a JSON-ready ``as_dict()``."""
+
+    score: float
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def scalars(self) -> dict[str, float]:
+        """The result's single numbers by name, ``score`` first: what TensorBoard logs and sbvae-eval's table shows."""
+        out = {"score": float(self.score)}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "score" and isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                out[f.name] = float(value)
+        return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,18 +1,27 @@
-"""Lightning callbacks: pictures in TensorBoard and a run-status file that sweeps can count."""
+"""Lightning callbacks: pictures and metrics in TensorBoard, last.ckpt kept current, and the run's status.json."""
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
+import signal
+import threading
 import time
+from time import monotonic
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sbvae.datasets.common import atomic_path
-from sbvae.errors import DivergenceError
+from sbvae import runs
+from sbvae.errors import DivergenceError, Preempted, SBVAEError
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
+
+# Under DDP, how often the processes agree on a time-based save or a signal (each agreement syncs the devices).
+AGREE_EVERY_N_STEPS = 10
 
 
 def tensorboard(trainer: L.Trainer):
@@ -81,62 +90,200 @@ class ImageLogger(L.Callback):
 
 
 class LastCheckpoint(L.Callback):
-    """Keeps ``checkpoints/last.ckpt`` equal to the latest state: after every validation and at the end of fit.
+    """Keeps ``checkpoints/last.ckpt`` the latest state, so that a run stopped at any moment loses little.
 
-    (Lightning's ``save_last`` only writes when a monitored checkpoint is written, so after a validation
-    that did not improve, "last" would be stale.)  The file is written under a temporary name and renamed,
-    so an interrupted save never leaves a half-written ``last.ckpt``; a failed or diverged run keeps the
-    previous one untouched.
+    It is written after every validation, every ``every_n_minutes`` of training, at the end of fit, and
+    when SIGTERM or SIGUSR1 arrives (preemption; SLURM's ``--signal``): training then stops, the status
+    says "interrupted" and sbvae-train exits with 128 + the signal number. (Lightning's ``save_last`` only
+    writes when a monitored checkpoint is written, so after a validation that did not improve it is stale.)
+    Each write goes to a temporary name renamed over last.ckpt, so a failed write (full disk) leaves the
+    previous one intact, and no checkpoint is written once the module reports divergence.
+
+    Args:
+        every_n_minutes: minutes of training wall time between time-based writes; 0 turns them off.
     """
 
-    FILENAME = "last.ckpt"
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def _save(self, trainer: L.Trainer) -> None:
-        folder = os.path.join(trainer.log_dir, "checkpoints")  # log_dir is a collective: every process calls it
-        partial = os.path.join(folder, f".{self.FILENAME}.partial")
-        trainer.save_checkpoint(partial)  # process 0 writes, the others wait
-        if trainer.is_global_zero:
-            os.replace(partial, os.path.join(folder, self.FILENAME))
-        trainer.strategy.barrier("last-checkpoint")
+    def __init__(self, every_n_minutes: float = 10.0):
+        if not every_n_minutes >= 0:
+            raise SBVAEError(f"last_checkpoint.every_n_minutes must be >= 0 (0: no time-based checkpoints), got {every_n_minutes}.")
+        self.every_n_minutes = every_n_minutes
+        self._last_write = 0.0
+        self._signal: int | None = None
+        self._replaced_handlers: dict[int, Any] = {}
+
+    # -- when ----------------------------------------------------------------------------------
+    def on_train_start(self, trainer, module) -> None:
+        self._last_write = monotonic()
+        self._signal = None
+        # Installed here, after Lightning registered its own SIGTERM handler: that one stops each process
+        # at whatever step it happens to be in, without a checkpoint.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._replaced_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self._signal = signum  # acted on at the end of the step: a handler must not save mid-step
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._replaced_handlers.items():
+            signal.signal(signum, handler)
+        self._replaced_handlers = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        due = self.every_n_minutes > 0 and monotonic() - self._last_write >= 60 * self.every_n_minutes
+        signum = self._signal or 0
+        if trainer.world_size > 1:
+            # Every process must save, or stop, at the same step. Agreeing is a collective (a device sync),
+            # so it is done every few steps only.
+            if trainer.global_step % AGREE_EVERY_N_STEPS:
+                return
+            flags = torch.tensor([float(due), float(signum)], device=trainer.strategy.root_device)
+            due, signum = (int(v) for v in trainer.strategy.reduce(flags, reduce_op="max").tolist())
+        if not (due or signum):
+            return
+        path = self._write(trainer)
+        if signum:
+            name, step = signal.Signals(signum).name, trainer.global_step
+            raise Preempted(f"{name} stopped training at step {step}, saved in {path}: continue with --ckpt_path {path}.",
+                            signum, step)
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._save(trainer)
+            self._write(trainer)
 
     def on_train_end(self, trainer, module) -> None:
-        self._save(trainer)
+        self._restore_handlers()
+        self._write(trainer)
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        # Every save of the trainer (this one's, the best checkpoint's) passes here before its file is written.
+        # On an accelerator a bad step is only recorded on the device; this raises DivergenceError for it.
+        sync_divergence = getattr(module, "sync_divergence", None)
+        if sync_divergence is not None:
+            sync_divergence()
+
+    # -- how -----------------------------------------------------------------------------------
+    def _write(self, trainer: L.Trainer) -> str:
+        folder = runs.checkpoint_dir(trainer.log_dir)  # log_dir is a collective: every process calls it
+        final = os.path.join(folder, runs.LAST_CHECKPOINT)
+        partial = os.path.join(folder, f".{runs.LAST_CHECKPOINT}.partial")  # one name: process 0 writes it
+        failure = None
+        if trainer.is_global_zero:
+            os.makedirs(folder, exist_ok=True)
+            if not os.access(folder, os.W_OK):  # Lightning's save ignores a PermissionError
+                failure = PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
+        try:
+            trainer.save_checkpoint(partial, weights_only=False)  # process 0 writes, then all wait at a barrier
+        except OSError as error:
+            failure = error
+            trainer.strategy.barrier("Trainer.save_checkpoint")  # the one save_checkpoint skipped by raising
+        if trainer.is_global_zero:
+            try:
+                if failure is None:
+                    os.replace(partial, final)
+            except OSError as error:
+                failure = error
+            if failure is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+        if trainer.strategy.reduce_boolean_decision(failure is not None, all=False):
+            if failure is None:
+                raise SBVAEError(f"process 0 could not write {final}; its message says why.")
+            raise runs.write_failure(folder, failure, runs.LAST_CHECKPOINT)
+        self._last_write = monotonic()
+        return final
 
 
 class RunStatus(L.Callback):
-    """Writes ``status.json`` in the run's log folder: running, completed, diverged or failed.
+    """Keeps ``status.json`` in the run folder: running, completed, interrupted, diverged or failed.
 
-    Sweeps count diverged runs from it (the paper reports ~15% of FactorVAE seeds diverging).
+    Process 0 writes it at the start and the end of fit and, while running, refreshes its ``heartbeat``
+    every ``heartbeat_seconds`` from a background thread (training pays nothing for it, and a long
+    validation does not silence it). ``sbvae.runs.run_state`` reads a "running" whose process is gone as
+    "interrupted"; sweeps count diverged runs from it (the paper lost ~15% of FactorVAE seeds).
     """
 
-    def _write(self, trainer: L.Trainer, status: str, **extra) -> None:
-        if not trainer.is_global_zero:
-            return
+    def __init__(self, heartbeat_seconds: float | None = None):
+        self.heartbeat_seconds = heartbeat_seconds or runs.HEARTBEAT_SECONDS
+        self._trainer: L.Trainer | None = None
+        self._folder, self._started = "", 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def _write(self, status: str, **extra) -> None:
+        with self._lock:
+            runs.write_status(self._folder, status, self._trainer.global_step, self._started, **extra)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            with contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
+                self._write("running")
+
+    def _open(self, trainer: L.Trainer) -> None:
         # The logger's folder, not trainer.log_dir: that one is a collective broadcast, and this runs
         # on process 0 alone (and in on_exception, when other processes may be gone).
-        folder = trainer.loggers[0].log_dir if trainer.loggers and trainer.loggers[0].log_dir else trainer.default_root_dir
-        os.makedirs(folder, exist_ok=True)
-        record = {"status": status, "global_step": trainer.global_step, "time": time.time(), **extra}
-        with atomic_path(os.path.join(folder, "status.json")) as tmp, open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
+        logger = trainer.loggers[0] if trainer.loggers else None
+        self._folder = logger.log_dir if logger is not None and logger.log_dir else trainer.default_root_dir
+        self._trainer, self._started = trainer, time.time()
+        os.makedirs(self._folder, exist_ok=True)
 
     def on_fit_start(self, trainer, module) -> None:
-        self._write(trainer, "running")
+        if not trainer.is_global_zero:
+            return
+        try:
+            self._open(trainer)
+            self._write("running")
+        except OSError as error:
+            raise runs.write_failure(self._folder, error, runs.STATUS_FILE) from error
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._beat, name="sbvae-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def on_train_start(self, trainer, module) -> None:
+        if self._heartbeat is not None:
+            self._write("running")  # with the step restored from a resumed checkpoint
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._stop.set()
+            self._heartbeat.join()
+            self._heartbeat = None
+
+    def _finish(self, trainer: L.Trainer, status: str, **extra) -> None:
+        if not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        self._stop_heartbeat()
+        if self._trainer is None:  # failed before fit started
+            self._open(trainer)
+        try:
+            self._write(status, **extra)
+        finally:
+            self._trainer = None
 
     def on_fit_end(self, trainer, module) -> None:
-        self._write(trainer, "completed")
+        self._finish(trainer, "completed")
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
         if isinstance(exception, DivergenceError):
-            self._write(trainer, "diverged", step=exception.step, value=exception.value, message=str(exception))
-        elif isinstance(exception, KeyboardInterrupt):
-            self._write(trainer, "interrupted")
+            record = dict(step=exception.step, value=exception.value, message=str(exception))
+            status = "diverged"
+        elif isinstance(exception, Preempted):
+            status, record = "interrupted", dict(signal=signal.Signals(exception.signum).name, message=str(exception))
+        elif isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            status, record = "interrupted", dict(signal="SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
         else:
-            self._write(trainer, "failed", message=f"{type(exception).__name__}: {exception}")
+            status, record = "failed", dict(message=f"{type(exception).__name__}: {exception}")
+        with contextlib.suppress(OSError):  # the error being raised matters more than its record
+            self._finish(trainer, status, **record)
+
+    def teardown(self, trainer, module, stage: str) -> None:
+        self._stop_heartbeat()  # in case fit ended through neither on_fit_end nor on_exception
 
 
 class MetricsCallback(L.Callback):

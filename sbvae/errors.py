@@ -11,3 +11,11 @@ class DivergenceError(SBVAEError):
     def __init__(self, message: str, step: int, value: float):
         super().__init__(message)
         self.step, self.value = step, value
+
+
+class Preempted(SBVAEError):
+    """A signal (SIGTERM, SIGUSR1: preemption, a scheduler's warning) stopped training after last.ckpt was saved."""
+
+    def __init__(self, message: str, signum: int, step: int):
+        super().__init__(message)
+        self.signum, self.step = signum, step

@@ -8,8 +8,10 @@ seeded generator per metric, so a checkpoint and a seed give the same numbers.
 """
 from __future__ import annotations
 
-import os
+import sys
 from typing import Any, Callable
+
+from tqdm import tqdm
 
 from sbvae import metrics as M
 from sbvae.errors import SBVAEError
@@ -70,8 +72,39 @@ def parse_metrics(names: str | list[str]) -> list[str]:
     return chosen
 
 
-def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None) -> dict[str, dict]:
-    """Each metric's parameters and result, as plain JSON-ready dicts."""
+# Images each metric encodes for its parameters: the length of its progress bar.
+IMAGES: dict[str, Callable[..., int]] = {
+    "elbo": lambda num_images, **_: num_images,
+    "mig": lambda num_points, **_: num_points,
+    "factor_vae": lambda num_variance_estimate, num_train, num_eval, batch_size, **_: num_variance_estimate + (num_train + num_eval) * batch_size,
+    "beta_vae": lambda num_train, num_eval, batch_size, **_: (num_train + num_eval) * 2 * batch_size,
+    "dci": lambda num_train, num_test, **_: num_train + num_test,
+    "sap": lambda num_train, num_test, **_: num_train + num_test,
+    "modularity": lambda num_train, num_test, **_: num_train + num_test,
+}
+
+
+class _Counting:
+    """The model, with every image it encodes counted on a progress bar."""
+
+    def __init__(self, model, bar):
+        self._model, self._bar = model, bar
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def encode(self, x):
+        self._bar.update(x.shape[0])
+        return self._model.encode(x)
+
+    def represent(self, x):
+        self._bar.update(x.shape[0])
+        return self._model.represent(x)
+
+
+def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None,
+          progress: bool = False) -> dict[str, M.MetricResult]:
+    """Each metric's result; ``progress`` shows a bar per metric on stderr (images encoded)."""
     if preset not in PRESETS:
         raise SBVAEError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
     names = parse_metrics(names)
@@ -80,35 +113,31 @@ def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, d
             f"dataset {type(data).__name__} has no ground-truth factors, so disentanglement metrics cannot be "
             "computed on it; score a model trained on a dataset with factors (dsprites, colored-sprites, circles, shapes3d); only 'elbo' works without factors."
         )
+    if device is None:
+        device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     results = {}
     try:
         for name in names:
-            params = dict(PRESETS[preset][name])
-            result = METRICS[name](model, data, seed=seed, device=device, **params)
-            results[name] = {"params": {**params, "seed": seed}, **result.as_dict()}
+            params = PRESETS[preset][name]
+            with tqdm(total=IMAGES[name](**params), desc=f"{name:<12}", unit="img", unit_scale=True,
+                      file=sys.stderr, disable=not progress, leave=True) as bar:
+                results[name] = METRICS[name](_Counting(model, bar), data, seed=seed, device=device, **params)
     finally:
         model.train(was_training)
     return results
 
 
-def scalars(results: dict[str, dict]) -> dict[str, float]:
-    """One number per tag for TensorBoard: each metric's score, and the ELBO's four columns."""
-    out = {}
-    for name, r in results.items():
-        if name == "elbo":
-            out.update({key: float(r[key]) for key in ("elbo", "nll", "kl", "latents_used")})
-        else:
-            out[name] = float(r["score"])
-    return out
+def records(results: dict[str, M.MetricResult], preset: str, seed: int) -> dict[str, dict]:
+    """The results as JSON: each metric's parameters (with the seed) and every field of its result."""
+    return {name: {"params": {**PRESETS[preset][name], "seed": seed}, **r.as_dict()} for name, r in results.items()}
 
 
-def run_dir_of(ckpt_path: str) -> str | None:
-    """The TensorBoard run folder a checkpoint belongs to (runs/NAME/version_K), if it is one."""
-    folder = os.path.dirname(os.path.abspath(ckpt_path))
-    if os.path.basename(folder) == "checkpoints":
-        folder = os.path.dirname(folder)
-    has_events = any(f.startswith("events.out.tfevents") for f in os.listdir(folder))
-    return folder if has_events else None
-
+def scalars(results: dict[str, M.MetricResult]) -> dict[str, float]:
+    """One number per TensorBoard tag: each metric's score as ``<metric>``, its other scalars as ``<metric>/<name>``."""
+    return {
+        (name if key == "score" else f"{name}/{key}"): value
+        for name, r in results.items()
+        for key, value in r.scalars().items()
+    }

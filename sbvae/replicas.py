@@ -14,7 +14,6 @@ pictures, ``checkpoints/last.ckpt`` (a single run's checkpoint: ``sbvae-eval --c
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 
@@ -27,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from sbvae.engine import Engine
 from sbvae.errors import SBVAEError
 from sbvae.module import VAE, adam
-from sbvae.datasets.common import atomic_path
+from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
 
@@ -174,6 +173,7 @@ class ReplicaOutputs(L.Callback):
         return os.path.join(trainer.log_dir, f"replica_{k}")
 
     def on_fit_start(self, trainer, module: ReplicaSet) -> None:
+        self.started = time.time()
         self.writers = [SummaryWriter(self.folder(trainer, k)) for k in range(module.num_replicas)]
         for k in range(module.num_replicas):
             self._status(trainer, module, k, "running")
@@ -181,10 +181,7 @@ class ReplicaOutputs(L.Callback):
     def _status(self, trainer, module, k: int, status: str, **extra) -> None:
         folder = self.folder(trainer, k)
         os.makedirs(folder, exist_ok=True)
-        record = {"status": status, "global_step": trainer.global_step, "seed": module.seeds[k], "time": time.time(),
-                  "pid": os.getpid(), **extra}
-        with atomic_path(os.path.join(folder, "status.json")) as tmp, open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
+        runs.write_status(folder, status, trainer.global_step, self.started, seed=module.seeds[k], **extra)
 
     def _diverged(self, module: ReplicaSet) -> dict[int, int]:
         return {k: step for k, step in enumerate(module.engine.bad_step.tolist()) if step >= 0}
@@ -206,8 +203,7 @@ class ReplicaOutputs(L.Callback):
             self._pictures(trainer, module)
 
     def _mark_diverged(self, trainer, module, k: int, step: int) -> None:
-        path = os.path.join(self.folder(trainer, k), "status.json")
-        if os.path.exists(path) and json.load(open(path)).get("status") == "diverged":
+        if (runs.read_status(self.folder(trainer, k)) or {}).get("status") == "diverged":
             return
         self._status(trainer, module, k, "diverged", step=step, message=(
             f"replica {k} (seed {module.seeds[k]}) diverged at step {step}; it was frozen there and its last good "
@@ -263,9 +259,8 @@ class ReplicaOutputs(L.Callback):
         ckpt.pop("callbacks", None)  # the set's callback states do not describe one replica
         folder = os.path.join(self.folder(trainer, k), "checkpoints")
         os.makedirs(folder, exist_ok=True)
-        partial = os.path.join(folder, ".last.ckpt.partial")
-        torch.save(ckpt, partial)
-        os.replace(partial, os.path.join(folder, "last.ckpt"))
+        with runs.atomic_path(os.path.join(folder, "last.ckpt")) as tmp:
+            torch.save(ckpt, tmp)
 
 
 def _slice_optimizer_state(state: dict, k: int) -> dict:

@@ -1,11 +1,16 @@
 """sbvae-eval on a tiny checkpoint: JSON, determinism, TensorBoard scalars and clear errors."""
 import json
 import os
+import shutil
 
+import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sbvae.cli.evaluate import main as evaluate
+from sbvae import metrics as M
+from sbvae.cli.evaluate import main as evaluate, table
+from sbvae.evaluation import scalars
 from test_training import fit, run_dirs
 
 
@@ -23,8 +28,14 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
         evaluate(["--ckpt", checkpoint, "--metrics", "elbo,mig,factor_vae", "--preset", "quick", "--seed", "3",
                   "--device", "cpu", "--output", str(out)])
         outputs.append(json.load(open(out)))
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "mig" in printed and "factor_vae" in printed
+    # One progress bar per metric on stderr, ending exactly at the images the metric encodes (this untrained
+    # model's codes are all collapsed, so factor_vae stops after its variance estimate, short of its votes).
+    for bar in ("elbo        : 100%", "1.00k/1.00k", "mig         : 100%", "2.00k/2.00k", "factor_vae  :", "/15.4k"):
+        assert bar in captured.err
+    assert "%|" not in printed and printed.splitlines()[0].split() == ["metric", "score", "details"]
     a, b = outputs
     assert a["metrics"] == b["metrics"]  # same checkpoint and seed: same numbers
     assert a["checkpoint"] == os.path.abspath(checkpoint) and a["seed"] == 3 and a["preset"] == "quick"
@@ -39,7 +50,8 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     # The run's TensorBoard log got the scores.
     events = EventAccumulator(os.path.dirname(os.path.dirname(checkpoint)))
     events.Reload()
-    assert {"eval/mig_quick", "eval/factor_vae_quick", "eval/nll_quick", "eval/latents_used_quick"} <= set(events.Tags()["scalars"])
+    assert {"eval/mig_quick", "eval/factor_vae_quick", "eval/elbo_quick", "eval/elbo/nll_quick", "eval/elbo/latents_used_quick",
+            "eval/mig/shape_quick"} <= set(events.Tags()["scalars"])
 
 
 def test_eval_other_seed_changes_the_sample(checkpoint, tmp_path):
@@ -82,3 +94,54 @@ def test_eval_dataset_option_override(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate(["--ckpt", checkpoint, "--device", "cpu", "--dataset-option", "color_bins"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_every_result_lists_its_scalars_one_way():
+    mig = M.MIGResult(score=0.25, per_factor=torch.tensor([0.5, 0.0]), mutual_info=torch.zeros(3, 2),
+                      factor_entropy=torch.ones(2), factor_names=("x", "y"))
+    elbo = M.ELBOResult(score=10.0, elbo=10.0, nll=7.0, kl=3.0, num_images=100, latents_used=2, mean_std=torch.ones(3))
+    dci = M.DCIResult(score=0.4, disentanglement=0.4, completeness=0.3, informativeness_train=0.9,
+                      informativeness_test=0.8, importance_matrix=np.zeros((3, 2)))
+    assert mig.scalars() == {"score": 0.25, "x": 0.5, "y": 0.0}
+    assert scalars({"mig": mig, "elbo": elbo, "dci": dci}) == {
+        "mig": 0.25, "mig/x": 0.5, "mig/y": 0.0,
+        "elbo": 10.0, "elbo/nll": 7.0, "elbo/kl": 3.0, "elbo/latents_used": 2.0,
+        "dci": 0.4, "dci/disentanglement": 0.4, "dci/completeness": 0.3,
+        "dci/informativeness_train": 0.9, "dci/informativeness_test": 0.8,
+    }
+    lines = table({"mig": mig, "elbo": elbo}).splitlines()
+    assert lines[1].split() == ["mig", "0.2500", "x=0.5,", "y=0"]
+    assert lines[2].split() == ["elbo", "10.0000", "nll=7,", "kl=3,", "latents_used=2"]
+
+
+def test_eval_scores_every_replica_of_a_run_folder(checkpoint, tmp_path, capsys):
+    source_run = os.path.dirname(os.path.dirname(checkpoint))
+    run = tmp_path / "runs" / "replicated" / "version_0"
+    for r in (0, 1):
+        (run / f"replica_{r}" / "checkpoints").mkdir(parents=True)
+        shutil.copy(checkpoint, run / f"replica_{r}" / "checkpoints" / "last.ckpt")
+        shutil.copy(os.path.join(source_run, "status.json"), run / f"replica_{r}" / "status.json")
+    quick = ["--metrics", "mig", "--preset", "quick", "--device", "cpu", "--no-progress"]
+    evaluate(["--ckpt", str(run), *quick])
+    evaluate(["--ckpt", checkpoint, *quick, "--output", str(tmp_path / "single.json"), "--no-tensorboard"])
+    single = json.load(open(tmp_path / "single.json"))
+    for r in (0, 1):
+        replica = run / f"replica_{r}"
+        record = json.load(open(replica / "checkpoints" / "eval-quick-seed0.json"))
+        assert record["checkpoint"] == str(replica / "checkpoints" / "last.ckpt")
+        assert record["metrics"] == single["metrics"]  # a replica's checkpoint is scored like any other
+        events = EventAccumulator(str(replica))
+        events.Reload()
+        assert "eval/mig_quick" in events.Tags()["scalars"]
+    assert capsys.readouterr().out.count("wrote ") == 3
+
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", str(run), *quick, "--output", str(tmp_path / "one.json")])
+    assert "holds 2 replicas" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", str(tmp_path / "runs"), *quick])
+    assert "holds no checkpoints/last.ckpt" in capsys.readouterr().err
+
+    evaluate(["--ckpt", source_run, *quick, "--seed", "5", "--no-tensorboard"])  # a single run's folder: its last.ckpt
+    record = json.load(open(os.path.join(source_run, "checkpoints", "eval-quick-seed5.json")))
+    assert record["checkpoint"] == os.path.abspath(checkpoint)

@@ -55,23 +55,26 @@ def test_quickstart_trains_end_to_end(tmp_path, config_path):
     assert last.value < first.value  # 6 steps at lr 1e-3 already lower the Bernoulli NLL
 
     # Evaluation rebuilds model and data from the checkpoint alone.
-    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6
     assert ckpt["datamodule_hyper_parameters"]["dataset"] == "colored-sprites"
     model = VAE.load_from_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu")
     assert model.hparams.image_size == 16 and model.hparams.channels == 3
 
 
-def test_resume_continues_from_saved_step(tmp_path, config_path):
+def test_resume_continues_in_the_same_run_folder(tmp_path, config_path):
     fit(config_path("quickstart.yaml"), tmp_path)
-    first = run_dirs(tmp_path)[0]
+    (run,) = run_dirs(tmp_path)
+    first_start = json.load(open(os.path.join(run, "status.json")))["started"]
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9",
-        "--ckpt_path", os.path.join(first, "checkpoints", "last.ckpt"))
-    second = run_dirs(tmp_path)[1]
-    steps = [e.step for e in tags(second).Scalars("train/loss")]
-    assert min(steps) >= 6 and max(steps) <= 9  # only the 3 remaining steps ran
-    ckpt = torch.load(os.path.join(second, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+        "--ckpt_path", os.path.join(run, "checkpoints", "last.ckpt"))
+    assert run_dirs(tmp_path) == [run]  # no version_1: one run, one folder
+    steps = [e.step for e in tags(run).Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 9  # one curve, both halves
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 9
+    status = json.load(open(os.path.join(run, "status.json")))
+    assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
 
 
 def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys):
@@ -87,8 +90,7 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
     err = capsys.readouterr().err
     assert "diverged at step 6" in err and "last good checkpoint" in err
     assert open(last, "rb").read() == before
-    second = run_dirs(tmp_path)[1]
-    status = json.load(open(os.path.join(second, "status.json")))
+    status = json.load(open(os.path.join(first, "status.json")))
     assert status["status"] == "diverged" and status["step"] == 6
 
 
@@ -140,7 +142,7 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config
 
 
 def final_weights(run):
-    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     return ckpt["state_dict"]
 
 
@@ -177,7 +179,7 @@ def test_last_checkpoint_is_the_final_step_even_mid_epoch(tmp_path, config_path)
     # 7 steps with 3-step epochs: the run ends inside an epoch, after validations that may not improve.
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "7")
     (run,) = run_dirs(tmp_path)
-    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 7
     assert not [f for f in os.listdir(os.path.join(run, "checkpoints")) if f.endswith(".partial")]
 

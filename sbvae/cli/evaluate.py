@@ -1,10 +1,12 @@
-"""sbvae-eval: score a checkpoint with disentanglement metrics.
+"""sbvae-eval: score checkpoints with disentanglement metrics.
 
     sbvae-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --metrics mig,factor_vae --preset paper
+    sbvae-eval --ckpt runs/quickstart/version_0        # a run folder: its last.ckpt, or every replica's
 
 The model and its dataset are rebuilt from the checkpoint alone.  The scores
-are printed as a table, written as JSON (each metric with its parameters, the
-checkpoint, the seed and the values) and added to the run's TensorBoard log.
+are printed as a table, written as JSON beside each checkpoint (each metric
+with its parameters, the checkpoint, the seed and the values) and added to the
+run's TensorBoard log.  A progress bar per metric goes to stderr.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import time
 import torch
 import yaml
 
-from sbvae.datasets.common import atomic_path
+from sbvae import runs
 from sbvae.errors import SBVAEError
-from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, run_dir_of, scalars, score
+from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, records, scalars, score
+from sbvae.metrics import MetricResult
 
 
 def _arguments(hparams: dict) -> dict:
@@ -32,12 +35,7 @@ def load_checkpoint(path: str, device: torch.device, dataset_options: dict | Non
     """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint; ``dataset_options`` override the saved ones."""
     from sbvae.data import GroundTruthDataModule
 
-    if not os.path.isfile(path):
-        raise SBVAEError(f"checkpoint {path} does not exist: pass --ckpt runs/NAME/version_K/checkpoints/last.ckpt.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated or not a torch file
-        raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
+    ckpt = runs.load_checkpoint(path)
     class_path = ckpt.get("sbvae_model_class")
     if class_path is None or "datamodule_hyper_parameters" not in ckpt:
         raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
@@ -60,18 +58,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def table(results: dict[str, dict], factor_names: tuple[str, ...]) -> str:
+def table(results: dict[str, MetricResult]) -> str:
     lines = [f"{'metric':<12} {'score':>8}  details"]
-    for name, r in results.items():
-        main_value = r["score"] if "score" in r else r["elbo"]  # the ELBO result has no single "score"
-        details = {k: v for k, v in r.items() if k not in ("params", "score") and not isinstance(v, (list, dict))}
-        if name == "mig":  # the per-factor gaps say which factors are captured
-            details = dict(zip(factor_names, r["per_factor"]))
-        lines.append(f"{name:<12} {main_value:>8.4f}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
+    for name, result in results.items():
+        details = {k: v for k, v in result.scalars().items() if k != "score"}
+        lines.append(f"{name:<12} {result.score:>8.4f}  " + ", ".join(f"{k}={v:.4g}" for k, v in details.items()))
     return "\n".join(lines)
 
 
-def log_to_tensorboard(run_dir: str, results: dict[str, dict], step: int, preset: str) -> None:
+def log_to_tensorboard(run_dir: str, results: dict[str, MetricResult], step: int, preset: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(run_dir) as writer:
@@ -92,33 +87,29 @@ def parse_options(items: list[str]) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by sbvae-train")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by sbvae-train, or a run folder (every replica's last.ckpt)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from: {', '.join(METRICS)}")
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="paper: disentanglement_lib sizes; quick: smoke-test sizes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside the checkpoint)")
+    parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside each checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dataset option of the checkpoint, e.g. split=heldout for a hold-out circles run (repeatable)")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        names = parse_metrics(args.metrics)
-        device = resolve_device(args.device)
-        model, datamodule, ckpt = load_checkpoint(args.ckpt, device, parse_options(args.dataset_option))
-        start = time.perf_counter()
-        results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device)
-        seconds = time.perf_counter() - start
-    except (SBVAEError, ValueError) as error:
-        print(f"sbvae-eval: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(table(results, tuple(datamodule.data.factor_names)))
+def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torch.device, options: dict) -> None:
+    """Score one checkpoint: print the table, write the JSON, add the scores to its TensorBoard run."""
+    model, datamodule, ckpt = load_checkpoint(path, device, options)
+    start = time.perf_counter()
+    results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device,
+                    progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    print(table(results))
     record = {
-        "checkpoint": os.path.abspath(args.ckpt),
+        "checkpoint": os.path.abspath(path),
         "global_step": ckpt.get("global_step"),
         "model": ckpt["sbvae_model_class"],
         "dataset": dict(datamodule.hparams),  # with any --dataset-option applied
@@ -126,16 +117,35 @@ def main(argv=None) -> None:
         "seed": args.seed,
         "device": str(device),
         "seconds": round(seconds, 3),
-        "metrics": results,
+        "metrics": records(results, args.preset, args.seed),
     }
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval-{args.preset}-seed{args.seed}.json")
-    with atomic_path(output) as tmp, open(tmp, "w") as f:
+    output = args.output or runs.eval_output(path, args.preset, args.seed)
+    with runs.atomic_path(output) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
     print(f"wrote {output}")
-    run_dir = None if args.no_tensorboard else run_dir_of(args.ckpt)
+    run_dir = None if args.no_tensorboard else runs.run_dir_of(path)
     if run_dir:
         log_to_tensorboard(run_dir, results, ckpt.get("global_step", 0), args.preset)
         print(f"added eval/* scalars to the TensorBoard run {run_dir}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        names = parse_metrics(args.metrics)
+        device = resolve_device(args.device)
+        options = parse_options(args.dataset_option)
+        paths = runs.checkpoints_to_score(args.ckpt)
+        if args.output and len(paths) > 1:
+            raise SBVAEError(f"--output names one file but {args.ckpt} holds {len(paths)} replicas: leave --output out "
+                             "to write each replica's JSON beside its checkpoint.")
+        for path in paths:
+            if len(paths) > 1:
+                print(f"\n{path}")
+            evaluate(path, args, names, device, options)
+    except (SBVAEError, ValueError) as error:
+        print(f"sbvae-eval: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

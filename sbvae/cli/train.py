@@ -14,14 +14,17 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from sbvae import runs
 from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
 from sbvae.data import GroundTruthDataModule
-from sbvae.errors import DivergenceError, SBVAEError
+from sbvae.errors import DivergenceError, Preempted, SBVAEError
 
 
 # The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
 # Lightning's caution about __len__ with several workers does not apply.
 warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+# A resumed run continues in its own checkpoints folder on purpose (one run, one folder).
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 # Lines of jsonargparse's nested Union report that say nothing about what the user typed.
@@ -58,6 +61,7 @@ class SBVAECLI(LightningCLI):
         parser.add_lightning_class_args(ImageLogger, "images")
         parser.add_argument("--replicas", type=int, default=1,
                             help="train this many seeds (seed_everything, +1, ...) of the config in one process")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def before_fit(self) -> None:
         replicas = self.config["fit"].get("replicas", 1)
@@ -78,14 +82,41 @@ class SBVAECLI(LightningCLI):
         # dropping the user's overrides (a lower lr after a divergence, say).  Here the config and
         # the command line define the model; the checkpoint supplies weights and training state.
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not subcommand:
+            return
+        settings = self.config[subcommand]
+        if "weights_only" in settings:
+            settings["weights_only"] = True  # Lightning's own load of the checkpoint: never code from a file
+        path = settings.get("ckpt_path")
         if path and os.path.isdir(path):  # a run folder: its own last.ckpt (all replicas of a replica run)
-            path = self.config[subcommand]["ckpt_path"] = os.path.join(path, "checkpoints", "last.ckpt")
-        if path and path not in ("last", "best", "hpc", "registry") and not os.path.isfile(path):
+            path = settings["ckpt_path"] = os.path.join(path, "checkpoints", "last.ckpt")
+        if not path or path in ("last", "best", "hpc", "registry"):
+            return
+        if not os.path.isfile(path):
             raise SBVAEError(
                 f"--ckpt_path {path} does not exist: pass a checkpoint written by sbvae-train, "
                 "e.g. runs/NAME/version_K/checkpoints/last.ckpt."
             )
+        checkpoint = runs.load_checkpoint(path)  # refuses a file that would run code, before anything else
+        if subcommand == "fit":
+            continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0))
+
+
+def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
+    """Point the TensorBoard logger at the run folder of ``ckpt_path``, so a resumed run stays one run.
+
+    Its events then land beside the earlier ones, and TensorBoard drops the earlier events from ``step``
+    on (they were logged after the checkpoint, by the process that died). A checkpoint outside a run
+    folder starts a new one, as does a run logged with another logger.
+    """
+    run = runs.run_dir_of(ckpt_path)
+    logger = trainer_config.get("logger")
+    if run is None or not logger or isinstance(logger, (bool, list)) or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        return
+    parent = os.path.dirname(run)
+    logger.init_args.save_dir, logger.init_args.name = os.path.dirname(parent), os.path.basename(parent)
+    logger.init_args.version = os.path.basename(run)
+    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": int(step)}
 
 
 def build_cli(args=None, run: bool = True) -> SBVAECLI:
@@ -98,7 +129,7 @@ def build_cli(args=None, run: bool = True) -> SBVAECLI:
         run=run,
         auto_configure_optimizers=False,
         trainer_defaults={
-            "callbacks": [LastCheckpoint(), RunStatus()],
+            "callbacks": [RunStatus()],
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
         },
         save_config_kwargs={"overwrite": True},
@@ -124,6 +155,8 @@ def main(args=None) -> None:
         if cause is None:
             raise
         print(f"sbvae-train: {cause}", file=sys.stderr)
+        if isinstance(cause, Preempted):  # what a shell reports for a process the signal killed
+            sys.exit(128 + cause.signum)
         sys.exit(3 if isinstance(cause, DivergenceError) else 2)
 
 

@@ -1,0 +1,213 @@
+"""Run folders: their layout, their status file, and safe reading and atomic writing of their files.
+
+    runs/NAME/version_K/                 one run (the TensorBoardLogger's save_dir/name/version)
+        events.out.tfevents.*            TensorBoard scalars and pictures (a resumed run appends here)
+        config.yaml, hparams.yaml        the configuration of the latest start
+        status.json                      running, completed, interrupted, diverged or failed
+        checkpoints/last.ckpt            the latest state
+        checkpoints/best-step=N.ckpt     the best by val/elbo
+        checkpoints/eval-P-seedS.json    sbvae-eval's scores of last.ckpt
+    runs/NAME/version_K/replica_R/       a replica-parallel run: one such folder per replica
+
+Plain functions on paths, so sweeps, reports and replicas read runs without a Trainer.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import pickle
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from sbvae.errors import SBVAEError
+
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+STATUS_FILE = "status.json"
+HEARTBEAT_SECONDS = 60.0
+# A running process refreshes its heartbeat every minute even during long validations (a thread does it),
+# so five silent minutes mean the process is gone or frozen.
+STALE_AFTER_SECONDS = 300.0
+_REPLICA = re.compile(r"replica_(\d+)")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it to ``final`` only if the block completes."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+# -- layout -------------------------------------------------------------------------------------
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> str:
+    return os.path.join(run_dir, CHECKPOINTS)
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> str:
+    return os.path.join(run_dir, CHECKPOINTS, LAST_CHECKPOINT)
+
+
+def is_run_dir(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a run folder: sbvae-train wrote its status or TensorBoard events there."""
+    if not os.path.isdir(folder):
+        return False
+    return any(name == STATUS_FILE or name.startswith("events.out.tfevents") for name in os.listdir(folder))
+
+
+def run_dir_of(ckpt_path: str | os.PathLike) -> str | None:
+    """The run folder a checkpoint belongs to (the parent of its ``checkpoints/``), or None for a loose file."""
+    folder = os.path.dirname(os.path.abspath(ckpt_path))
+    if os.path.basename(folder) != CHECKPOINTS:
+        return None
+    run = os.path.dirname(folder)
+    return run if is_run_dir(run) else None
+
+
+def replica_dirs(run_dir: str | os.PathLike) -> list[str]:
+    """The ``replica_R`` folders of a replica-parallel run, in replica order (empty for a single run)."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := _REPLICA.fullmatch(name))]
+    return [os.path.join(run_dir, name) for _, name in sorted(found) if os.path.isdir(os.path.join(run_dir, name))]
+
+
+def checkpoints_to_score(path: str | os.PathLike) -> list[str]:
+    """The checkpoints ``sbvae-eval --ckpt PATH`` scores: the file itself, or a run folder's last.ckpt
+    (a replica-parallel run: every replica's)."""
+    path = str(path)
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise SBVAEError(f"checkpoint {path} does not exist: pass --ckpt runs/NAME/version_K/checkpoints/last.ckpt "
+                         "or a run folder runs/NAME/version_K.")
+    folders = replica_dirs(path) or [path]
+    found = [last_checkpoint(f) for f in folders if os.path.isfile(last_checkpoint(f))]
+    if not found:
+        raise SBVAEError(f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT} (nor replica_*/{CHECKPOINTS}/{LAST_CHECKPOINT}): "
+                         "pass a run folder written by sbvae-train, or a checkpoint file.")
+    return found
+
+
+def eval_output(ckpt_path: str | os.PathLike, preset: str, seed: int) -> str:
+    """Where sbvae-eval writes its JSON by default: beside the checkpoint."""
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"eval-{preset}-seed{seed}.json")
+
+
+# -- reading checkpoints ------------------------------------------------------------------------
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """A checkpoint as plain data: tensors, numbers, strings and containers only (``weights_only=True``).
+
+    A file that needs anything else to unpickle (a class, a function: possibly code someone hid in it)
+    is refused before any of it runs.
+    """
+    if not os.path.isfile(path):
+        raise SBVAEError(f"checkpoint {path} does not exist: pass runs/NAME/version_K/checkpoints/last.ckpt.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise SBVAEError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain data, which could run "
+            "code when unpickled, so nothing in it was run; use a checkpoint written by sbvae-train."
+        ) from error
+    except Exception as error:  # truncated, or not a torch file at all
+        raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def write_failure(folder: str | os.PathLike, error: OSError, what: str) -> SBVAEError:
+    """The one sentence for a write that failed in a run folder (full disk, no permission, read-only)."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the disk of {folder} (or point trainer.logger.init_args.save_dir to another disk)"
+    else:
+        fix = f"make {folder} writable (or point trainer.logger.init_args.save_dir elsewhere)"
+    return SBVAEError(f"cannot write {what} in {folder} ({reason}): {fix}, then resume from its last.ckpt with --ckpt_path.")
+
+
+# -- status -------------------------------------------------------------------------------------
+
+def write_status(run_dir: str | os.PathLike, status: str, global_step: int, started: float, **fields: Any) -> dict:
+    """Write ``status.json`` (atomically) for this process; returns the record.
+
+    Fields: status, global_step, pid, hostname, started and heartbeat (Unix times), plus ``fields``
+    (diverged: step, value, message; failed: message; interrupted: signal, message).
+    """
+    record = {
+        "status": status,
+        "global_step": int(global_step),
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "started": started,
+        "heartbeat": time.time(),
+        **fields,
+    }
+    with atomic_path(os.path.join(run_dir, STATUS_FILE)) as tmp, open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+def read_status(run_dir: str | os.PathLike) -> dict | None:
+    """The record in ``status.json`` as written, or None when there is none."""
+    try:
+        with open(os.path.join(run_dir, STATUS_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): os.kill is all there is
+        return True
+
+
+def run_state(run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_SECONDS) -> dict:
+    """The run's effective status: its record, with a "running" that no live process backs read as "interrupted".
+
+    A running record is believed while its heartbeat is younger than ``stale_after`` seconds and, on this
+    host, its process is alive (another host's processes cannot be checked). When the status is changed,
+    ``reason`` says why. A folder without a status file reads ``{"status": "unknown", "reason": ...}``.
+    """
+    try:
+        record = read_status(run_dir)
+    except (OSError, ValueError) as error:
+        return {"status": "unknown", "reason": f"{STATUS_FILE} cannot be read ({error})"}
+    if record is None:
+        return {"status": "unknown", "reason": f"no {STATUS_FILE} in {run_dir}"}
+    if record.get("status") != "running":
+        return record
+    pid, host, heartbeat = record.get("pid"), record.get("hostname"), record.get("heartbeat")
+    if host == socket.gethostname() and isinstance(pid, int) and not process_alive(pid):
+        reason = f"process {pid} on {host} is gone"
+    elif not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > stale_after:
+        reason = f"no heartbeat from process {pid} on {host} for over {stale_after:.0f} s"
+    else:
+        return record
+    return {**record, "status": "interrupted", "reason": reason}
