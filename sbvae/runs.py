@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import lightning as L
 import torch
 
 from sbvae.errors import SBVAEError
@@ -128,6 +130,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         ) from error
     except Exception as error:  # truncated, or not a torch file at all
         raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
+
+
+def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
+    """The model class a checkpoint names (``sbvae_model_class``), provided it is one of sbvae's LightningModules.
+
+    The name is text from the file: importing and calling whatever it names would run code chosen by the file.
+    """
+    name = checkpoint.get("sbvae_model_class")
+    if not isinstance(name, str):
+        raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
+    module_name, _, class_name = name.rpartition(".")
+    found = None
+    if module_name == "sbvae" or module_name.startswith("sbvae."):
+        with contextlib.suppress(ImportError):
+            found = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(found, type) and issubclass(found, L.LightningModule)):
+        raise SBVAEError(f"refusing to build {path}: its model class {name!r} is not one of sbvae's models "
+                         "(such as sbvae.module.VAE); use a checkpoint written by sbvae-train.")
+    return found
 
 
 # -- writing ------------------------------------------------------------------------------------
