@@ -153,14 +153,16 @@ def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
 
 # -- writing ------------------------------------------------------------------------------------
 
-def write_failure(folder: str | os.PathLike, error: OSError, what: str) -> SBVAEError:
-    """The one sentence for a write that failed in a run folder (full disk, no permission, read-only)."""
+def write_failure(folder: str | os.PathLike, error: OSError, what: str, kept: str | None = None) -> SBVAEError:
+    """The one sentence for a write that failed in a run folder (full disk, no permission, read-only);
+    ``kept`` names the earlier file that is still intact."""
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free space on the disk of {folder} (or point trainer.logger.init_args.save_dir to another disk)"
     else:
         fix = f"make {folder} writable (or point trainer.logger.init_args.save_dir elsewhere)"
-    return SBVAEError(f"cannot write {what} in {folder} ({reason}): {fix}, then resume from its last.ckpt with --ckpt_path.")
+    after = f"; {kept} is intact: resume from it with --ckpt_path" if kept else ""
+    return SBVAEError(f"cannot write {what} in {folder} ({reason}): {fix}{after}.")
 
 
 # -- status -------------------------------------------------------------------------------------
