@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sbvae.datasets.base import DataError
-from sbvae.runs import atomic_path
+from sbvae.datasets.file_check import FileCheck, check_grid
 from sbvae.datasets.sprites import (
     DSPRITES_FILE,
     DSPRITES_SOURCE,
@@ -34,6 +33,7 @@ from sbvae.datasets.sprites import (
     LATENT_VALUES,
     render_dsprites_indices,
 )
+from sbvae.runs import atomic_path
 
 REQUIRED_KEYS = ("imgs", "latents_values", "latents_classes")
 OFFICIAL_N = int(np.prod(LATENT_SIZES))
@@ -66,32 +66,12 @@ def grid_rows(classes: list[np.ndarray]) -> np.ndarray:
     return np.stack([m.reshape(-1) for m in mesh], axis=1).astype(np.int64)
 
 
-@dataclass
-class NpzCheck:
-    """What ``check_npz`` found: report lines, problems (empty when the file is good) and the grid."""
+def check_npz(path: Path, scan_images: bool = False, allow_subset: bool = False) -> FileCheck:
+    """Check a dSprites npz: keys, shapes, dtypes, the factor grid and its order; optionally the pixels.
 
-    lines: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    classes: list[np.ndarray] | None = None  # per latent, the class indices present (sorted)
-    values: list[np.ndarray] | None = None  # per latent, their values
-
-    def fail(self, problem: str) -> "NpzCheck":
-        self.problems.append(problem)
-        self.lines.append(f"FAIL {problem}")
-        return self
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def is_subset(self) -> bool:
-        return self.classes is not None and tuple(len(c) for c in self.classes) != LATENT_SIZES
-
-
-def check_npz(path: Path, scan_images: bool = False, allow_subset: bool = False) -> NpzCheck:
-    """Check a dSprites npz: keys, shapes, dtypes, the factor grid and its order; optionally the pixels."""
-    report = NpzCheck()
+    The report's ``values`` are the latent classes present, per latent (colour included).
+    """
+    report = FileCheck(LATENT_SIZES)
     try:
         headers = npz_headers(path)
     except _READ_ERRORS as e:
@@ -122,26 +102,14 @@ def check_npz(path: Path, scan_images: bool = False, allow_subset: bool = False)
             values = npz["latents_values"]
     except _READ_ERRORS as e:
         return report.fail(f"its latents cannot be read (truncated or corrupt: {e})")
-    per_class = [np.unique(classes[:, k]) for k in range(6)]
     for k, (name, size) in enumerate(zip(LATENT_NAMES, LATENT_SIZES)):
-        c = per_class[k]
-        if c.size == 0 or c[0] < 0 or c[-1] >= size:
+        if classes[:, k].min(initial=0) < 0 or classes[:, k].max(initial=0) >= size:
             return report.fail(f"latents_classes column {name} holds classes outside 0..{size - 1}")
-    sizes = tuple(len(c) for c in per_class)
-    if n != int(np.prod(sizes)) or not np.array_equal(classes, grid_rows(per_class)):
-        return report.fail("latents_classes is not every combination of its classes once with posY fastest")
     table = [LATENT_VALUES[k][classes[:, k]] for k in range(6)]
     if not np.allclose(values, np.stack(table, axis=1), rtol=0, atol=1e-6):
         return report.fail("latents_values does not match the official values of latents_classes")
-    report.classes = per_class
-    report.values = [LATENT_VALUES[k][c] for k, c in enumerate(per_class)]
-    if sizes == LATENT_SIZES:
-        report.lines.append(f"  grid: the full dSprites grid, {n} images, posY fastest")
-    else:
-        grid = " x ".join(f"{name} {s}" for name, s in zip(LATENT_NAMES, sizes))
-        report.lines.append(f"  grid: a sub-grid ({grid} = {n} images; the official file has {OFFICIAL_N})")
-        if not allow_subset:
-            return report.fail(f"it holds a sub-grid of {n} images, not the full grid of {OFFICIAL_N}")
+    if not check_grid(report, classes, "latents_classes", LATENT_NAMES, allow_subset).ok:
+        return report
     if scan_images:
         try:
             for start, chunk in iter_images(path):
@@ -172,14 +140,10 @@ class DSpritesNpz:
     def __init__(self, path: Path, allow_subset: bool = False, help: str = ""):
         self.path = Path(path)
         report = check_npz(self.path, allow_subset=allow_subset)
-        if not report.ok:
-            hint = " (pass allow_subset=True to use it anyway)" if report.is_subset else ""
-            raise DataError(
-                f"{self.path} is not a usable dSprites file: {report.problems[0]}{hint}; "
-                + (help or f"get the official {DSPRITES_FILE} from {DSPRITES_SOURCE}") + "."
-            )
-        self.factor_sizes = tuple(len(c) for c in report.classes[1:])  # colour dropped
-        self.values = report.values[1:]
+        report.require_usable(self.path, "dSprites", help or f"get the official {DSPRITES_FILE} from {DSPRITES_SOURCE}")
+        classes = report.values[1:]  # colour dropped
+        self.factor_sizes = tuple(len(c) for c in classes)
+        self.values = [LATENT_VALUES[k + 1][c] for k, c in enumerate(classes)]
         self.bases = [int(np.prod(self.factor_sizes[k + 1 :])) for k in range(len(self.factor_sizes))]
         self._packed: torch.Tensor | None = None
         self._cache_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}

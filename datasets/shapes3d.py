@@ -17,63 +17,40 @@ import torch
 
 from sbvae.datasets.base import DataError, GroundTruthData
 from sbvae.datasets.common import area_downsample, check_file_image_size, data_dir as resolve_data_dir
+from sbvae.datasets.file_check import FileCheck, check_grid
 
 SHAPES3D_FILE = "3dshapes.h5"
 SHAPES3D_SOURCE = "github.com/deepmind/3d-shapes (gs://3d-shapes/3dshapes.h5)"
 FACTOR_NAMES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 FACTOR_SIZES = (10, 10, 10, 8, 4, 15)
-OFFICIAL_N = int(np.prod(FACTOR_SIZES))
 
 
-def grid_from_labels(labels: np.ndarray) -> tuple[list[np.ndarray], str | None]:
-    """Per-factor sorted label values, and a problem if the rows are not their full product, last fastest."""
-    values = [np.unique(labels[:, k]) for k in range(labels.shape[1])]
-    sizes = [len(v) for v in values]
-    if len(labels) != int(np.prod(sizes)):
-        return values, f"its {len(labels)} label rows are not every combination of the label values once"
-    idx = [np.searchsorted(v, labels[:, k]) for k, v in enumerate(values)]
-    flat = np.zeros(len(labels), dtype=np.int64)
-    for k, i in enumerate(idx):
-        flat = flat * sizes[k] + i
-    if not np.array_equal(flat, np.arange(len(labels))):
-        return values, "its labels are not stored with the last factor varying fastest"
-    return values, None
+def check_h5(path: Path, allow_subset: bool = False) -> FileCheck:
+    """Check a 3dshapes.h5: keys, shapes, dtypes, and that its labels are the factor grid, orientation fastest.
 
-
-def check_h5(path: Path, allow_subset: bool = False) -> tuple[list[str], list[str], list[np.ndarray] | None]:
-    """(report lines, problems, per-factor values) for a 3dshapes.h5 file."""
+    The report's ``values`` are the label values present, per factor.
+    """
     import h5py
 
-    lines: list[str] = []
+    report = FileCheck(FACTOR_SIZES)
     try:
         with h5py.File(path, "r") as f:
             keys = sorted(f.keys())
             for key in keys:
                 obj = f[key]
-                lines.append(f"  {key}: shape {getattr(obj, 'shape', '?')}, dtype {getattr(obj, 'dtype', '(group)')}")
+                report.lines.append(f"  {key}: shape {getattr(obj, 'shape', '?')}, dtype {getattr(obj, 'dtype', '(group)')}")
             if not {"images", "labels"} <= set(keys):
-                return lines, [f"it lacks the key(s) images and/or labels (found: {', '.join(keys) or 'none'})"], None
+                return report.fail(f"it lacks the key(s) images and/or labels (found: {', '.join(keys) or 'none'})")
             images, labels = f["images"], f["labels"]
             n = images.shape[0] if images.ndim else -1
             if images.shape != (n, 64, 64, 3) or images.dtype != np.uint8:
-                return lines, [f"images has shape {images.shape} and dtype {images.dtype}, expected ({n}, 64, 64, 3) uint8"], None
+                return report.fail(f"images has shape {images.shape} and dtype {images.dtype}, expected ({n}, 64, 64, 3) uint8")
             if labels.shape != (n, 6) or labels.dtype != np.float64:
-                return lines, [f"labels has shape {labels.shape} and dtype {labels.dtype}, expected ({n}, 6) float64"], None
+                return report.fail(f"labels has shape {labels.shape} and dtype {labels.dtype}, expected ({n}, 6) float64")
             label_array = labels[()]
     except (OSError, ValueError, KeyError) as e:
-        return lines, [f"it cannot be read as HDF5 (truncated or not an HDF5 file: {e})"], None
-    values, problem = grid_from_labels(label_array)
-    if problem:
-        return lines, [problem], None
-    sizes = tuple(len(v) for v in values)
-    if sizes == FACTOR_SIZES:
-        lines.append(f"  grid: the full 3dshapes grid, {n} images, orientation fastest")
-    else:
-        grid = " x ".join(f"{name} {s}" for name, s in zip(FACTOR_NAMES, sizes))
-        lines.append(f"  grid: a sub-grid ({grid} = {n} images; the official file has {OFFICIAL_N})")
-        if not allow_subset:
-            return lines, [f"it holds a grid of {grid}, not the official {' x '.join(map(str, FACTOR_SIZES))}"], values
-    return lines, [], values
+        return report.fail(f"it cannot be read as HDF5 (truncated or not an HDF5 file: {e})")
+    return check_grid(report, label_array, "labels", FACTOR_NAMES, allow_subset)
 
 
 class Shapes3D(GroundTruthData):
@@ -109,12 +86,10 @@ class Shapes3D(GroundTruthData):
         if not self.path.is_file():
             raise DataError(f"shapes3d: the file {self.path} does not exist; {help}.")
         self.image_size = check_file_image_size("shapes3d", image_size)
-        _, problems, values = check_h5(self.path, allow_subset=allow_subset)
-        if problems:
-            hint = " (pass allow_subset=True to use it anyway)" if values is not None else ""
-            raise DataError(f"{self.path} is not a usable 3dshapes file: {problems[0]}{hint}; {help}.")
-        self.factor_sizes = tuple(len(v) for v in values)
-        self._values = [torch.from_numpy(v) for v in values]
+        report = check_h5(self.path, allow_subset=allow_subset)
+        report.require_usable(self.path, "3dshapes", help)
+        self.factor_sizes = tuple(len(v) for v in report.values)
+        self._values = [torch.from_numpy(v) for v in report.values]
         self.bases = [int(np.prod(self.factor_sizes[k + 1 :])) for k in range(6)]
         self.in_memory = bool(in_memory)
 

@@ -194,7 +194,7 @@ class LastCheckpoint(L.Callback):
         if trainer.strategy.reduce_boolean_decision(failure is not None, all=False):
             if failure is None:
                 raise SBVAEError(f"process 0 could not write {final}; its message says why.")
-            raise runs.write_failure(folder, failure, runs.LAST_CHECKPOINT)
+            raise runs.write_failure(folder, failure, runs.LAST_CHECKPOINT, final if os.path.exists(final) else None)
         self._last_write = monotonic()
         return final
 

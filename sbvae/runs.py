@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import lightning as L
 import torch
 
 from sbvae.errors import SBVAEError
@@ -130,16 +132,37 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
 
 
+def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
+    """The model class a checkpoint names (``sbvae_model_class``), provided it is one of sbvae's LightningModules.
+
+    The name is text from the file: importing and calling whatever it names would run code chosen by the file.
+    """
+    name = checkpoint.get("sbvae_model_class")
+    if not isinstance(name, str):
+        raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
+    module_name, _, class_name = name.rpartition(".")
+    found = None
+    if module_name == "sbvae" or module_name.startswith("sbvae."):
+        with contextlib.suppress(ImportError):
+            found = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(found, type) and issubclass(found, L.LightningModule)):
+        raise SBVAEError(f"refusing to build {path}: its model class {name!r} is not one of sbvae's models "
+                         "(such as sbvae.module.VAE); use a checkpoint written by sbvae-train.")
+    return found
+
+
 # -- writing ------------------------------------------------------------------------------------
 
-def write_failure(folder: str | os.PathLike, error: OSError, what: str) -> SBVAEError:
-    """The one sentence for a write that failed in a run folder (full disk, no permission, read-only)."""
+def write_failure(folder: str | os.PathLike, error: OSError, what: str, kept: str | None = None) -> SBVAEError:
+    """The one sentence for a write that failed in a run folder (full disk, no permission, read-only);
+    ``kept`` names the earlier file that is still intact."""
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free space on the disk of {folder} (or point trainer.logger.init_args.save_dir to another disk)"
     else:
         fix = f"make {folder} writable (or point trainer.logger.init_args.save_dir elsewhere)"
-    return SBVAEError(f"cannot write {what} in {folder} ({reason}): {fix}, then resume from its last.ckpt with --ckpt_path.")
+    after = f"; {kept} is intact: resume from it with --ckpt_path" if kept else ""
+    return SBVAEError(f"cannot write {what} in {folder} ({reason}): {fix}{after}.")
 
 
 # -- status -------------------------------------------------------------------------------------

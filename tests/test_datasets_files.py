@@ -176,3 +176,18 @@ def test_cli_verify_reports_a_truncated_npz(capsys, tmp_path):
     capsys.readouterr()
     assert main(["verify", str(bad), "--allow-subset"]) == 1
     assert "truncated" in capsys.readouterr().out
+
+
+def test_one_grid_check_for_npz_and_h5_files():
+    from sbvae.datasets.file_check import FileCheck, check_grid
+
+    grid = np.stack(np.meshgrid([0, 1], [0, 5, 9], indexing="ij"), -1).reshape(-1, 2)  # b fastest
+    report = check_grid(FileCheck((2, 3)), grid, "labels", ("a", "b"), allow_subset=False)
+    assert report.ok and not report.is_subset and [v.tolist() for v in report.values] == [[0, 1], [0, 5, 9]]
+    assert "last factor varying fastest (b)" in check_grid(FileCheck((2, 3)), grid[::-1], "labels", ("a", "b"), False).problems[0]
+    assert "not every combination" in check_grid(FileCheck((2, 3)), grid[:5], "labels", ("a", "b"), False).problems[0]
+    sub = check_grid(FileCheck((2, 3)), grid[:3], "labels", ("a", "b"), allow_subset=False)
+    assert sub.is_subset and sub.problems == ["it holds a sub-grid of 3 images (a 1 x b 3), not the official 2 x 3"]
+    with pytest.raises(DataError, match=r"x.npz is not a usable toy file: it holds a sub-grid .*allow_subset=True.*; get it\."):
+        sub.require_usable("x.npz", "toy", "get it")
+    assert check_grid(FileCheck((2, 3)), grid[:3], "labels", ("a", "b"), allow_subset=True).ok

@@ -208,3 +208,14 @@ def test_eval_refuses_a_checkpoint_that_would_run_code(capsys, crafted):
     err = capsys.readouterr().err
     assert err.startswith(f"sbvae-eval: refusing to load {path}:") and err.count("\n") == 1 and "Traceback" not in err
     assert not marker.exists()
+
+
+def test_eval_builds_only_sbvae_models(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "names-a-function.ckpt"  # plain data that names a callable and its arguments
+    torch.save({"sbvae_model_class": "builtins.open", "hyper_parameters": {"file": str(marker), "mode": "w"},
+                "datamodule_hyper_parameters": {}, "state_dict": {}}, path)
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", str(path), "--device", "cpu"])
+    assert f"refusing to build {path}: its model class 'builtins.open'" in capsys.readouterr().err
+    assert not marker.exists()

@@ -96,19 +96,16 @@ def cmd_verify(args) -> int:
     if path.suffix.lower() in (".h5", ".hdf5"):
         from sbvae.datasets.shapes3d import check_h5
 
-        lines, problems, _ = check_h5(path, allow_subset=args.allow_subset)
-        kind = "3dshapes HDF5"
-        lines = lines + [f"FAIL {p}" for p in problems]
+        report, kind = check_h5(path, allow_subset=args.allow_subset), "3dshapes HDF5"
     else:
         from sbvae.datasets.npz import check_npz
 
-        report = check_npz(path, scan_images=not args.quick, allow_subset=args.allow_subset)
-        lines, problems, kind = report.lines, report.problems, "dSprites npz"
+        report, kind = check_npz(path, scan_images=not args.quick, allow_subset=args.allow_subset), "dSprites npz"
     print(f"{path} ({kind}):")
-    for line in lines:
+    for line in report.lines:
         print(line)
-    if problems:
-        print(f"WRONG: {problems[0]}.")
+    if report.problems:
+        print(f"WRONG: {report.problems[0]}.")
         return 1
     print("OK: keys, shapes, dtypes and the factor grid match the official format.")
     return 0

@@ -11,7 +11,6 @@ run's TensorBoard log.  A progress bar per metric goes to stderr.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -36,11 +35,9 @@ def load_checkpoint(path: str, device: torch.device, dataset_options: dict | Non
     from sbvae.data import GroundTruthDataModule
 
     ckpt = runs.load_checkpoint(path)
-    class_path = ckpt.get("sbvae_model_class")
-    if class_path is None or "datamodule_hyper_parameters" not in ckpt:
+    model_class = runs.model_class(ckpt, path)
+    if "datamodule_hyper_parameters" not in ckpt:
         raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
-    module_name, _, class_name = class_path.rpartition(".")
-    model_class = getattr(importlib.import_module(module_name), class_name)
     model = model_class(**_arguments(ckpt["hyper_parameters"]))
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
