@@ -129,19 +129,25 @@ def beta_axis(manifest: dict[str, Any]) -> str | None:
     return key if key and len({repr(g["values"].get(key)) for g in manifest["groups"]}) > 1 else None
 
 
+def rate_distortion_series(manifest: dict[str, Any], results: list[RunResult], key: str) -> dict[str, list[dict[str, float]]]:
+    """One series per setting of the other grid axes (e.g. sbd, deconv): each scored run's beta and scores."""
+    series: dict[str, list[dict[str, float]]] = {}
+    by_group = {g["name"]: g for g in manifest["groups"]}
+    for run in results:
+        group = by_group[run.group]
+        if "nll" not in run.scores:
+            continue
+        name = "_".join(lab for k, lab in group["axes"].items() if k != key) or manifest["name"]
+        series.setdefault(name, []).append({"beta": float(group["values"][key]), **run.scores})
+    return series
+
+
 def rate_distortion(report: Report, models: Models) -> None:
     key = beta_axis(report.manifest)
     if key is None:
         report.notes.append("Rate-distortion: the sweep does not vary beta (a grid axis model.init_args.beta).")
         return
-    series: dict[str, list[dict[str, float]]] = {}
-    by_group = {g["name"]: g for g in report.manifest["groups"]}
-    for run in report.results:
-        group = by_group[run.group]
-        if "nll" not in run.scores:
-            continue
-        name = "_".join(lab for k, lab in group["axes"].items() if k != key) or report.manifest["name"]
-        series.setdefault(name, []).append({"beta": float(group["values"][key]), **run.scores})
+    series = rate_distortion_series(report.manifest, report.results, key)
     if not series:
         report.notes.append("Rate-distortion: no run has ELBO scores (add elbo to the sweep's metrics).")
         return
@@ -203,6 +209,10 @@ def markdown(report: Report) -> str:
         f"- Trained on: {', '.join(devices) or 'unknown'}.",
         "- Table cells: mean ± sample standard deviation over the scored seeds of the row; the paper's row below ours.",
     ]
+    sizes = sorted({r.evaluation.get("dataset", {}).get("image_size") for r in report.results if r.evaluation} - {None})
+    if m.get("targets") and any(size != 64 for size in sizes):
+        lines.append(f"- ELBO, NLL and KL are nats per image: these runs use {', '.join(f'{s} px' for s in sizes)} images, the paper "
+                     "64 px, so those three columns are not comparable with the paper's; MIG and FactorVAE are.")
     if m.get("targets"):
         lines.append(f"- Paper numbers: table {m['targets']['table']} of {os.path.basename(m['targets'].get('file', 'targets.yaml'))} "
                      f"({m['targets']['data'].get('source', '')}).")
