@@ -34,6 +34,8 @@ class Report:
     results: list[RunResult]
     rows: list[Row]
     out: str
+    folder: str  # the sweep's folder (absolute): run folders are shown relative to it
+    shown_folder: str  # the same as the user named it, for report.md
     pictures: list[Picture] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -227,12 +229,13 @@ def markdown(report: Report) -> str:
     if report.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     columns = [c for c in COLUMNS if any(c in r.scores for r in report.results)]
-    lines += ["## Runs", "", "| group | seed | status | step | " + " | ".join(COLUMNS[c] for c in columns) + " | folder |",
+    lines += ["## Runs", "", f"Folders are relative to the sweep folder {report.shown_folder}.", "",
+              "| group | seed | status | step | " + " | ".join(COLUMNS[c] for c in columns) + " | folder |",
               "|" + "---|" * (len(columns) + 5)]
     for r in report.results:
         cells = [f"{r.scores[c]:.4g}" if c in r.scores else "–" for c in columns]
         lines.append(f"| {r.group} | {r.seed} | {r.status} | {r.global_step:,} | " + " | ".join(cells)
-                     + f" | {os.path.relpath(r.folder, report.out)} |")
+                     + f" | {os.path.relpath(r.folder, report.folder)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -243,7 +246,8 @@ def build_report(folder: str, out: str | None = None, device: str = "cpu", tenso
         table = manifest["targets"]["table"]
         manifest["targets"] = {**manifest["targets"], "file": targets_file, "data": load_targets(targets_file)[table]}
     results = collect(folder, manifest)
-    report = Report(manifest, results, rows(manifest, results), out or os.path.join(folder, "report"))
+    report = Report(manifest, results, rows(manifest, results), out or os.path.join(folder, "report"),
+                    os.path.abspath(folder), folder)
     os.makedirs(report.out, exist_ok=True)
     models = Models(device, tensorboard)
     for kind in applicable(report):
@@ -258,7 +262,7 @@ def build_report(folder: str, out: str | None = None, device: str = "cpu", tenso
             latent_geometry(report, models, geometry_points)
     with open(os.path.join(report.out, "report.md"), "w") as f:
         f.write(markdown(report))
-    data = summary(manifest, report.rows)
+    data = summary(manifest, report.rows, report.folder)
     data["figures"] = [{"kind": p.kind, "title": p.title, "file": p.file} for p in report.pictures]
     data["notes"] = report.notes
     write_json(os.path.join(report.out, "summary.json"), data)

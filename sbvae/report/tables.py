@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,7 @@ def markdown_table(manifest: dict[str, Any], table_rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def summary(manifest: dict[str, Any], table_rows: list[Row]) -> dict[str, Any]:
+def summary(manifest: dict[str, Any], table_rows: list[Row], folder: str) -> dict[str, Any]:
     """summary.json: each row's counts, steps, devices, statistics and paper numbers, and every run's scores."""
     return {
         "sweep": manifest["name"],
@@ -141,7 +142,7 @@ def summary(manifest: dict[str, Any], table_rows: list[Row]) -> dict[str, Any]:
                 "stats": {c: s.as_dict() for c, s in row.stats.items()},
                 "paper": {"row": row.paper_key, **row.paper} if row.paper else None,
                 "seeds": [{"seed": r.seed, "status": r.status, "global_step": r.global_step, "scores": r.scores,
-                           "folder": r.folder} for r in row.runs],
+                           "folder": os.path.relpath(r.folder, folder)} for r in row.runs],
             }
             for row in table_rows
         ],

@@ -272,8 +272,12 @@ def _targets(where: str, folder: str, raw: dict[str, Any]) -> dict[str, Any] | N
     spec = raw.get("targets")
     if spec is None:
         return None
-    table, rows = (spec, {}) if isinstance(spec, str) else (spec.get("table"), spec.get("rows") or {}) if isinstance(spec, dict) else (None, {})
-    if not isinstance(table, str):
+    table, rows = None, {}
+    if isinstance(spec, str):
+        table = spec
+    elif isinstance(spec, dict):
+        table, rows = spec.get("table"), spec.get("rows") or {}
+    if not isinstance(table, str) or not isinstance(rows, dict):
         raise _error(where, f"targets must name a table of the targets file, or be {{table: NAME, rows: {{row: target row}}}}, got {spec!r}.")
     path = os.path.normpath(os.path.join(folder, raw.get("targets_file") or "targets.yaml"))
     from sbvae.report.targets import load_targets
