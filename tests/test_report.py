@@ -231,3 +231,35 @@ def test_report_bad_input(tmp_path, capsys):
     bad.write_text("tables: {t: {rows: {a: {mig: 0.1}}}}\n")
     with pytest.raises(SBVAEError, match=r"t/a.mig must be \[mean, std\]"):
         load_targets(str(bad))
+
+
+def fake_checkpoint(path, dataset_options):
+    """An sbvae checkpoint of an untrained tiny VAE on 16 px circles-xy: what sbvae-eval and the report load."""
+    from sbvae.data import GroundTruthDataModule
+
+    model = tiny_model()
+    datamodule = GroundTruthDataModule(dataset="circles-xy", dataset_options=dataset_options, image_size=16, val_size=32)
+    torch.save({"sbvae_model_class": "sbvae.module.VAE", "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": dict(datamodule.hparams), "state_dict": model.state_dict(),
+                "global_step": 100}, path)
+
+
+def test_report_of_holdout_runs_draws_geometry_and_traversals(tmp_path):
+    folder = make_sweep(str(tmp_path), {"sbd": {"runs": [(0, "completed", scores(330, 305, 0.1, 0.2)),
+                                                          (1, "completed", scores(331, 306, 0.3, 0.2))]}}, targets=None)
+    for seed in (0, 1):
+        fake_checkpoint(os.path.join(folder, "runs", "sbd", f"seed_{seed}", "checkpoints", "last.ckpt"), {"holdout": "center"})
+    report = build_report(folder, tensorboard=True, geometry_points=8, echo=lambda _: None)
+    files = [p.file for p in report.pictures]
+    assert files == ["mig_histograms.png", "geometry-sbd.png", "traversals-sbd.png"]
+    titles = [p.title for p in report.pictures]
+    assert titles[2] == "sbd: median seed 0, MIG 0.100"  # the lower of two seeds is the median
+    for name in files:
+        assert open(os.path.join(folder, "report", name), "rb").read(8) == PNG
+    text = open(os.path.join(folder, "report", "report.md")).read()
+    assert "![sbd: latent geometry](geometry-sbd.png)" in text and "held-out points are black" in text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    best = EventAccumulator(os.path.join(folder, "runs", "sbd", "seed_1"), size_guidance={"images": 0})
+    best.Reload()
+    assert "report/latent_geometry" in best.Tags()["images"]  # the geometry figure is the best seed's
