@@ -121,10 +121,12 @@ def cmd_run(args) -> int:
     scored = sum(o.scored for o in outcomes)
     print(f"sweep {sweep.name}: trained {trained} of {len(outcomes)} processes, scored {scored} runs; runs "
           + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f". Report: sbvae-report {out}")
-    failures = counts["failed"] + sum(o.score_failures for o in outcomes) + sum(o.action == "failed" for o in outcomes)
-    if failures:
-        print(f"{PROG}: {failures} run(s) or scorings failed; see the logs in {os.path.join(out, 'logs')} and rerun to retry them.",
-              file=sys.stderr)
+    processes = sum(o.action == "failed" for o in outcomes)
+    scorings = sum(o.score_failures for o in outcomes)
+    if processes or scorings:
+        what = " and ".join(x for x in (plural(processes, "training process", "training processes") if processes else "",
+                                        plural(scorings, "scoring") if scorings else "") if x)
+        print(f"{PROG}: {what} failed; see the logs in {os.path.join(out, 'logs')} and rerun to retry.", file=sys.stderr)
         return 1
     return 0
 

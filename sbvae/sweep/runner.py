@@ -20,6 +20,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import yaml
+
 from sbvae.errors import SBVAEError
 from sbvae.sweep import state as S
 from sbvae.sweep.commands import checkpoint_path, eval_command, eval_path, shown, train_command
@@ -70,8 +72,11 @@ def supports_replicas() -> bool:
 
 
 def settings_of(group: Group) -> dict:
-    """What makes two trainings the same experiment (the steps may grow: a task is then continued)."""
-    return {"config": group.config, "overrides": group.overrides}
+    """What makes two trainings the same experiment: the config's contents (not its path, so a moved
+    checkout still matches; not its comments) and the overrides.  The steps may grow: a task is then continued."""
+    with open(group.config) as f:
+        config = yaml.safe_load(f)
+    return {"config": config, "overrides": group.overrides}
 
 
 class Runner:
@@ -88,9 +93,13 @@ class Runner:
         """Refuse to mix experiments: a task folder trained with other settings is not this sweep's."""
         for task in tasks:
             before = S.read_record(self.out, task.name).get("settings")
-            if before is not None and before != settings_of(self.groups[task.group]):
+            now = settings_of(self.groups[task.group])
+            if before is not None and before != now:
+                changed = [k for k in set(before["overrides"]) | set(now["overrides"])
+                           if before["overrides"].get(k) != now["overrides"].get(k)]
+                what = f"overrides {sorted(changed)}" if changed else "its config file's contents"
                 raise SBVAEError(
-                    f"{task.name} in {self.out} was trained with other settings ({before}); "
+                    f"{task.name} in {self.out} was trained with other settings ({what} differ); "
                     "use another --out, or delete that task's folder to train it again."
                 )
 
