@@ -240,6 +240,31 @@ def test_diverged_and_completed_runs_are_not_trained_again(tmp_path, capsys):
     assert not (out / "logs").exists()  # no process was started
 
 
+def test_jobs_spread_tasks_over_the_visible_gpus(tmp_path, monkeypatch):
+    import time
+
+    import sbvae.sweep.runner as runner
+
+    monkeypatch.setattr(runner, "visible_gpus", lambda: ["0", "1"])
+    path = write_sweep(tmp_path, base=QUICKSTART, steps=10, seeds=4, replicas=1)
+    sweep = load_sweep(str(path))
+    chosen = {}
+
+    def fake_task(self, task, gpu):
+        chosen[task.name] = gpu
+        time.sleep(0.3)  # all four run at once, each holding its own slot
+        return runner.TaskOutcome(task, "done")
+
+    monkeypatch.setattr(Runner, "run_task", fake_task)
+    Runner(sweep, str(tmp_path / "out"), jobs=4).run(sweep.tasks())
+    assert sorted(chosen.values()) == ["0", "0", "1", "1"] and len(chosen) == 4
+    # The slot's GPU reaches the process as CUDA_VISIBLE_DEVICES.
+    log = str(tmp_path / "env.log")
+    show = [sys.executable, "-c", "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'])"]
+    assert Runner(sweep, str(tmp_path / "out")).execute(show, log, "1") == 0
+    assert "visible 1" in open(log).read()
+
+
 def test_seed_blocks_need_replica_support(tmp_path, monkeypatch):
     import sbvae.sweep.runner as runner
 
