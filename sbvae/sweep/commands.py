@@ -1,0 +1,70 @@
+"""The sbvae-train and sbvae-eval command lines of a sweep's tasks and runs.
+
+Commands run as ``python -m sbvae.cli.train`` with this interpreter, so a sweep always trains with the
+sbvae it was started from; they are printed as ``sbvae-train ...``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from typing import Any
+
+from sbvae.sweep.spec import Group, Run, Sweep, Task
+
+TRAIN = [sys.executable, "-m", "sbvae.cli.train"]
+EVALUATE = [sys.executable, "-m", "sbvae.cli.evaluate"]
+
+
+def cli_value(value: Any) -> str:
+    """An override value as sbvae-train parses it: plain strings as they are, anything else as JSON (YAML flow)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def train_command(sweep: Sweep, group: Group, task: Task, out: str, resume: str | None = None) -> list[str]:
+    """sbvae-train fit for one task: seeds seeds[0].. as replicas (``--replicas`` only when more than one)."""
+    cmd = TRAIN + ["fit", "--config", group.config]
+    for key, value in group.overrides.items():
+        cmd += [f"--{key}", cli_value(value)]
+    cmd += [
+        "--seed_everything", str(task.seeds[0]),
+        "--trainer.max_steps", str(sweep.steps),
+        "--trainer.enable_progress_bar", "false",
+        # A fixed version folder, so a resumed task writes where it started instead of version_K+1.
+        "--trainer.logger.init_args.save_dir", os.path.join(os.path.abspath(out), "runs"),
+        "--trainer.logger.init_args.name", group.name,
+        "--trainer.logger.init_args.version", task.block,
+    ]
+    if len(task.seeds) > 1:
+        cmd += ["--replicas", str(len(task.seeds))]
+    if resume:
+        cmd += ["--ckpt_path", resume]
+    return cmd
+
+
+def eval_path(sweep: Sweep | dict, run_folder: str) -> str:
+    """Where a run's scores go: sbvae-eval's own default, beside the checkpoint."""
+    preset = sweep.preset if isinstance(sweep, Sweep) else sweep["preset"]
+    return os.path.join(run_folder, "checkpoints", f"eval-{preset}-seed0.json")
+
+
+def checkpoint_path(run_folder: str) -> str:
+    return os.path.join(run_folder, "checkpoints", "last.ckpt")
+
+
+def eval_command(sweep: Sweep, run: Run, out: str) -> list[str]:
+    folder = os.path.join(os.path.abspath(out), run.folder)
+    return EVALUATE + ["--ckpt", checkpoint_path(folder), "--metrics", ",".join(sweep.metrics), "--preset", sweep.preset,
+                       "--seed", "0", "--output", eval_path(sweep, folder), "--device", "auto"]
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as a user would type it."""
+    if cmd[: len(TRAIN)] == TRAIN:
+        cmd = ["sbvae-train"] + cmd[len(TRAIN):]
+    elif cmd[: len(EVALUATE)] == EVALUATE:
+        cmd = ["sbvae-eval"] + cmd[len(EVALUATE):]
+    return shlex.join(cmd)
