@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from sbvae.cli.train import build_cli
-from sbvae.data import GroundTruthDataModule
 from sbvae.engine import Engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +51,7 @@ def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def build(model_name: str, args, device: torch.device, replicas: int = 1):
+def build(model_name: str, args, device: torch.device):
     """(model, datamodule) from the model's paper config, as sbvae-train builds them."""
     overrides = ["--data.image_size", str(args.image_size), "--trainer.accelerator", "cpu"]
     cli = build_cli(["--config", os.path.join(ROOT, "configs", CONFIGS[model_name]), *overrides], run=False)
@@ -101,7 +100,7 @@ def naive_step_fn(model, dm, device, autocast):
 
 
 # -- step: sbvae's engine alone --------------------------------------------------------------------
-def engine_step_fn(model, dm, device, autocast, channels_last, replicas):
+def engine_step_fn(model, dm, device, autocast, channels_last):
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opts = model.configure_optimizers()
@@ -173,7 +172,7 @@ def main() -> None:
         naive = batch / timed(naive_step_fn(model, dm, device, autocast), args.steps, args.warmup, device)
         torch.manual_seed(0)
         model, dm = build(name, args, device)
-        step = batch / timed(engine_step_fn(model, dm, device, autocast, args.channels_last, 1), args.steps,
+        step = batch / timed(engine_step_fn(model, dm, device, autocast, args.channels_last), args.steps,
                              args.warmup + 3, device)
         trainer = trainer_images_per_s(name, args, device)
         for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):

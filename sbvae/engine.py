@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from sbvae import keyed
+from sbvae.errors import SBVAEError
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: lazy state (Adam moments, cuDNN plans) settles
 
@@ -82,7 +83,8 @@ class Engine:
             terms = self.model.loss_terms(x, **randomness)
         guarded = torch.stack([terms[name].float() for name in self.model.backward_terms])  # [T] or [T, R]
         self.backward(guarded.sum())
-        grads = [p.grad for p in self._params() if p.grad is not None]
+        params = self._params()
+        grads = [p.grad for p in params if p.grad is not None]
         if self.replicas:  # one gradient norm per replica
             grad_norm = torch.stack([g.float().flatten(1).norm(dim=1) for g in grads]).sum(0)
         else:
@@ -93,7 +95,6 @@ class Engine:
             dist.all_reduce(bad_any, op=dist.ReduceOp.MAX)  # replicas of a DDP run skip together
             bad = bad_any.bool()
         frozen = bad | (self.bad_step >= 0)
-        params = self._params()
         before = [p.detach().clone() for p in params]
         # Adam creates its state on the first step: undoing that step means zero moments and step 0.
         state_before = [t.clone() for t in self._optimizer_state()] if self._state_ready() else None
@@ -172,3 +173,36 @@ class Engine:
         if step < 0:
             return None
         return step, dict(zip(self.terms, self.bad_values.tolist()))
+
+
+def _lightning_optimizers(module) -> list:
+    optimizers = module.optimizers()
+    return optimizers if isinstance(optimizers, list) else [optimizers]
+
+
+def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int,
+               **options) -> Engine:
+    """The engine of a LightningModule under its Trainer: the mode from ``step_mode`` ("auto": a CUDA
+    graph on one CUDA device and one process, else eager), its optimisers, bf16 autocast under
+    ``bf16-mixed``, and the streams continuing from the restored global step."""
+    trainer = module.trainer
+    graph_ok = module.device.type == "cuda" and trainer.world_size == 1
+    if step_mode == "auto":
+        step_mode = "graph" if graph_ok else "eager"
+    elif step_mode == "graph" and not graph_ok:
+        raise SBVAEError("step_mode graph needs one CUDA device and one process; use step_mode auto or eager.")
+    bf16 = str(trainer.precision).startswith("bf16")
+    return Engine(module, [o.optimizer for o in _lightning_optimizers(module)], draw_batch, seed=seed, rank=rank,
+                  mode=step_mode, start_step=module.global_step, device=module.device,
+                  autocast_dtype=torch.bfloat16 if bf16 else None, **options)
+
+
+def counted_step(module, engine: Engine) -> dict[str, torch.Tensor]:
+    """One engine step, counted by Lightning as one optimiser step (``trainer.global_step``).
+
+    The engine does the whole step, its update included, and leaves no gradient behind, so the Lightning
+    optimizer's step around it is a no-op that only counts.
+    """
+    terms = {}
+    _lightning_optimizers(module)[0].step(closure=lambda: terms.update(engine.step()))
+    return terms

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from sbvae import keyed, objectives
-from sbvae.engine import Engine
+from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.nets import DECODERS, ConvEncoder
@@ -174,22 +174,11 @@ class VAE(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "training_batch"):
             raise SBVAEError("sbvae models train on an sbvae GroundTruthDataModule (the `data:` section of the config).")
-        mode = self.hparams.step_mode
-        graph_ok = self.device.type == "cuda" and self.trainer.world_size == 1
-        if mode == "auto":
-            mode = "graph" if graph_ok else "eager"
-        elif mode == "graph" and not graph_ok:
-            raise SBVAEError("step_mode graph needs one CUDA device and one process; use step_mode auto or eager.")
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
-        optimizers = self.optimizers()
-        optimizers = [o.optimizer for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
-        precision = str(self.trainer.precision)
-        self.engine = Engine(
-            self, optimizers, lambda step: self._training_images(dm, step), seed=dm.hparams.seed,
-            rank=self.trainer.global_rank, mode=mode, start_step=self.global_step, device=self.device,
-            autocast_dtype=torch.bfloat16 if precision.startswith("bf16") else None,
-            backward=self.manual_backward if self.trainer.world_size > 1 else None,
+        self.engine = engine_for(
+            self, self.hparams.step_mode, lambda step: self._training_images(dm, step), seed=dm.hparams.seed,
+            rank=self.trainer.global_rank, backward=self.manual_backward if self.trainer.world_size > 1 else None,
         )
 
     def _training_images(self, dm, step: torch.Tensor) -> torch.Tensor:
@@ -217,22 +206,14 @@ class VAE(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx: int) -> None:
-        optimizer = self.optimizers()
-        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer
-        # The engine does the whole step (its update included) and leaves no gradient behind, so the
-        # Lightning optimizer's step is a no-op that only counts the step (trainer.global_step).
-        terms = {}
-        optimizer.step(closure=lambda: terms.update(self.engine.step()))
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=self.engine_batch_size())
+        batch_size = self.trainer.datamodule.hparams.batch_size
+        for name, value in counted_step(self, self.engine).items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
         trainer = self.trainer
         done = self.global_step
         if (done % trainer.log_every_n_steps == 0 or batch_idx + 1 == trainer.num_training_batches
                 or (trainer.max_steps > 0 and done >= trainer.max_steps)):
             self.sync_divergence()
-
-    def engine_batch_size(self) -> int:
-        return self.trainer.datamodule.hparams.batch_size
 
     def log_terms(self, stage: str, terms: objectives.ELBOTerms, batch_size: int) -> None:
         """Epoch means of the evaluation terms, reduced across processes."""

@@ -23,8 +23,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.tensorboard import SummaryWriter
 
-from sbvae.engine import Engine
-from sbvae.errors import SBVAEError
+from sbvae.engine import Engine, counted_step, engine_for
+from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.module import VAE, adam
 from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
@@ -91,7 +91,8 @@ class ReplicaSet(L.LightningModule):
         return state
 
     def replica_model(self, k: int) -> VAE:
-        """Replica k as the plain LightningModule a single run would have (a copy, on this device)."""
+        """Replica k as the plain LightningModule a single run would have: one shared module, loaded with
+        replica k's weights and moved to this device (the next call reloads it)."""
         model = self._proto
         model.load_state_dict(self.replica_state_dict(k))
         return model.to(self.device).eval()
@@ -113,26 +114,14 @@ class ReplicaSet(L.LightningModule):
         if self.trainer.world_size > 1:
             raise SBVAEError("--replicas trains in one process: use --trainer.devices 1 (one process per GPU, "
                              "e.g. CUDA_VISIBLE_DEVICES=k, each with its own seeds).")
-        mode = self.model_hparams.get("step_mode", "auto")
-        if mode == "auto":
-            mode = "graph" if self.device.type == "cuda" else "eager"
         seeds = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
-        precision = str(self.trainer.precision)
-        self.engine = Engine(
-            self, [o.optimizer for o in self._optimizer_list()],
-            lambda step: dm.training_batch(seeds, 0, step, self.device), seed=seeds, rank=0, mode=mode,
-            start_step=self.global_step, device=self.device, max_loss=self.model_hparams["max_loss"],
-            autocast_dtype=torch.bfloat16 if precision.startswith("bf16") else None, replicas=self.num_replicas,
+        self.engine = engine_for(
+            self, self.model_hparams.get("step_mode", "auto"), lambda step: dm.training_batch(seeds, 0, step, self.device),
+            seed=seeds, rank=0, max_loss=self.model_hparams["max_loss"], replicas=self.num_replicas,
         )
 
-    def _optimizer_list(self):
-        opts = self.optimizers()
-        return opts if isinstance(opts, list) else [opts]
-
     def training_step(self, batch, batch_idx: int) -> None:
-        terms = {}
-        self._optimizer_list()[0].step(closure=lambda: terms.update(self.engine.step()))
-        self.last_terms = terms  # [R] device vectors, read by ReplicaOutputs at logging steps
+        self.last_terms = counted_step(self, self.engine)  # [R] device vectors, read by ReplicaOutputs at logging steps
 
     def configure_optimizers(self):
         hp = self.model_hparams
@@ -273,8 +262,6 @@ def _slice_optimizer_state(state: dict, k: int) -> dict:
 
 
 def raise_all_diverged(frozen: dict[int, int]):
-    from sbvae.errors import DivergenceError
-
     step = min(frozen.values())
     raise DivergenceError(
         f"every replica diverged (first at step {step}); their last good checkpoints are kept: resume with a lower "
