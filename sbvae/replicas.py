@@ -8,8 +8,8 @@ runs them all, so each kernel launch does R models' work.  ``sbvae.engine`` runs
 whose loss diverges is frozen alone.
 
 Each replica writes what a single run writes, under ``<run>/replica_k/``: TensorBoard scalars and
-pictures, ``checkpoints/last.ckpt`` (a single run's checkpoint: ``sbvae-eval --ckpt`` and
-``--ckpt_path`` take it unchanged) and ``status.json``.
+pictures, ``checkpoints/last.ckpt`` and ``checkpoints/best-step=N.ckpt`` (by its own val/elbo), both in a
+single run's format (``sbvae-eval --ckpt`` and ``--ckpt_path`` take them unchanged), and ``status.json``.
 """
 from __future__ import annotations
 
@@ -147,16 +147,20 @@ class ReplicaSet(L.LightningModule):
         if getattr(self, "_val_sum", None) is None:
             return
         self.val_terms = dict(zip(("elbo", "nll", "kl"), (self._val_sum / self._val_count).unbind()))
-        self.log("val/elbo", self.val_terms["elbo"].mean())  # the set's own checkpoint selection
+        self.log("val/elbo", self.val_terms["elbo"].mean())  # the mean over replicas, for the progress bar
+        self.val_round = getattr(self, "val_round", 0) + 1  # tells ReplicaOutputs these values are new
         self._val_sum, self._val_count = None, 0
 
 
 class ReplicaOutputs(L.Callback):
     """Per replica: TensorBoard scalars and pictures, checkpoints and status.json under ``replica_k/``."""
 
-    def __init__(self, every_n_steps: int = 1000):
+    def __init__(self, every_n_steps: int = 1000, keep_best: bool = True):
         self.every_n_steps = every_n_steps
+        self.keep_best = keep_best
         self.writers: list[SummaryWriter] = []
+        self.best: dict[int, tuple[float, str]] = {}  # replica -> (val/elbo, its best checkpoint)
+        self._val_round_saved = 0
 
     def folder(self, trainer, k: int) -> str:
         return os.path.join(trainer.log_dir, f"replica_{k}")
@@ -182,8 +186,8 @@ class ReplicaOutputs(L.Callback):
             frozen = self._diverged(module)
             for k, writer in enumerate(self.writers):
                 if k not in frozen:
-                    for name, v in values.items():
-                        writer.add_scalar(f"train/{name}", v[k], step)
+                    for name, v in values.items():  # at Lightning's index for it, as a single run's log has it
+                        writer.add_scalar(f"train/{name}", v[k], step - 1)
             for k, bad in frozen.items():
                 self._mark_diverged(trainer, module, k, bad)
             if len(frozen) == module.num_replicas:
@@ -214,12 +218,9 @@ class ReplicaOutputs(L.Callback):
         if trainer.sanity_checking or not hasattr(module, "val_terms"):
             return
         values = {n: v.tolist() for n, v in module.val_terms.items()}
-        frozen = self._diverged(module) if module.engine is not None else {}
         for k, writer in enumerate(self.writers):
             for name, v in values.items():
                 writer.add_scalar(f"val/{name}", v[k], trainer.global_step)
-            if k not in frozen:
-                self._save(trainer, module, k)
 
     def on_train_end(self, trainer, module: ReplicaSet) -> None:
         frozen = self._diverged(module)
@@ -228,7 +229,6 @@ class ReplicaOutputs(L.Callback):
             if k in frozen:
                 self._mark_diverged(trainer, module, k, frozen[k])
             else:
-                self._save(trainer, module, k)
                 self._status(trainer, module, k, "completed")
         for writer in self.writers:
             writer.close()
@@ -236,20 +236,49 @@ class ReplicaOutputs(L.Callback):
         print(f"sbvae-train: {done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
               + (f" (replicas {sorted(frozen)})" if frozen else "") + ".")
 
-    def _save(self, trainer, module: ReplicaSet, k: int) -> None:
-        """Replica k's last.ckpt in a single run's format (weights, Adam state, loops, data seed)."""
-        ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        ckpt["state_dict"] = module.replica_state_dict(k)
-        ckpt["optimizer_states"] = [_slice_optimizer_state(s, k) for s in ckpt["optimizer_states"]]
-        ckpt["hyper_parameters"] = dict(module.model_hparams)
-        ckpt["hparams_name"] = "kwargs"
-        ckpt["datamodule_hyper_parameters"] = {**dict(ckpt["datamodule_hyper_parameters"]), "seed": module.seeds[k]}
-        ckpt["sbvae_model_class"] = f"{module.model_class.__module__}.{module.model_class.__qualname__}"
-        ckpt.pop("callbacks", None)  # the set's callback states do not describe one replica
-        folder = os.path.join(self.folder(trainer, k), "checkpoints")
-        os.makedirs(folder, exist_ok=True)
-        with runs.atomic_path(os.path.join(folder, "last.ckpt")) as tmp:
-            torch.save(ckpt, tmp)
+    # -- checkpoints: each save of the set (on validation, on time, on a signal, at the end) is also each replica's
+    def on_save_checkpoint(self, trainer, module: ReplicaSet, checkpoint: dict) -> None:
+        frozen = self._diverged(module)  # a frozen replica keeps its last good checkpoint
+        fresh = getattr(module, "val_round", 0) != self._val_round_saved
+        elbo = module.val_terms["elbo"].tolist() if fresh else []
+        self._val_round_saved = getattr(module, "val_round", 0)
+        for k in range(module.num_replicas):
+            if k in frozen:
+                continue
+            folder = os.path.join(self.folder(trainer, k), "checkpoints")
+            replica = replica_checkpoint(checkpoint, module, k)
+            _save(replica, os.path.join(folder, runs.LAST_CHECKPOINT))
+            if self.keep_best and fresh and elbo[k] < self.best.get(k, (float("inf"), ""))[0]:
+                path = os.path.join(folder, f"best-step={trainer.global_step}.ckpt")
+                _save(replica, path)  # the single run's ModelCheckpoint name, by the same val/elbo
+                previous = self.best.get(k, (0.0, ""))[1]
+                if previous and previous != path and os.path.exists(previous):
+                    os.unlink(previous)
+                self.best[k] = (elbo[k], path)
+
+    def state_dict(self) -> dict:
+        return {"best": {k: list(v) for k, v in self.best.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = {int(k): (float(v[0]), str(v[1])) for k, v in state.get("best", {}).items()}
+
+
+def _save(checkpoint: dict, path: str) -> None:
+    with runs.atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def replica_checkpoint(checkpoint: dict, module: ReplicaSet, k: int) -> dict:
+    """Replica k's part of the set's checkpoint, in a single run's format (weights, Adam state, loops, data seed)."""
+    out = dict(checkpoint)
+    out["state_dict"] = module.replica_state_dict(k)
+    out["optimizer_states"] = [_slice_optimizer_state(s, k) for s in checkpoint["optimizer_states"]]
+    out["hyper_parameters"] = dict(module.model_hparams)
+    out["hparams_name"] = "kwargs"
+    out["datamodule_hyper_parameters"] = {**dict(checkpoint["datamodule_hyper_parameters"]), "seed": module.seeds[k]}
+    out["sbvae_model_class"] = f"{module.model_class.__module__}.{module.model_class.__qualname__}"
+    out.pop("callbacks", None)  # the set's callback states do not describe one replica
+    return out
 
 
 def _slice_optimizer_state(state: dict, k: int) -> dict:

@@ -196,10 +196,14 @@ def test_run_state_reads_liveness(tmp_path):
     assert S.run_state(str(tmp_path / "none")).status == "pending"
     write_status(tmp_path / "a", status="running", global_step=7, pid=dead_pid(), hostname=S.socket.gethostname())
     assert S.run_state(str(tmp_path / "a")).status == "interrupted"
-    write_status(tmp_path / "b", status="running", global_step=7, pid=os.getpid(), hostname=S.socket.gethostname())
+    write_status(tmp_path / "b", status="running", global_step=7, pid=os.getpid(), hostname=S.socket.gethostname(),
+                 heartbeat=S.time.time())
     assert S.run_state(str(tmp_path / "b")).status == "running"
     write_status(tmp_path / "c", status="running", pid=1, hostname="elsewhere", heartbeat=S.time.time() - 3600)
     assert S.run_state(str(tmp_path / "c")).status == "interrupted"
+    write_status(tmp_path / "e", status="running", pid=os.getpid(), hostname=S.socket.gethostname(),
+                 heartbeat=S.time.time() - 3600)  # alive but silent for an hour: hung, not running
+    assert S.run_state(str(tmp_path / "e")).status == "interrupted"
     write_status(tmp_path / "d", status="diverged", global_step=3)
     assert (S.run_state(str(tmp_path / "d")).status, S.run_state(str(tmp_path / "d")).global_step) == ("diverged", 3)
 
@@ -265,19 +269,9 @@ def test_jobs_spread_tasks_over_the_visible_gpus(tmp_path, monkeypatch):
     assert "visible 1" in open(log).read()
 
 
-def test_seed_blocks_need_replica_support(tmp_path, monkeypatch):
-    import sbvae.sweep.runner as runner
+# -- a tiny real sweep: the smoke sweep, 2 seeds as replicas of one process per group, 12 steps ----------
 
-    monkeypatch.setattr(runner, "supports_replicas", lambda: False)
-    path = write_sweep(tmp_path, base=QUICKSTART, steps=10, seeds=2)
-    sweep = load_sweep(str(path))
-    with pytest.raises(SBVAEError, match="set replicas: 1 in the sweep file"):
-        Runner(sweep, str(tmp_path / "out")).run(sweep.tasks())
-
-
-# -- a tiny real sweep: the smoke sweep with 1 seed, 12 steps ---------------------------------------
-
-TINY = ["--set", "seeds=1", "--set", "steps=12", "--set", "data.steps_per_epoch=6", "--set", "data.val_size=32",
+TINY = ["--set", "steps=12", "--set", "data.steps_per_epoch=6", "--set", "data.val_size=32",
         "--set", "images.order_images=32"]
 
 
@@ -288,49 +282,57 @@ def smoke(tmp_path_factory):
     return out
 
 
-def test_smoke_sweep_trains_and_scores_every_run(smoke, capsys):
+def test_smoke_sweep_trains_seeds_as_replicas_and_scores_every_run(smoke, capsys):
     manifest = json.load(open(smoke / "sweep.json"))
     assert [g["name"] for g in manifest["groups"]] == ["sbd", "deconv"] and manifest["steps"] == 12
     for group in ("sbd", "deconv"):
-        run = smoke / "runs" / group / "seed_0"
-        assert json.load(open(run / "status.json"))["status"] == "completed"
-        scores = json.load(open(run / "checkpoints" / "eval-quick-seed0.json"))
-        assert scores["global_step"] == 12 and set(scores["metrics"]) == {"elbo", "mig", "factor_vae"}
-        record = json.load(open(smoke / "tasks" / f"{group}--seed_0.json"))
+        record = json.load(open(smoke / "tasks" / f"{group}--seeds_0-1.json"))
         assert record["returncode"] == 0 and record["device"].startswith("cpu")
+        assert "--replicas 2" in record["command"] and "--seed_everything 0" in record["command"]
+        for k in range(2):
+            run = smoke / "runs" / group / "seeds_0-1" / f"replica_{k}"
+            assert json.load(open(run / "status.json"))["status"] == "completed"
+            scores = json.load(open(run / "checkpoints" / "eval-quick-seed0.json"))
+            assert scores["global_step"] == 12 and set(scores["metrics"]) == {"elbo", "mig", "factor_vae"}
+        first, second = (json.load(open(smoke / "runs" / group / "seeds_0-1" / f"replica_{k}" / "checkpoints"
+                                        / "eval-quick-seed0.json"))["metrics"]["elbo"] for k in range(2))
+        assert first != second  # two seeds, two models
     sweep_main(["status", str(smoke)])
     out = capsys.readouterr().out
-    assert "2 runs, 2 completed; protocol 12 steps" in out
-    assert "sbd     0     completed  12    yes" in out
+    assert "4 runs, 4 completed; protocol 12 steps" in out
+    assert "sbd     0     completed  12    yes" in out and "sbd     1     completed  12    yes" in out
 
 
 def test_rerun_of_a_completed_sweep_trains_nothing(smoke, capsys):
-    before = sorted(os.listdir(smoke / "runs" / "sbd" / "seed_0"))
-    mtime = os.path.getmtime(smoke / "runs" / "sbd" / "seed_0" / "checkpoints" / "last.ckpt")
+    run = smoke / "runs" / "sbd" / "seeds_0-1" / "replica_0"
+    before = sorted(os.listdir(run))
+    mtime = os.path.getmtime(run / "checkpoints" / "last.ckpt")
     sweep_main(["run", SMOKE, "--out", str(smoke), *TINY])
     out = capsys.readouterr().out
-    assert "trained 0 of 2 processes, scored 0 runs; runs 2 completed" in out
-    assert sorted(os.listdir(smoke / "runs" / "sbd" / "seed_0")) == before
-    assert os.path.getmtime(smoke / "runs" / "sbd" / "seed_0" / "checkpoints" / "last.ckpt") == mtime
+    assert "trained 0 of 2 processes, scored 0 runs; runs 4 completed" in out
+    assert sorted(os.listdir(run)) == before
+    assert os.path.getmtime(run / "checkpoints" / "last.ckpt") == mtime
 
 
-def test_interrupted_task_resumes_from_last_checkpoint(smoke, tmp_path, capsys):
+def test_interrupted_task_resumes_every_replica_from_its_last_checkpoint(smoke, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(smoke, out)
-    run = out / "runs" / "sbd" / "seed_0"
-    write_status(run, status="running", global_step=12)  # killed: no status update, no live sweep holds it
+    task = out / "runs" / "sbd" / "seeds_0-1"
+    write_status(task / "replica_1", status="running", global_step=12)  # killed: no live sweep holds it
     sweep_main(["run", SMOKE, "--out", str(out), "--only", "sbd", *TINY, "--set", "steps=18"])
     printed = capsys.readouterr().out
-    assert "resuming from runs/sbd/seed_0/checkpoints/last.ckpt (step 12)" in printed
-    assert "trained 1 of 1 processes, scored 1 runs" in printed
-    assert json.load(open(run / "status.json"))["status"] == "completed"
-    assert json.load(open(run / "checkpoints" / "eval-quick-seed0.json"))["global_step"] == 18
-    events = EventAccumulator(str(run))
-    events.Reload()
-    # Logged every 5 steps: 4 and 9 by the first process, 14 by the resumed one, in the same folder
-    # (a restart from scratch would have logged 4 and 9 twice).
-    assert [e.step for e in events.Scalars("train/loss")] == [4, 9, 14]
-    assert json.load(open(out / "runs" / "deconv" / "seed_0" / "status.json"))["global_step"] == 12  # --only
+    assert "resuming from runs/sbd/seeds_0-1 (step 12)" in printed
+    assert "trained 1 of 1 processes, scored 2 runs" in printed
+    for k in range(2):
+        run = task / f"replica_{k}"
+        assert json.load(open(run / "status.json"))["status"] == "completed"
+        assert json.load(open(run / "checkpoints" / "eval-quick-seed0.json"))["global_step"] == 18
+        events = EventAccumulator(str(run))
+        events.Reload()
+        # Logged every 5 steps: 4 and 9 by the first process, 14 by the resumed one, in the same folder
+        # (a restart from scratch would have logged 4 and 9 twice).
+        assert [e.step for e in events.Scalars("train/loss")] == [4, 9, 14]
+    assert json.load(open(out / "runs" / "deconv" / "seeds_0-1" / "replica_0" / "status.json"))["global_step"] == 12
 
 
 def test_changed_settings_are_refused(smoke, capsys):
@@ -343,7 +345,8 @@ def test_changed_settings_are_refused(smoke, capsys):
 def test_a_failing_run_is_reported_with_its_error(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        sweep_main(["run", SMOKE, "--out", str(out), *TINY, "--only", "sbd", "--set", "data.dataset=nosuchdata"])
+        sweep_main(["run", SMOKE, "--out", str(out), *TINY, "--set", "seeds=1", "--only", "sbd",
+                    "--set", "data.dataset=nosuchdata"])
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     assert "sbvae-train exited 2" in captured.out and "nosuchdata" in captured.out
@@ -357,15 +360,17 @@ def test_report_of_the_smoke_sweep(smoke):
     report_main([str(smoke), "--out", str(smoke / "report")])
     text = (smoke / "report" / "report.md").read_text()
     assert "paper: Spatial Broadcast VAE, 3 conv layers" in text and "paper: DeConv VAE, MLP 1 layer" in text
-    assert "| **sbd** | sbvae | 1 / 1 | 0 | 12 |" in text
+    assert "| **sbd** | sbvae | 2 / 2 | 0 | 12 |" in text
     for name in ("mig_histograms.png", "traversals-sbd.png", "traversals-deconv.png"):
         assert (smoke / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.load(open(smoke / "report" / "summary.json"))
     sbd = summary["rows"][0]
-    scores = json.load(open(smoke / "runs" / "sbd" / "seed_0" / "checkpoints" / "eval-quick-seed0.json"))["metrics"]
-    assert sbd["stats"]["mig"] == {"mean": scores["mig"]["score"], "std": None, "n": 1}
+    migs = [json.load(open(smoke / "runs" / "sbd" / "seeds_0-1" / f"replica_{k}" / "checkpoints" / "eval-quick-seed0.json"))
+            ["metrics"]["mig"]["score"] for k in range(2)]
+    assert sbd["stats"]["mig"]["n"] == 2 and sbd["stats"]["mig"]["mean"] == pytest.approx(sum(migs) / 2, rel=1e-12)
+    assert sbd["stats"]["mig"]["std"] == pytest.approx(abs(migs[0] - migs[1]) / 2 ** 0.5, rel=1e-9)  # sample std
     assert sbd["paper"]["mig"] == [0.147, 0.057] and sbd["devices"][0].startswith("cpu")
     # The figures also went to TensorBoard: the traversal into the run's own log.
-    events = EventAccumulator(str(smoke / "runs" / "sbd" / "seed_0"), size_guidance={"images": 0})
+    events = EventAccumulator(str(smoke / "runs" / "sbd" / "seeds_0-1" / "replica_0"), size_guidance={"images": 0})
     events.Reload()
     assert "report/traversals" in events.Tags()["images"]

@@ -75,7 +75,11 @@ class SBVAECLI(LightningCLI):
         self.model = ReplicaSet(self.model, [base + k for k in range(replicas)])
         images = next(c for c in self.trainer.callbacks if isinstance(c, ImageLogger))
         self.trainer.callbacks.remove(images)  # each replica draws its own pictures
-        self.trainer.callbacks.append(ReplicaOutputs(images.every_n_steps))
+        best = self.trainer.checkpoint_callback
+        keep_best = best is not None and best.save_top_k != 0
+        if best is not None:
+            best.save_top_k = 0  # the best of the set's mean means nothing: each replica keeps its own best
+        self.trainer.callbacks.append(ReplicaOutputs(images.every_n_steps, keep_best=keep_best))
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the model's arguments by the checkpoint's when resuming, silently

@@ -63,14 +63,6 @@ def device_name(gpu: str | None) -> str:
     return out or f"cuda:{gpu}"
 
 
-def supports_replicas() -> bool:
-    """Whether the installed sbvae-train trains several seeds in one process (its fit --help lists --replicas)."""
-    from sbvae.sweep.commands import TRAIN
-
-    help_text = subprocess.run(TRAIN + ["fit", "--help"], capture_output=True, text=True).stdout
-    return "--replicas" in help_text
-
-
 def settings_of(group: Group) -> dict:
     """What makes two trainings the same experiment: the config's contents (not its path, so a moved
     checkout still matches; not its comments) and the overrides.  The steps may grow: a task is then continued."""
@@ -105,11 +97,6 @@ class Runner:
 
     def run(self, tasks: list[Task]) -> list[TaskOutcome]:
         self.check_settings(tasks)
-        if any(len(t.seeds) > 1 for t in tasks) and not supports_replicas():
-            raise SBVAEError(
-                "this sbvae-train has no --replicas option (replica-parallel training), so seeds cannot share a "
-                "process; set replicas: 1 in the sweep file or pass --set replicas=1."
-            )
         gpus = visible_gpus()
         slots: queue.Queue = queue.Queue()
         for i in range(self.jobs):
@@ -135,7 +122,7 @@ class Runner:
         return state.status == "diverged" or (state.status == "completed" and state.global_step >= self.sweep.steps)
 
     def resume_point(self, task: Task) -> str | None:
-        """--ckpt_path for a task: the run's last.ckpt, or the task folder for replicas (issue 9's resume)."""
+        """--ckpt_path for a task: the run's last.ckpt, or the task folder, which resumes every replica."""
         runs = task.runs()
         if len(runs) == 1:
             ckpt = checkpoint_path(os.path.join(self.out, runs[0].folder))

@@ -1,8 +1,7 @@
 """What a run folder holds: its status.json read with liveness checks, task locks and task records.
 
-``run_state`` is the one place that interprets status.json; it follows the run-folder contract
-(status, global_step, and where present pid, hostname, heartbeat) and can be swapped for
-``sbvae.runs.run_state`` once that exists.
+``sbvae.runs.run_state`` is the one place that interprets status.json; ``run_state`` here types its answer
+for the sweep's tables, and ``sweep_run_state`` adds what only a sweep knows (its task locks and records).
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbvae import runs
 from sbvae.runs import atomic_path
 from sbvae.errors import SBVAEError
 
@@ -30,33 +30,21 @@ class RunState:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def process_alive(pid: int, hostname: str | None = None, heartbeat: float | None = None) -> bool:
-    """Whether the process ``pid`` on ``hostname`` still runs: signal 0 here, the heartbeat's age elsewhere."""
+def holder_alive(pid: int, hostname: str | None, heartbeat: float | None) -> bool:
+    """Whether a lock holder still runs: its process on this host, a fresh heartbeat on another."""
     if hostname and hostname != socket.gethostname():
         return heartbeat is None or time.time() - heartbeat < STALE_AFTER_S
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
+    return runs.process_alive(int(pid))
 
 
 def run_state(folder: str) -> RunState:
-    """The run's status from ``folder/status.json``; "running" with a dead pid reads "interrupted", none "pending"."""
-    path = os.path.join(folder, "status.json")
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except FileNotFoundError:
+    """The run's state from ``sbvae.runs.run_state``, typed: no status.json reads "pending", an unreadable one "failed"."""
+    if not os.path.exists(os.path.join(folder, runs.STATUS_FILE)):
         return RunState("pending")
-    except (OSError, json.JSONDecodeError):
-        return RunState("failed", 0, {"message": f"{path} is unreadable"})
-    status = record.get("status", "failed")
-    if status == "running" and record.get("pid") is not None:
-        if not process_alive(record["pid"], record.get("hostname"), record.get("heartbeat")):
-            status = "interrupted"
+    record = runs.run_state(folder, stale_after=STALE_AFTER_S)
+    status = record.get("status")
+    if status == "unknown":
+        return RunState("failed", 0, {"message": record["reason"]})
     if status not in STATUSES:
         status = "failed"
     return RunState(status, int(record.get("global_step") or 0), record)
@@ -76,7 +64,7 @@ def lock_holder(path: str) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     heartbeat = os.path.getmtime(path) if os.path.exists(path) else None
-    return holder if process_alive(holder.get("pid", -1), holder.get("hostname"), heartbeat) else None
+    return holder if holder_alive(holder.get("pid", -1), holder.get("hostname"), heartbeat) else None
 
 
 class TaskLock:
@@ -144,11 +132,12 @@ def write_record(out: str, task_name: str, record: dict[str, Any]) -> None:
 def sweep_run_state(out: str, task_name: str, run_folder: str) -> RunState:
     """A run's state as a sweep sees it: run_state, plus the task's lock and record where status.json is silent."""
     state = run_state(os.path.join(out, run_folder))
-    if state.status == "running" and state.record.get("pid") is None:
+    if state.status in ("running", "interrupted") and state.record.get("pid") is None:
         holder = lock_holder(lock_path(out, task_name))
         ours = holder is not None and holder.get("pid") == os.getpid() and holder.get("hostname") == socket.gethostname()
         if holder is None or ours:  # no sbvae-sweep trains it (this one holds the lock only to start it)
             return RunState("interrupted", state.global_step, state.record)
+        return RunState("running", state.global_step, state.record)
     if state.status == "pending":
         record = read_record(out, task_name)
         if record.get("returncode") not in (None, 0):  # the process died before writing status.json
