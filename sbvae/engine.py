@@ -90,9 +90,9 @@ class Engine:
         else:
             grad_norm = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
         bad = (~torch.isfinite(guarded)).any(0) | (guarded > self.max_loss).any(0) | ~torch.isfinite(grad_norm)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if not self.replicas and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             bad_any = bad.to(torch.int32)
-            dist.all_reduce(bad_any, op=dist.ReduceOp.MAX)  # replicas of a DDP run skip together
+            dist.all_reduce(bad_any, op=dist.ReduceOp.MAX)  # the copies of a DDP run skip together
             bad = bad_any.bool()
         frozen = bad | (self.bad_step >= 0)
         before = [p.detach().clone() for p in params]
@@ -183,14 +183,15 @@ def _lightning_optimizers(module) -> list:
 def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int,
                **options) -> Engine:
     """The engine of a LightningModule under its Trainer: the mode from ``step_mode`` ("auto": a CUDA
-    graph on one CUDA device and one process, else eager), its optimisers, bf16 autocast under
+    graph on a CUDA device unless DDP averages gradients, else eager), its optimisers, bf16 autocast under
     ``bf16-mixed``, and the streams continuing from the restored global step."""
     trainer = module.trainer
-    graph_ok = module.device.type == "cuda" and trainer.world_size == 1
+    # A DDP step all-reduces gradients; replica sets spread over processes share nothing, so each may graph.
+    graph_ok = module.device.type == "cuda" and (trainer.world_size == 1 or bool(options.get("replicas")))
     if step_mode == "auto":
         step_mode = "graph" if graph_ok else "eager"
     elif step_mode == "graph" and not graph_ok:
-        raise SBVAEError("step_mode graph needs one CUDA device and one process; use step_mode auto or eager.")
+        raise SBVAEError("step_mode graph needs a CUDA device and no DDP gradient averaging; use step_mode auto or eager.")
     bf16 = str(trainer.precision).startswith("bf16")
     return Engine(module, [o.optimizer for o in _lightning_optimizers(module)], draw_batch, seed=seed, rank=rank,
                   mode=step_mode, start_step=module.global_step, device=module.device,

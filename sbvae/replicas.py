@@ -18,6 +18,7 @@ import os
 import time
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
@@ -52,10 +53,19 @@ class ReplicaSet(L.LightningModule):
         super().__init__()
         if len(set(seeds)) != len(seeds):
             raise SBVAEError(f"replica seeds must differ, got {seeds}.")
-        self.seeds = list(seeds)
+        self.all_seeds = list(seeds)
         self.model_class = type(template)
         # LightningCLI adds private keys (_class_path, ...) that are no constructor arguments.
         self.model_hparams = {k: v for k, v in template.hparams.items() if not k.startswith("_")}
+        self.backward_terms = template.backward_terms
+        self.engine: Engine | None = None
+        self.automatic_optimization = False
+        self._build(list(range(len(seeds))))
+
+    def _build(self, replica_ids: list[int]) -> None:
+        """Stack freshly initialised models for replicas ``replica_ids`` (indices into ``all_seeds``)."""
+        self.replica_ids = list(replica_ids)
+        self.seeds = [self.all_seeds[i] for i in replica_ids]
         models = []
         for seed in self.seeds:
             torch.manual_seed(seed)  # what seed_everything(seed) does before the single run builds its model
@@ -71,9 +81,17 @@ class ReplicaSet(L.LightningModule):
         object.__setattr__(self, "_loss_of", _Call(meta, "loss_terms"))
         object.__setattr__(self, "_terms_of", _Call(meta, "per_image_terms"))
         object.__setattr__(self, "_proto", models[0])
-        self.backward_terms = template.backward_terms
-        self.engine: Engine | None = None
-        self.automatic_optimization = False
+
+    def setup(self, stage: str) -> None:
+        """With several processes, keep this process's share of the replicas: contiguous blocks, process r
+        training replicas ``shares(R, world)[r]`` (folders replica_k keep the global index k)."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world > 1 and len(self.replica_ids) == len(self.all_seeds):
+            share = shares(len(self.all_seeds), world)[rank]
+            if not share:
+                raise SBVAEError(f"--replicas {len(self.all_seeds)} over {world} processes leaves process {rank} "
+                                 f"nothing to train: ask for at least {world} replicas, or fewer devices.")
+            self._build(share)
 
     @property
     def num_replicas(self) -> int:
@@ -111,17 +129,66 @@ class ReplicaSet(L.LightningModule):
     # -- training ----------------------------------------------------------------------------
     def on_train_start(self) -> None:
         dm = self.trainer.datamodule
-        if self.trainer.world_size > 1:
-            raise SBVAEError("--replicas trains in one process: use --trainer.devices 1 (one process per GPU, "
-                             "e.g. CUDA_VISIBLE_DEVICES=k, each with its own seeds).")
         seeds = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
+        # rank 0 for every process: replica k's streams are those of the single run with its seed.
         self.engine = engine_for(
             self, self.model_hparams.get("step_mode", "auto"), lambda step: dm.training_batch(seeds, 0, step, self.device),
             seed=seeds, rank=0, max_loss=self.model_hparams["max_loss"], replicas=self.num_replicas,
         )
+        for k, step in getattr(self, "_frozen_at", {}).items():  # diverged before the resumed checkpoint
+            self.engine.bad_step[k] = step
 
     def training_step(self, batch, batch_idx: int) -> None:
         self.last_terms = counted_step(self, self.engine)  # [R] device vectors, read by ReplicaOutputs at logging steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume each replica from its own ``replica_k/checkpoints/last.ckpt``: the set's file carries the
+        loops and step, and under several processes holds process 0's share only. A replica that diverged
+        keeps its last good weights and stays frozen."""
+        run = os.path.dirname(os.path.dirname(os.path.abspath(self.trainer.ckpt_path)))
+        states, frozen = [], {}
+        for k, g in enumerate(self.replica_ids):
+            folder = os.path.join(run, f"replica_{g}")
+            path = os.path.join(runs.checkpoint_dir(folder), runs.LAST_CHECKPOINT)
+            record = runs.read_status(folder) or {}
+            if record.get("status") == "diverged":
+                frozen[k] = int(record.get("step", record.get("global_step", 0)))
+            if not os.path.isfile(path) and k in frozen:  # diverged before its first checkpoint: its first weights
+                states.append(None)
+                continue
+            ckpt = runs.load_checkpoint(path)
+            if k not in frozen and ckpt.get("global_step") != checkpoint.get("global_step"):
+                raise SBVAEError(f"{path} is at step {ckpt.get('global_step')} but the run's checkpoint at step "
+                                 f"{checkpoint.get('global_step')}: resume from a run folder whose files were written together.")
+            states.append(ckpt)
+        self._frozen_at = frozen
+        checkpoint["state_dict"] = self._stacked_state(states)
+        checkpoint["optimizer_states"] = [self._stacked_optimizer(states, i) for i in range(len(checkpoint["optimizer_states"]))]
+
+    def _stacked_state(self, states: list[dict | None]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.names + self.buffer_names:
+            key = ("stacked." if name in self.names else "buffer__") + _flat(name)
+            current = self.state_dict()[key]
+            out[key] = torch.stack([current[k] if st is None else st["state_dict"][name].to(current.dtype)
+                                    for k, st in enumerate(states)])
+        return out
+
+    def _stacked_optimizer(self, states: list[dict | None], index: int) -> dict:
+        frozen = getattr(self, "_frozen_at", {})
+        saved = [st["optimizer_states"][index] for k, st in enumerate(states) if st is not None and k not in frozen]
+        live = saved[0] if saved else next(st["optimizer_states"][index] for st in states if st is not None)
+        out = {"param_groups": copy.deepcopy(live["param_groups"]), "state": {}}
+        for p, per_param in live["state"].items():
+            out["state"][p] = {}
+            for key, value in per_param.items():
+                if torch.is_tensor(value) and value.ndim > 0:  # moments: one slice per replica
+                    out["state"][p][key] = torch.stack([
+                        torch.zeros_like(value) if st is None else st["optimizer_states"][index]["state"][p][key]
+                        for st in states])
+                else:  # Adam's step count, shared by the set
+                    out["state"][p][key] = value
+        return out
 
     def configure_optimizers(self):
         hp = self.model_hparams
@@ -147,7 +214,8 @@ class ReplicaSet(L.LightningModule):
         if getattr(self, "_val_sum", None) is None:
             return
         self.val_terms = dict(zip(("elbo", "nll", "kl"), (self._val_sum / self._val_count).unbind()))
-        self.log("val/elbo", self.val_terms["elbo"].mean())  # the mean over replicas, for the progress bar
+        # The mean over replicas, for the progress bar (averaged over processes when they split the set).
+        self.log("val/elbo", self.val_terms["elbo"].mean(), sync_dist=True)
         self.val_round = getattr(self, "val_round", 0) + 1  # tells ReplicaOutputs these values are new
         self._val_sum, self._val_count = None, 0
 
@@ -163,10 +231,13 @@ class ReplicaOutputs(L.Callback):
         self._val_round_saved = 0
 
     def folder(self, trainer, k: int) -> str:
-        return os.path.join(trainer.log_dir, f"replica_{k}")
+        """The folder of this process's k-th replica: ``replica_<its index in the whole set>``."""
+        return os.path.join(self.log_dir, f"replica_{self.replica_ids[k]}")
 
     def on_fit_start(self, trainer, module: ReplicaSet) -> None:
         self.started = time.time()
+        self.log_dir = trainer.log_dir  # a collective under several processes: asked once, here
+        self.replica_ids = module.replica_ids
         self.writers = [SummaryWriter(self.folder(trainer, k)) for k in range(module.num_replicas)]
         for k in range(module.num_replicas):
             self._status(trainer, module, k, "running")
@@ -190,7 +261,7 @@ class ReplicaOutputs(L.Callback):
                         writer.add_scalar(f"train/{name}", v[k], step - 1)
             for k, bad in frozen.items():
                 self._mark_diverged(trainer, module, k, bad)
-            if len(frozen) == module.num_replicas:
+            if len(frozen) == module.num_replicas and trainer.world_size == 1:  # other processes may train on
                 raise_all_diverged(frozen)
         if self.every_n_steps and step % self.every_n_steps == 0:
             self._pictures(trainer, module)
@@ -199,7 +270,7 @@ class ReplicaOutputs(L.Callback):
         if (runs.read_status(self.folder(trainer, k)) or {}).get("status") == "diverged":
             return
         self._status(trainer, module, k, "diverged", step=step, message=(
-            f"replica {k} (seed {module.seeds[k]}) diverged at step {step}; it was frozen there and its last good "
+            f"replica {self.replica_ids[k]} (seed {module.seeds[k]}) diverged at step {step}; it was frozen there and its last good "
             "checkpoint is kept."))
 
     def _pictures(self, trainer, module: ReplicaSet) -> None:
@@ -233,8 +304,16 @@ class ReplicaOutputs(L.Callback):
         for writer in self.writers:
             writer.close()
         done = module.num_replicas - len(frozen)
-        print(f"sbvae-train: {done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
-              + (f" (replicas {sorted(frozen)})" if frozen else "") + ".")
+        where = f"process {trainer.global_rank}: " if trainer.world_size > 1 else ""
+        print(f"sbvae-train: {where}{done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
+              + (f" (replicas {sorted(self.replica_ids[k] for k in frozen)})" if frozen else "") + ".")
+        if trainer.world_size > 1:
+            counts = torch.tensor([done, len(frozen)], device=trainer.strategy.root_device)
+            done, diverged = (int(v) for v in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
+            if trainer.is_global_zero:
+                print(f"sbvae-train: {done} of {len(module.all_seeds)} replicas completed, {diverged} diverged.")
+        if done == 0:
+            raise_all_diverged(frozen)
 
     # -- checkpoints: each save of the set (on validation, on time, on a signal, at the end) is also each replica's
     def on_save_checkpoint(self, trainer, module: ReplicaSet, checkpoint: dict) -> None:
@@ -279,6 +358,28 @@ def replica_checkpoint(checkpoint: dict, module: ReplicaSet, k: int) -> dict:
     out["sbvae_model_class"] = f"{module.model_class.__module__}.{module.model_class.__qualname__}"
     out.pop("callbacks", None)  # the set's callback states do not describe one replica
     return out
+
+
+def shares(replicas: int, processes: int) -> list[list[int]]:
+    """Contiguous blocks of replica indices, one per process, sizes differing by at most one."""
+    return [block.tolist() for block in torch.arange(replicas).tensor_split(processes)]
+
+
+class ReplicaParallelStrategy(DDPStrategy):
+    """DDP's processes and collectives without its gradient averaging: each process trains its own share
+    of the replicas (``ReplicaSet.setup``) and sees every validation image."""
+
+    def configure_ddp(self) -> None:
+        pass  # no DistributedDataParallel wrapper: the shares differ, and no gradient is shared
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict:
+        return {"num_replicas": 1, "rank": 0}
+
+
+STRATEGY = "replicas_ddp"
+if STRATEGY not in StrategyRegistry:
+    StrategyRegistry.register(STRATEGY, ReplicaParallelStrategy, description="sbvae: replicas split over processes")
 
 
 def _slice_optimizer_state(state: dict, k: int) -> dict:

@@ -1,6 +1,8 @@
 """Replica-parallel training: replica k is the single run with seed base + k, frozen alone when it diverges."""
 import json
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -10,7 +12,7 @@ from sbvae.factorvae import FactorVAE
 from sbvae.module import VAE
 from sbvae.replicas import ReplicaSet
 from test_engine import SMALL, make_engine, tiny_data
-from test_training import final_weights, fit, run_dirs, tags
+from test_training import TINY, final_weights, fit, run_dirs, tags
 
 
 def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_path):
@@ -52,16 +54,50 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (metric, a, b)
 
 
-def test_resume_continues_every_replica(tmp_path, config_path):
-    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2")
-    (run,) = run_dirs(tmp_path)
-    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--trainer.max_steps", "9", "--ckpt_path", run)
-    resumed = run_dirs(tmp_path)[-1]
+def replica_checkpoints(run, replicas):
+    return [torch.load(os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+            for k in range(replicas)]
+
+
+def test_resume_continues_every_replica_exactly(tmp_path, config_path):
+    fit(config_path("quickstart.yaml"), tmp_path / "cut", "--replicas", "2")
+    (run,) = run_dirs(tmp_path / "cut")
+    fit(config_path("quickstart.yaml"), tmp_path / "cut", "--replicas", "2", "--trainer.max_steps", "9", "--ckpt_path", run)
+    assert run_dirs(tmp_path / "cut") == [run]  # one run, one folder
+    fit(config_path("quickstart.yaml"), tmp_path / "whole", "--replicas", "2", "--trainer.max_steps", "9")
+    resumed, whole = (replica_checkpoints(r, 2) for r in (run, run_dirs(tmp_path / "whole")[0]))
     for k in range(2):
-        ckpt = torch.load(os.path.join(resumed, f"replica_{k}", "checkpoints", "last.ckpt"), map_location="cpu",
-                          weights_only=True)
-        assert ckpt["global_step"] == 9
-        assert ckpt["datamodule_hyper_parameters"]["seed"] == k
+        assert resumed[k]["global_step"] == 9 and resumed[k]["datamodule_hyper_parameters"]["seed"] == k
+        for name, value in whole[k]["state_dict"].items():
+            assert torch.equal(resumed[k]["state_dict"][name], value), (k, name)
+        for mine, theirs in zip(resumed[k]["optimizer_states"], whole[k]["optimizer_states"]):
+            for p, state in theirs["state"].items():
+                for key, value in state.items():
+                    assert torch.equal(torch.as_tensor(mine["state"][p][key]), torch.as_tensor(value)), (k, p, key)
+
+
+def test_replicas_split_over_two_processes(tmp_path, config_path):
+    """--trainer.devices 2 gives process 0 replicas 0-1 and process 1 replica 2; no gradient is shared, each
+    process resumes its own share, and every replica ends where one process training all three ends."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    base = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY,
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "split"), "--replicas", "3", "--seed_everything", "4",
+            "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    done = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 0: 2 of 2 replicas completed" in done.stdout and "process 1: 1 of 1 replicas completed" in done.stdout
+    assert "3 of 3 replicas completed, 0 diverged" in done.stdout
+    (run,) = run_dirs(tmp_path / "split")
+    done = subprocess.run(base + ["--trainer.max_steps", "9", "--ckpt_path", run], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fit(config_path("quickstart.yaml"), tmp_path / "one", "--replicas", "3", "--seed_everything", "4",
+        "--trainer.max_steps", "9")
+    split, one = (replica_checkpoints(r, 3) for r in (run, run_dirs(tmp_path / "one")[0]))
+    for k in range(3):
+        assert split[k]["global_step"] == 9 and split[k]["datamodule_hyper_parameters"]["seed"] == 4 + k
+        for name, value in one[k]["state_dict"].items():  # vmap over 2 or 3 replicas: float rounding apart
+            torch.testing.assert_close(split[k]["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=f"{k} {name}")
 
 
 def test_a_nan_in_one_replica_freezes_only_that_replica():

@@ -63,6 +63,20 @@ class SBVAECLI(LightningCLI):
                             help="train this many seeds (seed_everything, +1, ...) of the config in one process")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
+    def before_instantiate_classes(self) -> None:
+        settings = self.config.get(self.config.get("subcommand") or "", None)
+        if settings is None or settings.get("replicas", 1) <= 1:
+            return
+        trainer = settings.trainer
+        if processes_requested(trainer) <= 1:
+            return
+        from sbvae.replicas import STRATEGY
+
+        if trainer.strategy not in ("auto", "ddp", STRATEGY):
+            raise SBVAEError(f"--replicas over several devices trains each process's share with its own strategy; "
+                             f"drop --trainer.strategy {trainer.strategy}.")
+        trainer.strategy = STRATEGY  # processes as DDP's, without gradient averaging between replicas
+
     def before_fit(self) -> None:
         replicas = self.config["fit"].get("replicas", 1)
         if replicas < 1:
@@ -104,6 +118,23 @@ class SBVAECLI(LightningCLI):
         checkpoint = runs.load_checkpoint(path)  # refuses a file that would run code, before anything else
         if subcommand == "fit":
             continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0))
+
+
+def processes_requested(trainer_config) -> int:
+    """How many processes ``--trainer.devices`` (and ``num_nodes``) asks for, as Lightning would resolve it."""
+    import torch
+
+    devices, accelerator = trainer_config.devices, str(trainer_config.accelerator)
+    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        count = max(gpus, 1)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        count = int(devices)
+    return count * int(trainer_config.num_nodes or 1)
 
 
 def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
