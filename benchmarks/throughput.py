@@ -11,7 +11,8 @@ Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, Facto
   trainer  ``sbvae-train fit`` on the config, with its logging, validation, checkpoints and pictures:
            steps completed over wall time after warm-up.
   replicas R seeds in one process (``--replicas``), images/s summed over the replicas.
-The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
+The naive and step rows are timed in alternating rounds (the median of 5), so load from other work on the
+machine slows both alike. The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
 few steps, so the whole run takes a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -39,16 +41,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
+def timed(fn, steps: int, device: torch.device) -> float:
+    """Seconds per call of ``fn``."""
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
     sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def interleaved(fns: dict, steps: int, warmup: int, rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds after ``warmup`` calls each,
+    so that a machine whose load changes during the run slows every row alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, steps, device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def build(model_name: str, args, device: torch.device):
@@ -160,6 +173,7 @@ def main() -> None:
     device = torch.device(args.device)
     args.image_size = 32 if args.quick else 64  # the DeConv decoder needs a multiple of 32
     args.steps, args.warmup = (5, 2) if args.quick else (200, 20)
+    args.rounds = 5  # alternating naive/step rounds; each row is the median round
     args.trainer_steps = 10 if args.quick else 2000
     args.steps_per_epoch = 1000 if args.quick else 10000  # the paper configs validate every 10,000 steps
     args.val_size = 64 if args.quick else 4096
@@ -169,11 +183,13 @@ def main() -> None:
         torch.manual_seed(0)
         model, dm = build(name, args, device)
         batch = dm.hparams.batch_size
-        naive = batch / timed(naive_step_fn(model, dm, device, autocast), args.steps, args.warmup, device)
+        naive_fn = naive_step_fn(model, dm, device, autocast)
         torch.manual_seed(0)
         model, dm = build(name, args, device)
-        step = batch / timed(engine_step_fn(model, dm, device, autocast, args.channels_last), args.steps,
-                             args.warmup + 3, device)
+        step_fn = engine_step_fn(model, dm, device, autocast, args.channels_last)
+        # warm-up covers the engine's graph capture (after its 3 eager steps) on CUDA
+        seconds = interleaved({"naive": naive_fn, "step": step_fn}, args.steps, args.warmup + 3, args.rounds, device)
+        naive, step = batch / seconds["naive"], batch / seconds["step"]
         trainer = trainer_images_per_s(name, args, device)
         for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):
             rows.append({"model": name, "batch": batch, "replicas": 1, "path": path, "images_per_s": rate,

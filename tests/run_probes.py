@@ -59,3 +59,15 @@ class DivergedOnDevice(VAE):
     def sync_divergence(self) -> None:
         if self.global_step >= self.bad_step:
             raise DivergenceError(f"training diverged at step {self.bad_step} (loss = nan).", self.bad_step, float("nan"))
+
+
+class SignalAllProcesses(L.Callback):
+    """Process 0 sends ``signum`` to its whole process group as step ``at_step`` starts: a scheduler
+    preempting a multi-process job signals every task."""
+
+    def __init__(self, signum: int, at_step: int):
+        self.signum, self.at_step = signum, at_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.is_global_zero and trainer.global_step == self.at_step:
+            os.killpg(os.getpgrp(), self.signum)

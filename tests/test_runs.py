@@ -130,6 +130,31 @@ def test_signal_saves_last_checkpoint_and_stops(tmp_path, config_path, capsys, s
     assert "Traceback" not in err
 
 
+def test_signal_under_ddp_saves_once_at_an_agreed_step_and_resumes(tmp_path, config_path):
+    """SIGTERM reaches both processes of a 2-process DDP run; they agree on the next agreement step
+    (every AGREE_EVERY_N_STEPS), process 0 writes one last.ckpt, both exit 128+15, and --ckpt_path
+    continues the run in the same folder."""
+    from sbvae.callbacks import AGREE_EVERY_N_STEPS
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY, *LONG,
+           "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.accelerator", "cpu"]
+    done = subprocess.run(cmd + ["--trainer.callbacks+=run_probes.SignalAllProcesses", "--trainer.callbacks.signum=15",
+                                 "--trainer.callbacks.at_step=4"],
+                          env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    assert saved_steps(run) == AGREE_EVERY_N_STEPS and checkpoint_files(run) == ["last.ckpt"]
+    assert f"SIGTERM stopped training at step {AGREE_EVERY_N_STEPS}" in done.stderr
+    assert runs.run_state(run)["status"] == "interrupted"
+    done = subprocess.run(cmd + ["--trainer.max_steps", str(AGREE_EVERY_N_STEPS + 2), "--ckpt_path", run], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_dirs(tmp_path) == [run] and saved_steps(run) == AGREE_EVERY_N_STEPS + 2
+    assert runs.run_state(run)["status"] == "completed"
+
+
 def test_no_checkpoint_is_written_after_divergence(tmp_path, config_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit(config_path("quickstart.yaml"), tmp_path, "--model.class_path", "run_probes.DivergedOnDevice",
