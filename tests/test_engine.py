@@ -211,6 +211,39 @@ def test_graph_and_eager_paths_give_the_same_losses_for_20_steps():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_replays_render_new_images_and_noise_each_step():
+    """Inside the replayed graph, step s sees exactly the images and noise keyed by step s, new each step."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = VAE(image_size=32, channels=3).to(device)
+    dm = GroundTruthDataModule("colored-sprites", image_size=32, batch_size=16, seed=5)
+    seen_x = torch.zeros(16, 3, 32, 32, device=device)
+    seen_noise = torch.zeros(16, model.hparams.latent_dim, device=device)
+
+    def draw(step):
+        x = dm.training_batch(5, 0, step, device)
+        seen_x.copy_(x)  # recorded into the graph: every replay refreshes it
+        return x
+
+    real = model.step_randomness
+    model.step_randomness = lambda n, d: {"noise": seen_noise.copy_(real(n, d)["noise"])}
+    engine = Engine(model, [model.configure_optimizers()], draw, seed=5, rank=0, mode="graph", start_step=0,
+                    device=device)
+    seen = []
+    for _ in range(8):  # 3 eager warm-up steps, the capture, then replays
+        engine.step()
+        seen.append((seen_x.clone(), seen_noise.clone()))
+    assert engine._graph is not None
+    for step in (5, 6, 7):  # replays
+        x, noise = seen[step]
+        assert not torch.equal(x, seen[step - 1][0]) and not torch.equal(noise, seen[step - 1][1])
+        assert torch.equal(x, dm.training_batch(5, 0, torch.tensor(step, device=device), device))
+        expected = keyed.stream(keyed.POSTERIOR, 5, 0, torch.tensor(step, device=device)).normal(noise.shape)
+        assert torch.equal(noise, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_graphed_nan_step_freezes_weights():
     device = torch.device("cuda")
     torch.manual_seed(0)
