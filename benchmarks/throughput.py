@@ -10,7 +10,8 @@ Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, Facto
            rendered inside the step.
   trainer  ``sbvae-train fit`` on the config, with its logging, validation, checkpoints and pictures:
            steps completed over wall time after warm-up.
-  replicas R seeds in one process (``--replicas``), images/s summed over the replicas.
+  replicas R seeds in one process (``--replicas``), images/s summed over the replicas; on CUDA each trainer
+           row also records its peak GPU memory, and two or more replica counts give the largest R that fits.
 The naive and step rows are timed in alternating rounds (the median of 5), so load from other work on the
 machine slows both alike. The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
 few steps, so the whole run takes a few minutes on 2 CPU cores.
@@ -140,8 +141,12 @@ class StepClock(lightning.Callback):
         self.end = time.perf_counter()
 
 
-def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: int = 1) -> float:
+def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: int = 1) -> tuple[float, float | None]:
+    """(images/s, peak GPU memory in GiB or None on CPU) of sbvae-train on the model's config."""
     clock = StepClock(args.warmup)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     steps = args.warmup + args.trainer_steps
     with tempfile.TemporaryDirectory() as out:
         extra = ["--replicas", str(replicas)] if replicas > 1 else []
@@ -157,7 +162,19 @@ def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: 
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, cli.datamodule)
     batch = cli.datamodule.hparams.batch_size * replicas
-    return batch * (clock.steps - clock.first) / (clock.end - clock.start)
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return batch * (clock.steps - clock.first) / (clock.end - clock.start), memory
+
+
+def largest_replicas(rows: list[dict], model: str, memory_gib: float) -> int | None:
+    """The most replicas of ``model`` that fit in ``memory_gib``, by a line through the measured peaks."""
+    points = sorted((r["replicas"], r["peak_memory_gib"]) for r in rows
+                    if r["model"] == model and r["path"] == "trainer" and r.get("peak_memory_gib"))
+    if len(points) < 2 or points[-1][0] == points[0][0]:
+        return None
+    (r0, m0), (r1, m1) = points[0], points[-1]
+    per_replica = (m1 - m0) / (r1 - r0)
+    return int(r0 + (memory_gib - m0) / per_replica) if per_replica > 0 else None
 
 
 def main() -> None:
@@ -190,22 +207,32 @@ def main() -> None:
         # warm-up covers the engine's graph capture (after its 3 eager steps) on CUDA
         seconds = interleaved({"naive": naive_fn, "step": step_fn}, args.steps, args.warmup + 3, args.rounds, device)
         naive, step = batch / seconds["naive"], batch / seconds["step"]
-        trainer = trainer_images_per_s(name, args, device)
+        trainer, memory = trainer_images_per_s(name, args, device)
         for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):
             rows.append({"model": name, "batch": batch, "replicas": 1, "path": path, "images_per_s": rate,
-                         "naive_images_per_s": naive})
+                         "naive_images_per_s": naive, **({"peak_memory_gib": memory} if path == "trainer" else {})})
         for r in (int(v) for v in args.replicas.split(",") if v):
-            rows.append({"model": name, "batch": batch, "replicas": r, "path": "trainer",
-                         "images_per_s": trainer_images_per_s(name, args, device, r), "naive_images_per_s": naive})
-    print(f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8}")
+            rate, memory = trainer_images_per_s(name, args, device, r)
+            rows.append({"model": name, "batch": batch, "replicas": r, "path": "trainer", "images_per_s": rate,
+                         "naive_images_per_s": naive, "peak_memory_gib": memory})
+    print(f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'GiB':>6}")
     for r in rows:
+        memory = f"{r['peak_memory_gib']:>6.2f}" if r.get("peak_memory_gib") else f"{'-':>6}"
         print(f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
-              f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f}")
+              f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {memory}")
+    fits = {}
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        fits = {m: largest_replicas(rows, m, total) for m in args.models.split(",")}
+        for m, n in fits.items():
+            if n:
+                print(f"{m}: about {n} replicas fit in this GPU's {total:.0f} GiB (a line through the measured peaks)")
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "lightning": lightning.__version__, "precision": args.precision,
         "channels_last": args.channels_last, "image_size": args.image_size, "quick": args.quick, "results": rows,
+        "largest_replicas_that_fit": fits,
     }
     out = args.json or os.path.join(ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}.json")
     with open(out, "w") as f:

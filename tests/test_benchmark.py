@@ -1,0 +1,28 @@
+"""The throughput benchmark's own arithmetic: alternating rounds and the replica memory line."""
+import importlib.util
+import os
+
+import torch
+
+spec = importlib.util.spec_from_file_location(
+    "throughput", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "throughput.py"))
+throughput = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(throughput)
+
+
+def test_rounds_alternate_between_rows():
+    calls = []
+    fns = {"naive": lambda: calls.append("n"), "step": lambda: calls.append("s")}
+    seconds = throughput.interleaved(fns, steps=2, warmup=1, rounds=3, device=torch.device("cpu"))
+    assert "".join(calls) == "n" + "s" + "nnss" * 3  # warm-up each, then rounds of 2 steps, alternating
+    assert set(seconds) == {"naive", "step"} and all(v > 0 for v in seconds.values())
+
+
+def test_largest_replicas_follows_the_line_through_the_peaks():
+    rows = [{"model": "sbd", "path": "trainer", "replicas": r, "peak_memory_gib": m}
+            for r, m in ((1, 1.0), (15, 8.0), (32, 16.5))]
+    rows.append({"model": "sbd", "path": "step", "replicas": 1})
+    # 0.5 GiB per replica from 1 replica at 1 GiB: (80 - 1) / 0.5 + 1 = 159
+    assert throughput.largest_replicas(rows, "sbd", 80.0) == 159
+    assert throughput.largest_replicas(rows[:1], "sbd", 80.0) is None  # one point draws no line
+    assert throughput.largest_replicas(rows, "deconv", 80.0) is None
