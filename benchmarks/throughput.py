@@ -1,7 +1,7 @@
 """Training throughput, in one process and one run: a plain PyTorch loop, sbvae's step, and sbvae-train.
 
     python benchmarks/throughput.py --device cpu|cuda [--quick] [--json PATH] [--models sbd,deconv,factorvae-sbd]
-                                    [--precision 32-true|bf16-mixed] [--channels-last] [--replicas 1,15]
+                                    [--precision 32-true|bf16-mixed] [--channels-last auto|true|false] [--replicas 1,15]
 
 Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, FactorVAE-SBD at batch 32):
   naive    the loop a researcher writes in 60 lines: the same nets, images pre-rendered on the device,
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from sbvae.cli.train import build_cli
 from sbvae.engine import Engine
+from sbvae.module import wants_channels_last
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"sbd": "sprites/vae-sbd.yaml", "deconv": "sprites/vae-deconv.yaml", "factorvae-sbd": "sprites/factorvae-sbd.yaml"}
@@ -115,7 +116,7 @@ def naive_step_fn(model, dm, device, autocast):
 
 # -- step: sbvae's engine alone --------------------------------------------------------------------
 def engine_step_fn(model, dm, device, autocast, channels_last):
-    if channels_last:
+    if wants_channels_last(channels_last, device):  # as the module resolves it in sbvae-train
         model.to(memory_format=torch.channels_last)
     opts = model.configure_optimizers()
     opts = list(opts) if isinstance(opts, tuple) else [opts]
@@ -157,7 +158,7 @@ def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: 
             "--trainer.precision", args.precision, "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", out, "--data.steps_per_epoch", str(args.steps_per_epoch),
             "--data.val_size", str(args.val_size), "--images.every_n_steps", str(args.steps_per_epoch),
-            "--model.init_args.channels_last", str(args.channels_last).lower(),
+            "--model.init_args.channels_last", {None: "null", True: "true", False: "false"}[args.channels_last],
         ], run=False)
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, cli.datamodule)
@@ -184,10 +185,15 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here (default: benchmarks/results/throughput-<device>.json)")
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                        help="memory format of sbvae's rows (auto: as sbvae-train picks it, channels-last on CPU only)")
     parser.add_argument("--replicas", default="", help="comma-separated replica counts for replica rows, e.g. 15,32")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    args.channels_last = {"auto": None, "true": True, "false": False}[args.channels_last]
     args.image_size = 32 if args.quick else 64  # the DeConv decoder needs a multiple of 32
     args.steps, args.warmup = (5, 2) if args.quick else (200, 20)
     args.rounds = 5  # alternating naive/step rounds; each row is the median round
@@ -231,7 +237,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "lightning": lightning.__version__, "precision": args.precision,
-        "channels_last": args.channels_last, "image_size": args.image_size, "quick": args.quick, "results": rows,
+        "channels_last": wants_channels_last(args.channels_last, device), "image_size": args.image_size, "quick": args.quick, "results": rows,
         "largest_replicas_that_fit": fits,
     }
     out = args.json or os.path.join(ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}.json")

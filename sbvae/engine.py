@@ -88,13 +88,29 @@ class Engine:
         if self.replicas:  # one gradient norm per replica
             grad_norm = torch.stack([g.float().flatten(1).norm(dim=1) for g in grads]).sum(0)
         else:
-            grad_norm = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
+            grad_norm = torch.stack(torch._foreach_norm(grads)).float().sum()
         bad = (~torch.isfinite(guarded)).any(0) | (guarded > self.max_loss).any(0) | ~torch.isfinite(grad_norm)
         if not self.replicas and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             bad_any = bad.to(torch.int32)
             dist.all_reduce(bad_any, op=dist.ReduceOp.MAX)  # the copies of a DDP run skip together
             bad = bad_any.bool()
         frozen = bad | (self.bad_step >= 0)
+        if self.device.type == "cpu" and not bool(frozen.any()):
+            # A CPU tensor is read without waiting on a device, so the usual step (nothing bad, nothing
+            # frozen) updates plainly; the masked update is the program an accelerator runs every step.
+            for opt in self.optimizers:
+                opt.step()
+        else:
+            self._masked_update(params, frozen)
+        first_time = bad & (self.bad_step < 0)
+        values = torch.stack([v.detach().float() for v in terms.values()])  # [V] or [V, R]
+        self.bad_values = values if self.bad_values is None else torch.where(first_time, values, self.bad_values)
+        self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
+        self.terms = dict(zip(terms, values.unbind()))
+        self.step_counter.add_(1)
+
+    def _masked_update(self, params: list[torch.Tensor], frozen: torch.Tensor) -> None:
+        """The optimiser step, undone on the device wherever ``frozen`` says so (no host decision)."""
         before = [p.detach().clone() for p in params]
         # Adam creates its state on the first step: undoing that step means zero moments and step 0.
         state_before = [t.clone() for t in self._optimizer_state()] if self._state_ready() else None
@@ -105,12 +121,6 @@ class Engine:
         with torch.no_grad():
             for now, old in zip(params + self._optimizer_state(), before + state_before):
                 now.copy_(torch.where(self._mask(frozen, now), old, now))
-        first_time = bad & (self.bad_step < 0)
-        values = torch.stack([v.detach().float() for v in terms.values()])  # [V] or [V, R]
-        self.bad_values = values if self.bad_values is None else torch.where(first_time, values, self.bad_values)
-        self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
-        self.terms = dict(zip(terms, values.unbind()))
-        self.step_counter.add_(1)
 
     def _mask(self, frozen: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
         """``frozen`` shaped to broadcast over ``tensor``: per replica on stacked tensors; a shared

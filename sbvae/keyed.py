@@ -15,6 +15,7 @@ first dimension is cut into G equal chunks: chunk g is what the single key g wou
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -40,12 +41,15 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def _absorb(h: torch.Tensor, part) -> torch.Tensor:
+def _absorb(h, part):
     """Mix one key part (an int or an int64 tensor, up to 63 bits) into the hash state ``h``.
 
-    A Python int is hashed on the host and enters as a kernel argument: no host-to-device copy, so
-    keys can be built inside CUDA graph capture.
+    Ints are hashed on the host, and while ``h`` is still an int (no tensor part yet) the chain stays
+    there too: they enter as kernel arguments, with no host-to-device copy (keys can be built inside
+    CUDA graph capture) and few device ops.
     """
+    if isinstance(part, torch.Tensor) and isinstance(h, int) and part.device.type == "cpu" and part.numel() == 1:
+        part = int(part)  # reading a CPU scalar waits on nothing: the chain stays on the host
     if isinstance(part, torch.Tensor):
         words = (part.to(torch.int64) & _M32, (part.to(torch.int64) >> 32) & _M32)
         mixed = [_fmix32(w) for w in words]
@@ -53,7 +57,12 @@ def _absorb(h: torch.Tensor, part) -> torch.Tensor:
         part = int(part)
         mixed = [_fmix32_int(part & _M32), _fmix32_int((part >> 32) & _M32)]
     for m in mixed:
-        h = _fmix32((h ^ (m + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
+        if isinstance(h, int):
+            spread = _GOLDEN + ((h << 6) & _M32) + (h >> 2)
+            h = (_fmix32_int((h ^ (m + spread)) & _M32) if isinstance(m, int)
+                 else _fmix32(((m + spread) ^ h) & _M32))
+        else:
+            h = _fmix32((h ^ (m + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
     return h
 
 
@@ -68,11 +77,17 @@ def _fmix32_int(h: int) -> int:
 
 def key(*parts, device: torch.device | str | None = None) -> torch.Tensor:
     """The 32-bit key (int64 tensor, broadcast over tensor parts) of ``parts`` such as (purpose, seed, rank, step)."""
-    devices = [p.device for p in parts if isinstance(p, torch.Tensor)]
-    h = torch.full((), 0x2545F491, dtype=torch.int64, device=devices[0] if devices else device)
+    h = 0x2545F491
     for part in parts:
         h = _absorb(h, part)
-    return h
+    return torch.full((), h, dtype=torch.int64, device=device) if isinstance(h, int) else h
+
+
+@functools.lru_cache(maxsize=64)
+def _spread_positions(n: int, device: torch.device) -> torch.Tensor:
+    """Positions 0..n-1 times the golden ratio, mod 2^32: the same for every step, so made once (a
+    graph's warm-up steps make them before capture)."""
+    return _mul32(torch.arange(n, dtype=torch.int64, device=device), _GOLDEN)
 
 
 class KeyedRandom:
@@ -86,16 +101,24 @@ class KeyedRandom:
         self.keys = keys.reshape(-1).to(torch.int64)
         self.device = self.keys.device
         self._draws = 0
+        # On the CPU the keys are read for free, and the per-draw key mixing runs on the host.
+        self._host_keys = self.keys.tolist() if self.device.type == "cpu" else None
 
     def _bits(self, shape: tuple[int, ...]) -> torch.Tensor:
         groups = len(self.keys)
         if not shape or shape[0] % groups:
             raise ValueError(f"a keyed draw's first dimension must be a multiple of its {groups} keys, got shape {shape}.")
         per_group = math.prod(shape) // groups
-        draw_key = _absorb(self.keys, self._draws).unsqueeze(1)  # [G, 1]
+        if self._host_keys is not None:
+            mixed = [_absorb(k, self._draws) for k in self._host_keys]
+            draw_key = torch.tensor(mixed, dtype=torch.int64).unsqueeze(1)  # [G, 1]
+            salt = torch.tensor([(k * 0x9E37) & _M32 for k in mixed], dtype=torch.int64).unsqueeze(1)
+        else:
+            draw_key = _absorb(self.keys, self._draws).unsqueeze(1)
+            salt = (draw_key * 0x9E37) & _M32
         self._draws += 1
-        index = _mul32(torch.arange(per_group, dtype=torch.int64, device=self.device), _GOLDEN)
-        h = _fmix32(_fmix32(index.unsqueeze(0) ^ draw_key) ^ ((draw_key * 0x9E37) & _M32))
+        index = _spread_positions(per_group, self.device)
+        h = _fmix32(_fmix32(index.unsqueeze(0) ^ draw_key) ^ salt)
         return h.reshape(shape)
 
     def rand(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:

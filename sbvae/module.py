@@ -60,7 +60,8 @@ class VAE(L.LightningModule):
         step_mode: how ``sbvae.engine`` runs a training step: "graph" captures the whole step in a CUDA
             graph (one process on CUDA), "eager" runs it op by op (CPU, DDP, debugging); "auto" picks
             graph where it works.  Both compute the same step.
-        channels_last: train in the channels-last memory format (faster convolutions on recent GPUs).
+        channels_last: train in the channels-last memory format; None (default) picks it on the CPU,
+            where it measured faster (``benchmarks/throughput.py``), and not elsewhere until measured.
     """
 
     # Summed for backward and checked for divergence (FactorVAE adds its discriminator's loss).
@@ -80,7 +81,7 @@ class VAE(L.LightningModule):
         lr: float = 3e-4,
         max_loss: float = 1e6,
         step_mode: Literal["auto", "graph", "eager"] = "auto",
-        channels_last: bool = False,
+        channels_last: bool | None = None,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -174,7 +175,8 @@ class VAE(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "training_batch"):
             raise SBVAEError("sbvae models train on an sbvae GroundTruthDataModule (the `data:` section of the config).")
-        if self.hparams.channels_last:
+        self._channels_last = wants_channels_last(self.hparams.channels_last, self.device)
+        if self._channels_last:
             self.to(memory_format=torch.channels_last)
         self.engine = engine_for(
             self, self.hparams.step_mode, lambda step: self._training_images(dm, step), seed=dm.hparams.seed,
@@ -183,7 +185,7 @@ class VAE(L.LightningModule):
 
     def _training_images(self, dm, step: torch.Tensor) -> torch.Tensor:
         x = dm.training_batch(self.engine.seed, self.engine.rank, step, self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
     def sync_divergence(self) -> None:
         """Stop with DivergenceError if any step so far diverged (reads one flag from the device).
@@ -260,6 +262,14 @@ class VAE(L.LightningModule):
         return adam(self.parameters(), self.device, lr=self.hparams.lr)
 
 
+def wants_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """The ``channels_last`` argument resolved for a device: None means yes on the CPU only."""
+    return device.type == "cpu" if setting is None else bool(setting)
+
+
 def adam(params, device: torch.device, **options) -> torch.optim.Adam:
-    """Adam whose state lives on the device (capturable) on CUDA: the engine steps it inside a CUDA graph."""
-    return torch.optim.Adam(params, capturable=torch.device(device).type == "cuda", **options)
+    """Adam whose state lives on the device (capturable) on CUDA, where the engine steps it inside a CUDA
+    graph; on the CPU the fused kernel, one call for all parameters instead of several per tensor."""
+    if torch.device(device).type == "cuda":
+        return torch.optim.Adam(params, capturable=True, **options)
+    return torch.optim.Adam(params, fused=True, **options)
