@@ -161,6 +161,9 @@ def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: 
             "--model.init_args.channels_last", {None: "null", True: "true", False: "false"}[args.channels_last],
         ], run=False)
         cli.trainer.callbacks.append(clock)
+        cli.before_fit()  # what sbvae-train fit does first: --replicas swaps in the replica set here
+        if replicas > 1 and type(cli.model).__name__ != "ReplicaSet":
+            raise RuntimeError("the replica row did not train a replica set")
         cli.trainer.fit(cli.model, cli.datamodule)
     batch = cli.datamodule.hparams.batch_size * replicas
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None

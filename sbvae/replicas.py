@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
-from sbvae.module import VAE, adam
+from sbvae.module import VAE, adam, wants_channels_last
 from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
@@ -49,8 +49,11 @@ def _flat(name: str) -> str:
 class ReplicaSet(L.LightningModule):
     """R copies of ``template``'s configuration, replica k initialised under seed ``seeds[k]``."""
 
-    def __init__(self, template: VAE, seeds: list[int]):
+    def __init__(self, template: VAE, seeds: list[int], vectorize: bool | None = None):
         super().__init__()
+        # None: one vmap over the replicas on accelerators; on the CPU a loop over them, which measured
+        # faster per image there (vmapped convolutions become grouped ones, slow on the CPU).
+        self.vectorize = vectorize
         if len(set(seeds)) != len(seeds):
             raise SBVAEError(f"replica seeds must differ, got {seeds}.")
         self.all_seeds = list(seeds)
@@ -120,8 +123,16 @@ class ReplicaSet(L.LightningModule):
         """Each term as a vector over replicas; ``x`` and the randomness are R chunks of one replica's batch."""
         r = self.num_replicas
         split = lambda t: t.reshape(r, t.shape[0] // r, *t.shape[1:])
+        xs, rs = split(x), {k: split(v) for k, v in randomness.items()}
         run = lambda w, xk, rk: functional_call(self._loss_of, w, (xk,), rk)
-        return torch.vmap(run)(self.weights(), split(x), {k: split(v) for k, v in randomness.items()})
+        vectorize = self.device.type != "cpu" if self.vectorize is None else self.vectorize
+        if vectorize:
+            return torch.vmap(run)(self.weights(), xs, rs)
+        weights = {n: w.unbind(0) for n, w in self.weights().items()}  # backward: one stack per tensor
+        if x.ndim == 4 and wants_channels_last(self.model_hparams.get("channels_last"), self.device):
+            xs = [xk.contiguous(memory_format=torch.channels_last) for xk in xs]  # as a single run's input
+        outs = [run({n: w[k] for n, w in weights.items()}, xs[k], {n: v[k] for n, v in rs.items()}) for k in range(r)]
+        return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
 
     def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
         return self._proto.step_randomness(batch_size, draw)

@@ -7,6 +7,7 @@ import sys
 import torch
 
 from sbvae.cli.evaluate import main as evaluate
+from sbvae import keyed
 from sbvae.engine import Engine
 from sbvae.factorvae import FactorVAE
 from sbvae.module import VAE
@@ -150,3 +151,24 @@ def test_factorvae_replicas_each_train_their_own_discriminator():
             torch.testing.assert_close(mine[name], value, rtol=1e-4, atol=1e-5, msg=f"replica {k}: {name}")
     start = ReplicaSet(FactorVAE(**options), [0, 1])  # the discriminators moved away from their initial weights
     assert all(not torch.equal(replicas.stacked[n], start.stacked[n]) for n in replicas.stacked if n.startswith("discriminator"))
+
+
+def test_vmapped_and_looped_replicas_compute_the_same_step():
+    """Accelerators run the replicas as one vmap, the CPU as a loop; both are the same program."""
+    dm = tiny_data()
+    seeds = torch.tensor([0, 1, 2])
+    x = dm.training_batch(seeds, 0, torch.tensor(0), "cpu")
+    results = []
+    for vectorize in (True, False):
+        replicas = ReplicaSet(VAE(**SMALL), [0, 1, 2], vectorize=vectorize)
+        noise = replicas.step_randomness(x.shape[0], lambda p: keyed.stream(p, seeds, 0, torch.tensor(0)))
+        terms = replicas.loss_terms(x, **noise)
+        terms["loss"].sum().backward()
+        results.append((terms, {n: p.grad.clone() for n, p in replicas.stacked.items()}))
+    (vmapped, vgrads), (looped, lgrads) = results
+    for name in vmapped:
+        assert vmapped[name].shape == (3,)
+        torch.testing.assert_close(looped[name], vmapped[name], rtol=1e-5, atol=1e-5, msg=name)
+    for name in vgrads:
+        torch.testing.assert_close(lgrads[name], vgrads[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(vmapped["loss"][0], vmapped["loss"][1])  # three models, three losses
