@@ -129,8 +129,12 @@ class ReplicaSet(L.LightningModule):
         if vectorize:
             return torch.vmap(run)(self.weights(), xs, rs)
         weights = {n: w.unbind(0) for n, w in self.weights().items()}  # backward: one stack per tensor
-        if x.ndim == 4 and wants_channels_last(self.model_hparams.get("channels_last"), self.device):
-            xs = [xk.contiguous(memory_format=torch.channels_last) for xk in xs]  # as a single run's input
+        if wants_channels_last(self.model_hparams.get("channels_last"), self.device):
+            # A single run's layout: channels-last images and convolution kernels (copies of the slices,
+            # which are small; the stacked weights stay plain for Adam).
+            cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+            weights = {n: [cl(t) for t in w] for n, w in weights.items()}
+            xs = [cl(xk) for xk in xs]
         outs = [run({n: w[k] for n, w in weights.items()}, xs[k], {n: v[k] for n, v in rs.items()}) for k in range(r)]
         return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
 

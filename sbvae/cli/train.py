@@ -63,9 +63,14 @@ class SBVAECLI(LightningCLI):
                             help="train this many seeds (seed_everything, +1, ...) of the config in one process")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
+    def _settings(self):
+        """The parsed settings of the subcommand (or of the whole config when run=False: the benchmark)."""
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
-        settings = self.config.get(self.config.get("subcommand") or "", None)
-        if settings is None or settings.get("replicas", 1) <= 1:
+        settings = self._settings()
+        if settings.get("replicas", 1) <= 1:
             return
         trainer = settings.trainer
         if processes_requested(trainer) <= 1:
@@ -78,7 +83,7 @@ class SBVAECLI(LightningCLI):
         trainer.strategy = STRATEGY  # processes as DDP's, without gradient averaging between replicas
 
     def before_fit(self) -> None:
-        replicas = self.config["fit"].get("replicas", 1)
+        replicas = self._settings().get("replicas", 1)
         if replicas < 1:
             raise SBVAEError(f"--replicas must be at least 1, got {replicas}.")
         if replicas == 1:
