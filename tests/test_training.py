@@ -77,20 +77,24 @@ def test_resume_continues_in_the_same_run_folder(tmp_path, config_path):
     assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
 
 
-def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys):
-    fit(config_path("quickstart.yaml"), tmp_path)
-    first = run_dirs(tmp_path)[0]
-    last = os.path.join(first, "checkpoints", "last.ckpt")
+@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys, config, name):
+    fit(config_path(config), tmp_path)
+    (run,) = run_dirs(tmp_path, name)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
     before = open(last, "rb").read()
-    # An "exploding" threshold below any real loss makes the resumed run diverge on its first step.
+    # A threshold below any real loss makes the resumed run diverge on its first step (6).  The host only looks
+    # every 100 steps, but a time-based checkpoint is due after every step: that write must notice and refuse.
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
-            "--model.init_args.max_loss", "1.0")
+        fit(config_path(config), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
+            "--model.init_args.max_loss", "1.0", "--trainer.log_every_n_steps", "100",
+            "--last_checkpoint.every_n_minutes", "1e-9")
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "diverged at step 6" in err and "last good checkpoint" in err
+    assert run_dirs(tmp_path, name) == [run]  # the resumed run is the same run, in the same folder
     assert open(last, "rb").read() == before
-    status = json.load(open(os.path.join(first, "status.json")))
+    status = json.load(open(os.path.join(run, "status.json")))
     assert status["status"] == "diverged" and status["step"] == 6
 
 
@@ -125,20 +129,32 @@ def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
     assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("train/loss"))
 
 
-@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart-factorvae.yaml"])
-def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config):
+def fit_ddp(config, out, *extra):
+    """sbvae-train fit on two CPU processes (a subprocess: DDP spawns its workers from a fresh interpreter)."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [
-        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path(config), *TINY,
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-        "--trainer.callbacks+=ddp_probe.ReplicaDigest", f"--trainer.callbacks.out_dir={tmp_path}",
+        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config, *TINY,
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *extra,
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart-factorvae.yaml"])
+def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config):
+    done = fit_ddp(config_path(config), tmp_path, "--trainer.callbacks+=ddp_probe.ReplicaDigest",
+                   f"--trainer.callbacks.out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     digests = [open(tmp_path / f"digest_rank{r}.txt").read().split() for r in (0, 1)]
     assert digests[0] == digests[1]  # same weights, same step, world size 2
     assert digests[0][1:] == ["6", "2"]
+
+
+def test_ddp_stops_every_process_when_one_diverges(tmp_path, config_path):
+    # Only process 1's loss exceeds max_loss at step 2 (its gradients stay finite): every process must stop there.
+    done = fit_ddp(config_path("quickstart.yaml"), tmp_path, "--model.class_path", "ddp_probe.LossSpikeOnRank")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "diverged at step 2 (loss = " in done.stderr
 
 
 def final_weights(run):
