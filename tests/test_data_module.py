@@ -2,7 +2,7 @@
 
 import torch
 
-from sbvae.data import EvaluationRows, GroundTruthDataModule
+from sbvae.data import EvaluationRows, GroundTruthDataModule, evaluation_set
 
 
 def eval_images(dm, purpose=0, rank=0, world=1):
@@ -39,7 +39,30 @@ def test_test_set_is_not_the_validation_set():
     val, val_rows = eval_images(dm, 0)
     test, test_rows = eval_images(dm, 1)
     assert set(val_rows.tolist()).isdisjoint(test_rows.tolist())
-    assert not torch.equal(dm.validation_factors(0), dm.validation_factors(1))
+    assert len(test) == len(val) == 64
+
+
+def test_validation_and_test_split_the_factor_combinations():
+    # 16 cells and 200 rows each: two independent draws would share every cell.
+    dm = GroundTruthDataModule("circles-xy", dataset_options={"grid": 4}, image_size=16, val_size=200)
+    val, test = ({tuple(row) for row in dm.validation_factors(p).tolist()} for p in (0, 1))
+    assert val.isdisjoint(test)
+    assert len(val | test) == 16 and len(val) >= 4 and len(test) >= 4  # both halves used, all of each
+
+
+def test_dsprites_validation_and_test_share_no_image():
+    # 4096 rows each of 737,280 combinations: independent draws would share about 23 images.
+    dm = GroundTruthDataModule("dsprites", image_size=64, val_size=4096)
+    val, test = ({bytes(x.to(torch.uint8).flatten().numpy()) for x in dm.data.render(dm.validation_factors(p))}
+                 for p in (0, 1))
+    assert len(val) > 4000 and len(test) > 4000 and val.isdisjoint(test)
+    # Orientation 2 pi is drawn as orientation 0: the two indices are one image, so they go to one set.
+    rows = dm.data.sample_factors(500, torch.Generator().manual_seed(0))
+    zero, full_turn = rows.clone(), rows.clone()
+    zero[:, 2], full_turn[:, 2] = 0, 39
+    assert torch.equal(dm.data.render(zero), dm.data.render(full_turn))
+    assert torch.equal(evaluation_set(dm.data, zero), evaluation_set(dm.data, full_turn))
+    assert 0.4 < evaluation_set(dm.data, rows).float().mean() < 0.6
 
 
 def test_training_seed_follows_seed_everything(monkeypatch):
@@ -51,9 +74,15 @@ def test_training_seed_follows_seed_everything(monkeypatch):
 
 
 def test_training_batch_is_keyed_by_seed_rank_and_step():
-    dm = GroundTruthDataModule(image_size=16, batch_size=8)
-    batch = lambda seed, rank, step: dm.training_batch(seed, rank, torch.tensor(step), "cpu")
-    base = batch(0, 0, 0)
-    assert torch.equal(base, batch(0, 0, 0))
-    for other in (batch(1, 0, 0), batch(0, 1, 0), batch(0, 0, 1)):
-        assert not torch.equal(base, other)
+    # One colour bin: a sprite's shape and place come from the factor stream, its colour from the render stream.
+    dm = GroundTruthDataModule(dataset_options={"color_bins": 1}, image_size=16, batch_size=8)
+
+    def parts(seed, rank, step):
+        x = dm.training_batch(seed, rank, torch.tensor(step), "cpu")
+        return x.amax(1) > 0, x.flatten(2).amax(2)  # masks, colours
+
+    base = parts(0, 0, 0)
+    assert all(torch.equal(a, b) for a, b in zip(base, parts(0, 0, 0)))
+    for other in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
+        masks, colours = parts(*other)
+        assert not torch.equal(masks, base[0]) and not torch.equal(colours, base[1]), other
