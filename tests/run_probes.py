@@ -1,4 +1,5 @@
 """Callbacks and a model the run tests load by class path (the tests folder is on sys.path)."""
+import copy
 import os
 import time
 
@@ -59,3 +60,15 @@ class DivergedOnDevice(VAE):
     def sync_divergence(self) -> None:
         if self.global_step >= self.bad_step:
             raise DivergenceError(f"training diverged at step {self.bad_step} (loss = nan).", self.bad_step, float("nan"))
+
+
+class RestoredState(L.Callback):
+    """Records copies of the weights and the optimisers' states just before the first step (after any restore)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if SEEN:
+            return
+        SEEN.append({
+            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+            "optimizer_states": [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers],
+        })

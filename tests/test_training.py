@@ -6,10 +6,13 @@ import subprocess
 import sys
 
 import pytest
+import run_probes
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sbvae.cli.evaluate import load_checkpoint
 from sbvae.cli.train import main
+from sbvae.evaluation import score, scalars
 from sbvae.module import VAE
 
 TINY = [
@@ -62,17 +65,34 @@ def test_quickstart_trains_end_to_end(tmp_path, config_path):
     assert model.hparams.image_size == 16 and model.hparams.channels == 3
 
 
-def test_resume_continues_in_the_same_run_folder(tmp_path, config_path):
-    fit(config_path("quickstart.yaml"), tmp_path)
-    (run,) = run_dirs(tmp_path)
+def same_tensors(a, b) -> bool:
+    """Equal nested dicts / lists of tensors and plain values, tensors bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_tensors, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config_path, config, name):
+    fit(config_path(config), tmp_path)
+    (run,) = run_dirs(tmp_path, name)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     first_start = json.load(open(os.path.join(run, "status.json")))["started"]
-    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9",
-        "--ckpt_path", os.path.join(run, "checkpoints", "last.ckpt"))
-    assert run_dirs(tmp_path) == [run]  # no version_1: one run, one folder
+    run_probes.SEEN.clear()
+    fit(config_path(config), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
+        "--trainer.callbacks+=run_probes.RestoredState")
+    (restored,) = run_probes.SEEN
+    assert same_tensors(restored["state_dict"], saved["state_dict"])
+    assert same_tensors(restored["optimizer_states"], saved["optimizer_states"])  # Adam's moments and step counts
+    assert run_dirs(tmp_path, name) == [run]  # no version_1: one run, one folder
     steps = [e.step for e in tags(run).Scalars("train/loss")]
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 9  # one curve, both halves
-    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 9
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
     status = json.load(open(os.path.join(run, "status.json")))
     assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
 
@@ -117,16 +137,21 @@ def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override
 
 
 def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
+    # mig and elbo: after 6 steps every code dimension is below FactorVAE's pruning threshold, so its score is 0.
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.precision", "bf16-mixed",
         "--trainer.callbacks+=sbvae.callbacks.MetricsCallback", "--trainer.callbacks.every_n_steps=3",
-        "--trainer.callbacks.metrics=[mig, factor_vae]")
-    events = tags(run_dirs(tmp_path)[0])
-    for name in ("metrics/mig", "metrics/factor_vae"):
-        steps = [e.step for e in events.Scalars(name)]
-        assert steps == [3, 6]  # every 3 steps; the end of fit (step 6) is not scored twice
-        assert all(0.0 <= e.value <= 1.0 for e in events.Scalars(name))
+        "--trainer.callbacks.metrics=[mig, elbo]")
+    (run,) = run_dirs(tmp_path)
+    events = tags(run)
+    for name in ("metrics/mig", "metrics/elbo"):
+        assert [e.step for e in events.Scalars(name)] == [3, 6]  # every 3 steps; the end of fit is not scored twice
     assert [e.step for e in events.Images("reconstructions")] == [3, 6]
     assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("train/loss"))
+    # The last scores are those sbvae-eval gives the saved weights at the callback's preset and seed.
+    model, dm, _ = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"), torch.device("cpu"))
+    expected = scalars(score(model, dm.data, ["mig", "elbo"], "quick", seed=0))
+    for name in ("mig", "elbo", "elbo/kl", "mig/posX"):
+        assert events.Scalars(f"metrics/{name}")[-1].value == pytest.approx(expected[name], rel=1e-6), name
 
 
 def fit_ddp(config, out, *extra):
