@@ -482,3 +482,36 @@ def test_factor_checks_name_the_factor_and_allow_two_classes():
     Plain.factor_sizes = (2, 1)
     with pytest.raises(ValueError, match=r"\['1'\]"):
         M.sap(Plain(), identity, num_train=40, num_test=40)
+
+
+@pytest.mark.parametrize("metric, kwargs", [
+    (M.compute_mig, {"num_points": 200}),
+    (M.factor_vae_score, {"batch_size": 4, "num_train": 20, "num_eval": 20, "num_variance_estimate": 50}),
+    (M.beta_vae_score, {"batch_size": 4, "num_train": 30, "num_eval": 20}),
+    (M.dci, {"num_train": 60, "num_test": 30, "gbt_kwargs": {"n_estimators": 2}}),
+    (M.sap, {"num_train": 60, "num_test": 30}),
+    (M.modularity_explicitness, {"num_train": 60, "num_test": 30}),
+], ids=["mig", "factor_vae", "beta_vae", "dci", "sap", "modularity"])
+def test_metrics_draw_only_from_their_own_generator(metric, kwargs):
+    # torch's global stream is the training run's: scoring in the middle of a run must not move it.
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    metric(jitter_data(), scrambled, seed=1, **kwargs)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(123)
+    M.evaluate_elbo(jitter_data(), lambda x: (identity(x), torch.zeros(len(x), 3)),
+                    lambda z, x: z.pow(2).sum(1), num_images=50)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_codes_that_carry_gradients_are_scored_as_plain_numbers():
+    rng = np.random.default_rng(5)
+    factors = rng.integers(0, 4, (200, 2))
+    codes = torch.tensor(factors + rng.normal(size=(200, 2)), requires_grad=True)  # a model's output, say
+    assert same(M.mig(codes, factors, num_bins=5), M.mig(codes.detach().numpy(), factors, num_bins=5))
+    assert M.latents_used(std=codes.abs()).score == M.latents_used(std=codes.detach().abs()).score
+
+
+def test_constant_factor_errors_name_the_factor():
+    with pytest.raises(ValueError, match=r"\['f0'\] of FactorData take a single value"):
+        M.factor_vae_score(FactorData((1, 6, 40)), identity)
