@@ -1,4 +1,5 @@
 """End-to-end training through the sbvae-train CLI on tiny data (CPU, seconds)."""
+import copy
 import glob
 import json
 import os
@@ -248,3 +249,22 @@ def test_evaluation_noise_depends_on_the_row_only():
     torch.manual_seed(1)
     b = torch.cat([model.evaluation_noise(rows[:3]), model.evaluation_noise(rows[3:])])
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+
+
+def test_each_process_draws_its_own_step_noise():
+    """Same weights and images on ranks 0 and 1: only the rank-keyed noise (posterior, permutation) differs."""
+    from sbvae.engine import Engine
+    from sbvae.factorvae import FactorVAE
+
+    torch.manual_seed(0)
+    base = FactorVAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
+                     decoder_options={"channels": [8, 8]}, disc_hidden=16, disc_layers=2)
+    images = torch.rand(8, 3, 16, 16)
+    terms = []
+    for rank in (0, 1, 0):
+        model = copy.deepcopy(base)
+        engine = Engine(model, list(model.configure_optimizers()), lambda step: images, seed=5, rank=rank, mode="eager",
+                        start_step=0, device=torch.device("cpu"))
+        terms.append({k: float(v) for k, v in engine.step().items()})
+    assert terms[0] == terms[2]
+    assert terms[0]["nll"] != terms[1]["nll"] and terms[0]["disc_loss"] != terms[1]["disc_loss"]
