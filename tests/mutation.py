@@ -4,6 +4,7 @@
     python tests/mutation.py metrics nets    # some groups
     python tests/mutation.py --report        # only print the scores of the last runs
     python tests/mutation.py --show objectives   # and the diff of every survivor not listed as equivalent
+    python tests/mutation.py --rerun metrics     # only the last run's unlisted survivors, against today's tests
 
 Not a test and not run in CI: the yardstick of the suite, rerun when the mutated modules change.
 
@@ -54,6 +55,14 @@ def stage(group: str, mutmut: dict, spec: dict) -> Path:
     text += "[tool.mutmut]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
     (where / "pyproject.toml").write_text(text)
     return where
+
+
+def refresh_tests(group: str) -> None:
+    """Today's tests and configs into a group's copy (and mutmut's), keeping its mutants and results."""
+    for source in ("tests", "configs"):
+        for where in (WORK / group, WORK / group / "mutants"):
+            shutil.copytree(ROOT / source, where / source, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
 
 
 def listed_mutants() -> dict[str, str]:
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", metavar="GROUP", help=f"of {', '.join(groups)} (default: all)")
     parser.add_argument("--report", action="store_true", help="print the last runs' scores, run nothing")
     parser.add_argument("--show", action="store_true", help="print the diff of every survivor not listed as equivalent")
+    parser.add_argument("--rerun", action="store_true",
+                        help="retest only the unlisted survivors of the last run, with today's tests (quick; the "
+                             "scores to commit come from a full run)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (mutmut --max-children)")
     args = parser.parse_args(argv)
     chosen = args.groups or list(groups)
@@ -129,10 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown group(s) {sorted(unknown)}; the groups are {', '.join(groups)}")
     if not args.report:
         for group in chosen:
-            where = stage(group, mutmut, groups[group])
-            print(f"== {group}: mutmut run in {where}", flush=True)
-            done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)], cwd=where,
-                                  stdout=subprocess.DEVNULL)
+            names = []
+            if args.rerun:
+                listed = listed_mutants()
+                names = [n for n, (_, status) in results(group).items() if status not in DETECTED and n not in listed]
+                refresh_tests(group)
+                where = WORK / group
+                if not names:
+                    continue
+            else:
+                where = stage(group, mutmut, groups[group])
+            print(f"== {group}: mutmut run in {where}" + (f" ({len(names)} survivors)" if args.rerun else ""), flush=True)
+            done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names],
+                                  cwd=where, stdout=subprocess.DEVNULL)
             if done.returncode:
                 print(f"mutmut failed on {group} (exit {done.returncode}); rerun it in {where} to see why", file=sys.stderr)
                 return done.returncode

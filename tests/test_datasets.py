@@ -37,7 +37,7 @@ def test_unknown_option_is_one_sentence_naming_the_options():
 
 @pytest.mark.parametrize("name, options, message", [
     ("dsprites", {"image_size": 4}, "^dsprites: option image_size must be an integer >= 8, got 4"),
-    ("dsprites", {"source": "web"}, "source must be one of"),
+    ("dsprites", {"source": "web"}, "^dsprites: option source must be one of 'auto', 'procedural', 'file', got 'web'"),
     ("dsprites", {"source": "file"}, r"does not exist.*deepmind/dsprites-dataset.*path=\.\.\. or put it in the data directory \(/"),
     ("dsprites", {"path": "/nowhere/d.npz"}, r"/nowhere/d.npz does not exist; get the official .*path=\.\.\.\.$"),
     ("dsprites", {"source": "file", "image_size": 0}, "^dsprites: option image_size must be an integer >= 1, got 0"),
@@ -96,6 +96,8 @@ def test_check_factors_refuses_bad_indices(name):
         data.render(good[:, :-1])
     with pytest.raises(ValueError, match="integer"):
         data.render(good.float())
+    with pytest.raises(ValueError, match="integer"):
+        data.render(good.bool())
     neg = good.clone()
     neg[1, 0] = -1
     with pytest.raises(ValueError, match="out of range"):
@@ -112,6 +114,13 @@ def test_same_seed_same_images(name):
 
     assert torch.equal(draw(3), draw(3))
     assert not torch.equal(draw(3), draw(4))
+
+
+def test_sample_factors_reaches_every_class():
+    data = load("dsprites", image_size=16)
+    factors = data.sample_factors(20_000, torch.Generator().manual_seed(0))
+    assert factors.min(0).values.tolist() == [0] * 5
+    assert factors.max(0).values.tolist() == [s - 1 for s in data.factor_sizes]
 
 
 def test_jitter_comes_from_the_generator_and_none_means_bin_centre():

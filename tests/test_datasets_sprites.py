@@ -143,6 +143,8 @@ def test_heart_matches_the_parametric_outline(fresh_atlas):
 
 def test_image_size_renders_natively(fresh_atlas):
     f = grid(shape=[0], scale=[5], posX=[15], posY=[15])
+    values = [torch.tensor([v]) for v in (0, 1.0, 0.0, 15 / 31, 15 / 31)]
+    assert torch.equal(sprites.sprite_masks(*values)[:, 0], masks(f))  # 64 px unless told otherwise
     small = masks(f, 32)
     assert set(small.unique().tolist()) <= {0.0, 1.0}
     assert small.sum().item() == pytest.approx(masks(f, 64).sum().item() / 4, rel=0.15)
@@ -239,6 +241,7 @@ def test_loader_reads_a_written_subset_file(small_npz):
     # colored-sprites hands every file option to its dSprites.
     with pytest.raises(DataError, match="allow_subset=True"):
         load("colored-sprites", path=str(small_npz))
+    assert load("dsprites", data_dir=str(small_npz.parent), allow_subset=True).source == "file"
     assert load("colored-sprites", data_dir=str(small_npz.parent), allow_subset=True).source == "file"
     assert load("colored-sprites", data_dir=str(small_npz.parent), source="procedural").source == "procedural"
 
