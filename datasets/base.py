@@ -68,6 +68,13 @@ class GroundTruthData(abc.ABC):
     def factor_values(self, factors: torch.Tensor) -> torch.Tensor:
         """Physical factor values (positions in [0, 1], hue, scale, ...) as float [n, K]."""
 
+    def canonical_factors(self, factors: torch.Tensor) -> torch.Tensor:
+        """One row per image: rows [n, K] that render the same image map to the same row (here: themselves).
+
+        What keeps validation and test apart (``sbvae.data.evaluation_set``) when two indices mean one image.
+        """
+        return factors
+
     def in_split(self, factors: torch.Tensor) -> torch.Tensor:
         """Bool [n]: which rows ``sample_factors`` can produce (all, unless a hold-out split restricts it)."""
         return torch.ones(factors.shape[0], dtype=torch.bool, device=factors.device)

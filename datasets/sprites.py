@@ -220,6 +220,14 @@ class DSprites(GroundTruthData):
     def render(self, factors: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.masks(factors)
 
+    def canonical_factors(self, factors: torch.Tensor) -> torch.Tensor:
+        """Orientation 2 pi (index 39 of the official grid) renders as orientation 0: it becomes that index."""
+        angle = torch.remainder(self._values[2], 2 * math.pi)
+        first = torch.tensor([int(torch.nonzero(torch.isclose(angle, a)).min()) for a in angle], device=factors.device)
+        out = factors.clone()
+        out[:, 2] = first[factors[:, 2]]
+        return out
+
     def factor_values(self, factors: torch.Tensor) -> torch.Tensor:
         """shape (1, 2, 3 as in the file), scale, orientation (radians), posX, posY: float [n, 5]."""
         self.check_factors(factors)
@@ -276,6 +284,9 @@ class ColoredSprites(GroundTruthData):
         mask = self.sprites._masks(factors[:, :5])
         rgb = hsv_to_rgb(self.colors(factors[:, 5:], generator))
         return mask * rgb.view(-1, 3, 1, 1)
+
+    def canonical_factors(self, factors: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.sprites.canonical_factors(factors[:, :5]), factors[:, 5:]], dim=1)
 
     def factor_values(self, factors: torch.Tensor) -> torch.Tensor:
         """The 5 dSprites values, then hue, saturation, value at their bin centres: float [n, 8]."""

@@ -22,9 +22,23 @@ from sbvae.datasets import load
 from sbvae.errors import SBVAEError
 
 
+EVALUATION_DRAWS = 20  # rounds of draws for an evaluation set before its half of the factor space counts as empty
+
+
 def stream_seed(*keys: int) -> int:
     """A 63-bit seed mixed from keys such as (purpose, seed, set), for the CPU generator of a fixed set."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def evaluation_set(data, factors: torch.Tensor) -> torch.Tensor:
+    """Long [n]: 0 if factor row i may be drawn for validation, 1 if for test.
+
+    A hash of the row's canonical factors, so the two sets never share a factor combination (nor an image
+    that two combinations render alike, as dSprites' orientations 0 and 2 pi), and each is uniform over its
+    half of the factor space.
+    """
+    rows = data.canonical_factors(factors)
+    return keyed.key(keyed.EVAL_SPLIT, *rows.unbind(1)) & 1
 
 
 class StepTicks(IterableDataset):
@@ -93,7 +107,7 @@ class GroundTruthDataModule(L.LightningDataModule):
         val_size: int = 1024,
         seed: int | None = None,
         val_seed: int = 12345,
-    ):
+    ):  # pragma: no mutate block (save_hyperparameters reads this frame, which mutmut would wrap)
         super().__init__()
         if seed is None:  # follow seed_everything, so a seed sweep also varies the data stream
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -129,10 +143,22 @@ class GroundTruthDataModule(L.LightningDataModule):
     def validation_factors(self, purpose: int = 0) -> torch.Tensor:
         """A fixed evaluation set as factor indices (the same on every run and process count).
 
-        ``purpose`` 0 is the validation set, 1 the test set: both come from ``val_seed`` but never overlap in stream.
+        ``purpose`` 0 is the validation set, 1 the test set: uniform draws from ``val_seed`` restricted to the
+        combinations ``evaluation_set`` gives that purpose, so no test row repeats a validation one.
         """
         generator = torch.Generator().manual_seed(stream_seed(keyed.EVAL_FACTORS, self.hparams.val_seed, purpose))
-        return self.data.sample_factors(self.hparams.val_size, generator)
+        wanted, kept, count = self.hparams.val_size, [], 0
+        for _ in range(EVALUATION_DRAWS):
+            draw = self.data.sample_factors(2 * (wanted - count) + 64, generator)  # about half are kept
+            draw = draw[evaluation_set(self.data, draw) == purpose]
+            kept.append(draw)
+            count += len(draw)
+            if count >= wanted:
+                return torch.cat(kept)[:wanted]
+        raise SBVAEError(
+            f"dataset {self.hparams.dataset!r} has too few factor combinations to split them between validation "
+            "and test; use a dataset (or dataset_options) with more of them."
+        )
 
     def _shard(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
@@ -146,7 +172,7 @@ class GroundTruthDataModule(L.LightningDataModule):
         return self._evaluation_loader(0)
 
     def test_dataloader(self) -> DataLoader:
-        """A held-out set of the same size as validation, drawn from a separate stream."""
+        """A held-out set of the same size as validation, with none of its factor combinations."""
         return self._evaluation_loader(1)
 
     def render_fixed(self, factors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ class FactorVAE(VAE):
         disc_hidden: int = 1000,
         disc_layers: int = 6,
         **vae_options: Any,
-    ):
+    ):  # pragma: no mutate block (save_hyperparameters reads this frame, which mutmut would wrap)
         super().__init__(lr=lr, **vae_options)
         self.save_hyperparameters()
         self.discriminator = Discriminator(latent_dim=self.hparams.latent_dim, hidden=disc_hidden, layers=disc_layers)

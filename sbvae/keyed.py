@@ -24,7 +24,7 @@ _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 # The first word of every key: what the numbers are for, so no two purposes share a stream.
-FACTORS, RENDER, EVAL_FACTORS, EVAL_RENDER, POSTERIOR, PERMUTATION, EVAL_POSTERIOR = range(7)
+FACTORS, RENDER, EVAL_FACTORS, EVAL_RENDER, POSTERIOR, PERMUTATION, EVAL_POSTERIOR, EVAL_SPLIT = range(8)
 
 
 def _mul32(h: torch.Tensor, m: int) -> torch.Tensor:

@@ -39,9 +39,9 @@ def traversal_grid(
     limit: float = 2.0,
     max_latents: int | None = None,
 ) -> torch.Tensor:
-    """One row per latent (in ``order``), sweeping it from -limit to +limit around the seed's posterior mean.
-
-    ``seed`` is one image [C, H, W]; the other latents stay at its posterior mean.
+    """One row per latent (in ``order``), set in turn to ``steps`` values from -limit to +limit (absolute values,
+    the prior's range, as in the paper's figures); the other latents stay at the posterior mean of ``seed``,
+    one image [C, H, W].
     """
     mean = model.encode(seed.unsqueeze(0))[0][0]
     latents = order[:max_latents] if max_latents else order

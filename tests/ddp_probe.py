@@ -1,9 +1,12 @@
-"""Callbacks the subprocess tests load by class path: weight digests per DDP process, a hard kill."""
+"""What the subprocess tests load by class path: weight digests per DDP process, a hard kill, a one-process loss spike."""
 import hashlib
 import os
 import signal
 
 import lightning as L
+import torch
+
+from sbvae.module import VAE
 
 
 class ReplicaDigest(L.Callback):
@@ -28,3 +31,20 @@ class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LossSpikeOnRank(VAE):
+    """A VAE whose loss on process ``rank`` at step ``step`` is multiplied by ``factor``: finite, but above max_loss.
+
+    Only that process sees its own loss go bad, so the others stop with it only if the flag is shared.
+    """
+
+    def __init__(self, *args, rank: int = 1, step: int = 2, factor: float = 1e8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spike_rank, self.spike_step, self.factor = rank, step, factor
+
+    def loss_terms(self, x, noise):
+        terms = super().loss_terms(x, noise)
+        if self.trainer.global_rank == self.spike_rank:
+            terms["loss"] = terms["loss"] * torch.where(self.engine.step_counter == self.spike_step, self.factor, 1.0)
+        return terms

@@ -1,4 +1,5 @@
 """Callbacks and a model the run tests load by class path (the tests folder is on sys.path)."""
+import copy
 import os
 import time
 
@@ -71,3 +72,15 @@ class SignalAllProcesses(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if trainer.is_global_zero and trainer.global_step == self.at_step:
             os.killpg(os.getpgrp(), self.signum)
+
+
+class RestoredState(L.Callback):
+    """Records copies of the weights and the optimisers' states just before the first step (after any restore)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if SEEN:
+            return
+        SEEN.append({
+            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+            "optimizer_states": [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers],
+        })

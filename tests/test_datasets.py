@@ -35,14 +35,20 @@ def test_unknown_option_is_one_sentence_naming_the_options():
     assert str(e.value).count(".") <= 2 and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"image_size": 4}, "image_size must be an integer >= 8"),
-    ({"source": "web"}, "source must be one of"),
-    ({"source": "file"}, "does not exist.*deepmind/dsprites-dataset.*path="),
+@pytest.mark.parametrize("name, options, message", [
+    ("dsprites", {"image_size": 4}, "^dsprites: option image_size must be an integer >= 8, got 4"),
+    ("dsprites", {"source": "web"}, "^dsprites: option source must be one of 'auto', 'procedural', 'file', got 'web'"),
+    ("dsprites", {"source": "file"}, r"does not exist.*deepmind/dsprites-dataset.*path=\.\.\. or put it in the data directory \(/"),
+    ("dsprites", {"path": "/nowhere/d.npz"}, r"/nowhere/d.npz does not exist; get the official .*path=\.\.\.\.$"),
+    ("dsprites", {"source": "file", "image_size": 0}, "^dsprites: option image_size must be an integer >= 1, got 0"),
+    ("dsprites", {"source": "file", "image_size": 24}, "^dsprites stores 64x64 images .* got 24"),
+    ("colored-sprites", {"color_bins": 0}, "^colored-sprites: option color_bins must be an integer >= 1, got 0"),
+    ("circles-xy", {"image_size": 7}, "^circles-xy: option image_size must be an integer >= 8, got 7"),
+    ("circles-xy", {"supersample": 0}, "^circles-xy: option supersample must be an integer >= 1, got 0"),
 ])
-def test_bad_option_values(options, message):
+def test_bad_option_values(name, options, message):
     with pytest.raises(DataError, match=message):
-        load("dsprites", **options)
+        load(name, **options)
 
 
 def test_data_dir_option_env_and_default(tmp_path, monkeypatch):
@@ -52,6 +58,9 @@ def test_data_dir_option_env_and_default(tmp_path, monkeypatch):
     monkeypatch.delenv("SBVAE_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert D.data_dir() == tmp_path / "cache" / "sbvae"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert D.data_dir() == tmp_path / "home" / ".cache" / "sbvae"
 
 
 @pytest.mark.parametrize("name", PROCEDURAL)
@@ -87,6 +96,8 @@ def test_check_factors_refuses_bad_indices(name):
         data.render(good[:, :-1])
     with pytest.raises(ValueError, match="integer"):
         data.render(good.float())
+    with pytest.raises(ValueError, match="integer"):
+        data.render(good.bool())
     neg = good.clone()
     neg[1, 0] = -1
     with pytest.raises(ValueError, match="out of range"):
@@ -103,6 +114,13 @@ def test_same_seed_same_images(name):
 
     assert torch.equal(draw(3), draw(3))
     assert not torch.equal(draw(3), draw(4))
+
+
+def test_sample_factors_reaches_every_class():
+    data = load("dsprites", image_size=16)
+    factors = data.sample_factors(20_000, torch.Generator().manual_seed(0))
+    assert factors.min(0).values.tolist() == [0] * 5
+    assert factors.max(0).values.tolist() == [s - 1 for s in data.factor_sizes]
 
 
 def test_jitter_comes_from_the_generator_and_none_means_bin_centre():
@@ -147,7 +165,53 @@ def test_datasets_pickle_without_device_caches():
     data = load("circles-xy", image_size=16, holdout="center")
     g = torch.Generator().manual_seed(0)
     data.render(data.sample_factors(4, g))
+    assert any(k.startswith("_cache_") for k in vars(data))  # the sizes and cells are cached ...
+    state = data.__getstate__()
+    assert state and not any(k.startswith("_cache_") for k in state)  # ... and left out of the pickle
     clone = pickle.loads(pickle.dumps(data))
     factors = clone.sample_factors(4, torch.Generator().manual_seed(0))
     assert torch.equal(clone.render(factors), data.render(factors))
-    assert "circles-xy" in repr(clone)
+    assert repr(clone) == "Circles(name='circles-xy', image_size=16, channels=3, factors: x=32, y=32)"
+    assert load("circles-xh").description == "circle (size 0.3) varying in x and hue, y = 0.5"
+
+
+def test_without_a_hold_out_every_row_is_in_the_split():
+    for data in (load("circles-xy", image_size=16), load("dsprites", image_size=16)):
+        rows = data.sample_factors(3, torch.Generator().manual_seed(0))
+        split = data.in_split(rows)
+        assert split.dtype == torch.bool and split.tolist() == [True, True, True]
+    hole = load("circles-xy", image_size=16).in_hole(torch.tensor([[0, 0], [16, 16], [12, 20]]))
+    assert hole.dtype == torch.bool and hole.tolist() == [False, False, False]
+
+
+def test_canonical_rows_merge_dsprites_full_turn_only():
+    for name in ("dsprites", "colored-sprites"):
+        data = load(name, image_size=16)
+        rows = data.sample_factors(400, torch.Generator().manual_seed(0))
+        rows[:50, 2] = 39
+        expected = rows.clone()
+        expected[:, 2] = torch.where(rows[:, 2] == 39, 0, rows[:, 2])
+        assert torch.equal(data.canonical_factors(rows), expected), name
+    circles = load("circles-xyh-tiny", image_size=16)
+    rows = circles.sample_factors(10, torch.Generator().manual_seed(0))
+    assert torch.equal(circles.canonical_factors(rows), rows)
+
+
+def test_area_downsample_averages_blocks():
+    from sbvae.datasets.common import area_downsample
+
+    images = torch.arange(64.0).view(1, 1, 8, 8)
+    assert area_downsample(images, 8) is images
+    half = area_downsample(images, 4)
+    assert half.shape == (1, 1, 4, 4) and half[0, 0, 0, 0] == (0 + 1 + 8 + 9) / 4 and half[0, 0, 3, 3] == (54 + 55 + 62 + 63) / 4
+    assert area_downsample(images, 1).item() == 31.5
+
+
+def test_hsv_to_rgb_on_any_leading_shape():
+    import colorsys
+
+    from sbvae.datasets.common import hsv_to_rgb
+
+    hsv = torch.rand(2, 5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = torch.tensor([[colorsys.hsv_to_rgb(*c) for c in row] for row in hsv.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(hsv_to_rgb(hsv), expected)

@@ -133,6 +133,20 @@ def test_blank_fraction_adds_a_presence_factor():
     few = load("circles-xh", blank_fraction=0.2, image_size=16)
     assert (few.sample_factors(4000, g)[:, -1] == 0).float().mean().item() == pytest.approx(0.2, abs=0.03)
     assert load("circles-xh").factor_names == ("x", "hue")
+    # The presence factor is the last value column; a present circle is drawn exactly as without blanks.
+    values = data.factor_values(f[:8])
+    assert values.shape == (8, 3) and values[:, 2].tolist() == f[:8, 2].float().tolist()
+    plain = load("circles-xh", image_size=16)
+    shown = f[f[:, 2] == 1][:8]
+    torch.testing.assert_close(data.render(shown, torch.Generator().manual_seed(5)),
+                               plain.render(shown[:, :2], torch.Generator().manual_seed(5)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [{"holdout": "corner"}, {"holdout": "center", "split": "heldout"}, {"blank_fraction": 0.3}])
+def test_hold_out_and_blank_draws_follow_the_generator(options):
+    data = load("circles-xy", image_size=16, **options)
+    draw = lambda seed: data.sample_factors(200, torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
 
 
 @pytest.mark.parametrize("options, message", [

@@ -12,6 +12,7 @@ import torch
 from sbvae.datasets import DataError, load
 from sbvae.datasets.common import data_dir, hsv_to_rgb
 from sbvae.datasets.npz import check_npz, metadata_dict, write_dsprites_npz
+from sbvae.datasets import sprites
 from sbvae.datasets.sprites import DSPRITES_FILE, render_dsprites_indices
 
 OFFICIAL = data_dir() / DSPRITES_FILE  # looked up before the fixture below hides the user's data dir
@@ -20,6 +21,12 @@ OFFICIAL = data_dir() / DSPRITES_FILE  # looked up before the fixture below hide
 @pytest.fixture(autouse=True)
 def _empty_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SBVAE_DATA", str(tmp_path / "data"))
+
+
+@pytest.fixture
+def fresh_atlas():
+    """The shape bitmaps rebuilt for this test: the geometry checked is the code's, not a cached copy's."""
+    sprites._ATLASES.clear()
 
 
 def grid(**fixed):
@@ -42,7 +49,7 @@ def centroids(m):
 
 
 # ---- geometry --------------------------------------------------------------------------------
-def test_mean_area_follows_the_geometry_and_grows_with_scale_squared():
+def test_mean_area_follows_the_geometry_and_grows_with_scale_squared(fresh_atlas):
     expected = {0: (0.3 * 64) ** 2, 1: math.pi * 0.2 * 0.1125 * 64**2}
     for shape, area1 in expected.items():
         for scale in range(6):
@@ -54,7 +61,7 @@ def test_mean_area_follows_the_geometry_and_grows_with_scale_squared():
 
 
 @pytest.mark.parametrize("shape", [0, 1, 2])
-def test_centroid_moves_linearly_with_position(shape):
+def test_centroid_moves_linearly_with_position(shape, fresh_atlas):
     m = masks(grid(shape=[shape], scale=[3], posX=range(32), posY=[7]))
     cx, cy, _ = centroids(m)
     expected = (0.25 + 0.5 * torch.arange(32) / 31) * 64 - 0.5  # pixel-index coordinates
@@ -68,7 +75,7 @@ def test_centroid_moves_linearly_with_position(shape):
         assert offset.abs().max() < 0.5
 
 
-def test_no_sprite_touches_the_border():
+def test_no_sprite_touches_the_border(fresh_atlas):
     m = masks(grid(shape=[0, 1, 2], scale=[5], orientation=range(40), posX=[0, 31], posY=[0, 31]))
     assert m.shape[0] == 3 * 40 * 4
     border = torch.cat([m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]], dim=1)
@@ -76,14 +83,14 @@ def test_no_sprite_touches_the_border():
     assert bool((m.sum((1, 2)) > 0).all())
 
 
-def test_orientation_39_is_orientation_0():
+def test_orientation_39_is_orientation_0(fresh_atlas):
     base = grid(shape=[0, 1, 2], scale=range(6), posX=[0, 13, 31], posY=[5, 31])
     last = base.clone()
     last[:, 2] = 39
     assert torch.equal(masks(base), masks(last))
 
 
-def test_rotation_is_counter_clockwise_as_displayed_and_heart_lobes_point_up():
+def test_rotation_is_counter_clockwise_as_displayed_and_heart_lobes_point_up(fresh_atlas):
     m = masks(grid(shape=[1], scale=[5], orientation=[5], posX=[15], posY=[15]))[0]  # ellipse at 46 degrees
     ys, xs = torch.nonzero(m, as_tuple=True)
     cov = ((xs - xs.float().mean()) * (ys - ys.float().mean())).float().mean()
@@ -96,7 +103,7 @@ def test_rotation_is_counter_clockwise_as_displayed_and_heart_lobes_point_up():
     assert bottom.sum() <= 2  # a pointed tip at the bottom
 
 
-def test_atlas_rasteriser_matches_the_inside_tests():
+def test_atlas_rasteriser_matches_the_inside_tests(fresh_atlas):
     g = torch.Generator().manual_seed(0)
     factors = torch.stack([torch.randint(0, s, (300,), generator=g) for s in (2, 6, 40, 32, 32)], 1)
     shape, scale, orient, px, py = factors.unbind(1)
@@ -112,8 +119,32 @@ def test_atlas_rasteriser_matches_the_inside_tests():
     assert (masks(factors).bool() != exact).sum(dim=(1, 2)).float().mean() < 0.5  # < 0.5 px per image
 
 
-def test_image_size_renders_natively():
+def test_heart_matches_the_parametric_outline(fresh_atlas):
+    # DATASETS.md's heart, x = 0.15 s sin^3 t, y = s (-0.0104 (13 cos t - 5 cos 2t - 2 cos 3t - cos 4t) - 0.0219),
+    # tested for inside with matplotlib's polygon test at every pixel centre, in local coordinates.
+    from matplotlib.path import Path
+
+    t = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
+    outline = Path(np.stack([0.15 * np.sin(t) ** 3,
+                             -0.0104 * (13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 0.0219], 1))
+    g = torch.Generator().manual_seed(1)
+    factors = torch.stack([torch.full((60,), 2)] + [torch.randint(0, n, (60,), generator=g) for n in (6, 40, 32, 32)], 1)
+    _, scale, orient, px, py = factors.double().unbind(1)
+    c = (np.arange(64) + 0.5) / 64
+    mismatched = []
+    for k, image in enumerate(masks(factors).bool()):
+        s, a = 0.5 + 0.1 * scale[k].item(), (orient[k].item() % 39) * 2 * np.pi / 39
+        dx, dy = np.meshgrid(c - 0.25 - 0.5 * px[k].item() / 31, c - 0.25 - 0.5 * py[k].item() / 31)
+        local = np.stack([(np.cos(a) * dx - np.sin(a) * dy) / s, (np.sin(a) * dx + np.cos(a) * dy) / s], -1)
+        inside = torch.from_numpy(outline.contains_points(local.reshape(-1, 2)).reshape(64, 64))
+        mismatched.append(int((image != inside).sum()))
+    assert np.mean(mismatched) < 0.5 and max(mismatched) <= 3  # texel rounding on the outline only
+
+
+def test_image_size_renders_natively(fresh_atlas):
     f = grid(shape=[0], scale=[5], posX=[15], posY=[15])
+    values = [torch.tensor([v]) for v in (0, 1.0, 0.0, 15 / 31, 15 / 31)]
+    assert torch.equal(sprites.sprite_masks(*values)[:, 0], masks(f))  # 64 px unless told otherwise
     small = masks(f, 32)
     assert set(small.unique().tolist()) <= {0.0, 1.0}
     assert small.sum().item() == pytest.approx(masks(f, 64).sum().item() / 4, rel=0.15)
@@ -202,7 +233,17 @@ def test_loader_reads_a_written_subset_file(small_npz):
     with pytest.raises(DataError, match="divide 64"):
         load("dsprites", path=str(small_npz), allow_subset=True, image_size=48)
     colored = load("colored-sprites", path=str(small_npz), allow_subset=True)
-    assert colored.factor_sizes == (3, 2, 3, 2, 3, 10, 10, 10)
+    assert colored.factor_sizes == (3, 2, 3, 2, 3, 10, 10, 10) and colored.source == "file"
+    # Orientation index 2 of this file is 2 pi: the same image as its index 0.
+    canonical = f.clone()
+    canonical[:, 2] = torch.where(f[:, 2] == 2, 0, f[:, 2])
+    assert torch.equal(data.canonical_factors(f), canonical)
+    # colored-sprites hands every file option to its dSprites.
+    with pytest.raises(DataError, match="allow_subset=True"):
+        load("colored-sprites", path=str(small_npz))
+    assert load("dsprites", data_dir=str(small_npz.parent), allow_subset=True).source == "file"
+    assert load("colored-sprites", data_dir=str(small_npz.parent), allow_subset=True).source == "file"
+    assert load("colored-sprites", data_dir=str(small_npz.parent), source="procedural").source == "procedural"
 
 
 def test_loader_reads_a_hand_made_npz_with_the_official_keys(tmp_path):

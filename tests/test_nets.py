@@ -37,40 +37,42 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+# --------------------------------------------------------------------------- parameter counts
+
 def conv(c_in, c_out, k=4):  # weights + biases of one (de)conv layer
     return c_in * c_out * k * k + c_out
 
 
-# --------------------------------------------------------------------------- parameter counts
+def fc(n_in, n_out):
+    return n_in * n_out + n_out
 
+
+# Counted layer by layer from the paper's tables (10 latents, 3 channels, 64 px); the totals are the README's.
 @pytest.mark.parametrize(
     "make, expected",
     [
-        # Table 1 encoder: 4 x Conv(k4, s2, 64), FC(64*4*4 -> 256), FC(256 -> 20).
-        (lambda: ConvEncoder(), 467_476),
-        # Table 2 encoder: Conv 32, 32, 64, 64.
-        (lambda: ConvEncoder(channels=(32, 32, 64, 64)), 383_956),
-        # Table 1 DeConv decoder: FC(10 -> 256) = reshape 2x2x64, 4 x DeConv 64, DeConv 3.
-        (lambda: DeConvDecoder(), 268_291),
-        # Table 2 DeConv decoder: DeConv 64, 64, 32, 32, 3.
-        (lambda: DeConvDecoder(channels=(64, 64, 32, 32)), 184_771),
-        # Table 1 Spatial Broadcast decoder: Conv(12 -> 64), Conv(64 -> 64), Conv(64 -> 3).
-        (lambda: SpatialBroadcastDecoder(), 81_027),
-        # CoordConv: the DeConv decoder plus 2 input channels on each of its 5 deconvs.
-        (lambda: CoordConvDecoder(), 268_291 + 4 * 2 * 16 * 64 + 2 * 16 * 3),
+        # Table 1 encoder: 4 x Conv(k4, s2, 64) down to 4 x 4 x 64, FC(256), FC(2 x 10) = 467,476.
+        (lambda: ConvEncoder(), conv(3, 64) + 3 * conv(64, 64) + fc(4 * 4 * 64, 256) + fc(256, 20)),
+        # Table 2 encoder: Conv 32, 32, 64, 64 = 383,956.
+        (lambda: ConvEncoder(channels=(32, 32, 64, 64)),
+         conv(3, 32) + conv(32, 32) + conv(32, 64) + conv(64, 64) + fc(4 * 4 * 64, 256) + fc(256, 20)),
+        # Table 1 DeConv decoder: FC(10 -> 256) = reshape 2 x 2 x 64, 4 x DeConv 64, DeConv 3 = 268,291.
+        (lambda: DeConvDecoder(), fc(10, 256) + 4 * conv(64, 64) + conv(64, 3)),
+        # Table 8 DeConv decoder with a 2-layer MLP: FC(256), FC(256) = reshape, then Table 1's deconvs.
+        (lambda: DeConvDecoder(mlp_layers=2), fc(10, 256) + fc(256, 256) + 4 * conv(64, 64) + conv(64, 3)),
+        # Table 2 DeConv decoder: FC(10 -> 2 x 2 x 64), DeConv 64, 64, 32, 32, 3 = 184,771.
+        (lambda: DeConvDecoder(channels=(64, 64, 32, 32)),
+         fc(10, 256) + 2 * conv(64, 64) + conv(64, 32) + conv(32, 32) + conv(32, 3)),
+        # Table 1 Spatial Broadcast decoder: Conv(10 + 2 -> 64), Conv(64 -> 64), Conv(64 -> 3) = 81,027.
+        (lambda: SpatialBroadcastDecoder(), conv(12, 64) + conv(64, 64) + conv(64, 3)),
+        # CoordConv: the DeConv decoder plus 2 input channels on each of its 5 deconvs = 276,579.
+        (lambda: CoordConvDecoder(), fc(10, 256) + 4 * conv(66, 64) + conv(66, 3)),
         # FactorVAE discriminator: 6 x FC(1000) + FC(2).
-        (lambda: Discriminator(), (10 * 1000 + 1000) + 5 * (1000 * 1000 + 1000) + 2002),
+        (lambda: Discriminator(), fc(10, 1000) + 5 * fc(1000, 1000) + fc(1000, 2)),
     ],
 )
 def test_parameter_counts(make, expected):
     assert n_params(make()) == expected
-
-
-def test_parameter_count_formulas_agree_with_the_paper_tables():
-    # The same totals written layer by layer, so a wrong constant above would show here.
-    assert conv(3, 64) + 3 * conv(64, 64) + (1024 * 256 + 256) + (256 * 20 + 20) == 467_476
-    assert (10 * 256 + 256) + 4 * conv(64, 64) + conv(64, 3) == 268_291
-    assert conv(12, 64) + conv(64, 64) + conv(64, 3) == 81_027
 
 
 def test_spatial_broadcast_options_change_parameters_as_expected():
@@ -142,6 +144,7 @@ def test_spatial_broadcast_upscales(upscales, size):  # Table 10
     assert dec.tile_size == size // 2 ** upscales
     assert dec.coords.shape == (2, dec.tile_size, dec.tile_size)
     kinds = [type(m) for m in dec.convs if not isinstance(m, nn.ReLU)]
+    assert [isinstance(m, nn.ReLU) for m in dec.convs] == [False, True] * 2 + [False]  # none on the logits
     assert kinds.count(nn.ConvTranspose2d) == upscales
     assert all(k is nn.ConvTranspose2d for k in kinds[:upscales])  # the bottom layers, from the input side
     assert dec(torch.randn(2, 4)).shape == (2, 3, size, size)
@@ -174,11 +177,12 @@ def test_same_padding_matches_torch_same_for_even_kernels():
         torch.testing.assert_close(ours(x), ref(x))
 
 
-def test_discriminator_shape():
-    disc = Discriminator(latent_dim=5, hidden=32, layers=6)
+@pytest.mark.parametrize("layers", [1, 6])
+def test_discriminator_shape(layers):
+    disc = Discriminator(latent_dim=5, hidden=32, layers=layers)
     assert disc(torch.randn(7, 5)).shape == (7, 2)
-    assert sum(isinstance(m, nn.Linear) for m in disc.modules()) == 7
-    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in disc.modules()) == 6
+    assert sum(isinstance(m, nn.Linear) for m in disc.modules()) == layers + 1
+    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in disc.modules()) == layers
 
 
 # --------------------------------------------------------------------------- coordinate channels
@@ -238,6 +242,11 @@ def test_coordconv_appends_coords_before_every_deconv():
 def test_half_precision_input_keeps_its_dtype():
     dec = SpatialBroadcastDecoder(latent_dim=2, out_channels=1, image_size=8, channels=(4,)).to(torch.bfloat16)
     assert dec(torch.randn(2, 2, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    # Under autocast the grid buffer stays float32 while activations are bfloat16: cat must not promote them.
+    coords = AppendCoords(3, 5)
+    out = coords(torch.randn(2, 4, 3, 5, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.equal(out[:, 4:], coordinate_grid(3, 5).to(torch.bfloat16).expand(2, -1, -1, -1))
+    assert repr(coords) == "AppendCoords(height=3, width=5)"
 
 
 # --------------------------------------------------------------------------- shuffle ablation
@@ -260,6 +269,8 @@ def test_shuffled_coords_are_a_permutation_of_the_grid_pairs():
 
 def test_shuffle_is_fixed_by_the_seed():
     assert torch.equal(_shuffled(0).coords, _shuffled(0).coords)
+    default = SpatialBroadcastDecoder(latent_dim=2, out_channels=1, image_size=8, channels=(4,), shuffle_coords=True)
+    assert torch.equal(default.coords, _shuffled(0).coords)  # shuffle_seed defaults to 0
     assert not torch.equal(_shuffled(0).coords, _shuffled(1).coords)
 
 
@@ -279,15 +290,19 @@ def test_shuffled_input_uses_the_shuffled_grid():
 
 # --------------------------------------------------------------------------- initialisation
 
-def _nets():
-    return [ConvEncoder(3, 16, channels=(8, 8), hidden=32),
-            DeConvDecoder(image_size=16, channels=(8, 8)),
-            SpatialBroadcastDecoder(image_size=16, channels=(8, 8), mlp_layers=1, mlp_width=32, upscales=1),
-            CoordConvDecoder(image_size=16, channels=(8, 8)), Discriminator(hidden=32, layers=2)]
+NETS = {  # built inside the tests, so what is tested is the code as it is when the test runs
+    "ConvEncoder": lambda: ConvEncoder(3, 16, channels=(8, 8), hidden=32),
+    "DeConvDecoder": lambda: DeConvDecoder(image_size=16, channels=(8, 8)),
+    "SpatialBroadcastDecoder": lambda: SpatialBroadcastDecoder(image_size=16, channels=(8, 8), mlp_layers=1,
+                                                               mlp_width=32, upscales=1),
+    "CoordConvDecoder": lambda: CoordConvDecoder(image_size=16, channels=(8, 8)),
+    "Discriminator": lambda: Discriminator(hidden=32, layers=2),
+}
 
 
-@pytest.mark.parametrize("net", _nets(), ids=lambda n: type(n).__name__)
-def test_init_truncated_normal_and_zero_biases(net):
+@pytest.mark.parametrize("name", NETS)
+def test_init_truncated_normal_and_zero_biases(name):
+    net = NETS[name]()
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     assert layers
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
@@ -335,8 +350,12 @@ def test_invalid_arguments_raise(make):
 def test_size_errors_name_the_fix():
     with pytest.raises(ValueError, match="multiple of 16"):
         ConvEncoder(image_size=60)
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="^DeConvDecoder doubles .* multiple of 32"):
         DeConvDecoder(image_size=48)
+    with pytest.raises(ValueError, match="^CoordConvDecoder needs mlp_layers >= 1"):
+        CoordConvDecoder(mlp_layers=0)
+    with pytest.raises(ValueError, match="layers >= 1"):
+        Discriminator(layers=0)
     with pytest.raises(ValueError, match="upscales"):
         SpatialBroadcastDecoder(upscales=4)
 
@@ -351,7 +370,7 @@ def test_encoder_rejects_wrong_input_shape(shape):
 @pytest.mark.parametrize("name", sorted(DECODERS))
 def test_decoders_reject_wrong_latent_shape(name):
     dec = DECODERS[name](latent_dim=4, out_channels=1, image_size=16, channels=(4, 4))
-    with pytest.raises(ValueError, match=r"\[B, 4\]"):
+    with pytest.raises(ValueError, match=rf"^{type(dec).__name__} expected latents of shape \[B, 4\]"):
         dec(torch.randn(2, 5))
 
 

@@ -1,4 +1,5 @@
 """End-to-end training through the sbvae-train CLI on tiny data (CPU, seconds)."""
+import copy
 import glob
 import json
 import os
@@ -6,10 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import run_probes
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sbvae.cli.evaluate import load_checkpoint
 from sbvae.cli.train import main
+from sbvae.evaluation import score, scalars
 from sbvae.module import VAE
 
 TINY = [
@@ -62,35 +66,56 @@ def test_quickstart_trains_end_to_end(tmp_path, config_path):
     assert model.hparams.image_size == 16 and model.hparams.channels == 3
 
 
-def test_resume_continues_in_the_same_run_folder(tmp_path, config_path):
-    fit(config_path("quickstart.yaml"), tmp_path)
-    (run,) = run_dirs(tmp_path)
+def same_tensors(a, b) -> bool:
+    """Equal nested dicts / lists of tensors and plain values, tensors bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_tensors, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config_path, config, name):
+    fit(config_path(config), tmp_path)
+    (run,) = run_dirs(tmp_path, name)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     first_start = json.load(open(os.path.join(run, "status.json")))["started"]
-    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9",
-        "--ckpt_path", os.path.join(run, "checkpoints", "last.ckpt"))
-    assert run_dirs(tmp_path) == [run]  # no version_1: one run, one folder
+    run_probes.SEEN.clear()
+    fit(config_path(config), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
+        "--trainer.callbacks+=run_probes.RestoredState")
+    (restored,) = run_probes.SEEN
+    assert same_tensors(restored["state_dict"], saved["state_dict"])
+    assert same_tensors(restored["optimizer_states"], saved["optimizer_states"])  # Adam's moments and step counts
+    assert run_dirs(tmp_path, name) == [run]  # no version_1: one run, one folder
     steps = [e.step for e in tags(run).Scalars("train/loss")]
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 9  # one curve, both halves
-    ckpt = torch.load(os.path.join(run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 9
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
     status = json.load(open(os.path.join(run, "status.json")))
     assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
 
 
-def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys):
-    fit(config_path("quickstart.yaml"), tmp_path)
-    first = run_dirs(tmp_path)[0]
-    last = os.path.join(first, "checkpoints", "last.ckpt")
+@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys, config, name):
+    fit(config_path(config), tmp_path)
+    (run,) = run_dirs(tmp_path, name)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
     before = open(last, "rb").read()
-    # An "exploding" threshold below any real loss makes the resumed run diverge on its first step.
+    # A threshold below any real loss makes the resumed run diverge on its first step (6).  The host only looks
+    # every 100 steps, but a time-based checkpoint is due after every step: that write must notice and refuse.
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path("quickstart.yaml"), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
-            "--model.init_args.max_loss", "1.0")
+        fit(config_path(config), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
+            "--model.init_args.max_loss", "1.0", "--trainer.log_every_n_steps", "100",
+            "--last_checkpoint.every_n_minutes", "1e-9")
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "diverged at step 6" in err and "last good checkpoint" in err
+    assert run_dirs(tmp_path, name) == [run]  # the resumed run is the same run, in the same folder
     assert open(last, "rb").read() == before
-    status = json.load(open(os.path.join(first, "status.json")))
+    status = json.load(open(os.path.join(run, "status.json")))
     assert status["status"] == "diverged" and status["step"] == 6
 
 
@@ -113,32 +138,49 @@ def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override
 
 
 def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
+    # mig and elbo: after 6 steps every code dimension is below FactorVAE's pruning threshold, so its score is 0.
     fit(config_path("quickstart.yaml"), tmp_path, "--trainer.precision", "bf16-mixed",
         "--trainer.callbacks+=sbvae.callbacks.MetricsCallback", "--trainer.callbacks.every_n_steps=3",
-        "--trainer.callbacks.metrics=[mig, factor_vae]")
-    events = tags(run_dirs(tmp_path)[0])
-    for name in ("metrics/mig", "metrics/factor_vae"):
-        steps = [e.step for e in events.Scalars(name)]
-        assert steps == [3, 6]  # every 3 steps; the end of fit (step 6) is not scored twice
-        assert all(0.0 <= e.value <= 1.0 for e in events.Scalars(name))
+        "--trainer.callbacks.metrics=[mig, elbo]")
+    (run,) = run_dirs(tmp_path)
+    events = tags(run)
+    for name in ("metrics/mig", "metrics/elbo"):
+        assert [e.step for e in events.Scalars(name)] == [3, 6]  # every 3 steps; the end of fit is not scored twice
     assert [e.step for e in events.Images("reconstructions")] == [3, 6]
     assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("train/loss"))
+    # The last scores are those sbvae-eval gives the saved weights at the callback's preset and seed.
+    model, dm, _ = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"), torch.device("cpu"))
+    expected = scalars(score(model, dm.data, ["mig", "elbo"], "quick", seed=0))
+    for name in ("mig", "elbo", "elbo/kl", "mig/posX"):
+        assert events.Scalars(f"metrics/{name}")[-1].value == pytest.approx(expected[name], rel=1e-6), name
+
+
+def fit_ddp(config, out, *extra):
+    """sbvae-train fit on two CPU processes (a subprocess: DDP spawns its workers from a fresh interpreter)."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [
+        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config, *TINY,
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *extra,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart-factorvae.yaml"])
 def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [
-        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path(config), *TINY,
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-        "--trainer.callbacks+=ddp_probe.ReplicaDigest", f"--trainer.callbacks.out_dir={tmp_path}",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = fit_ddp(config_path(config), tmp_path, "--trainer.callbacks+=ddp_probe.ReplicaDigest",
+                   f"--trainer.callbacks.out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     digests = [open(tmp_path / f"digest_rank{r}.txt").read().split() for r in (0, 1)]
     assert digests[0] == digests[1]  # same weights, same step, world size 2
     assert digests[0][1:] == ["6", "2"]
+
+
+def test_ddp_stops_every_process_when_one_diverges(tmp_path, config_path):
+    # Only process 1's loss exceeds max_loss at step 2 (its gradients stay finite): every process must stop there.
+    done = fit_ddp(config_path("quickstart.yaml"), tmp_path, "--model.class_path", "ddp_probe.LossSpikeOnRank")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "diverged at step 2 (loss = " in done.stderr
 
 
 def final_weights(run):
@@ -207,3 +249,22 @@ def test_evaluation_noise_depends_on_the_row_only():
     torch.manual_seed(1)
     b = torch.cat([model.evaluation_noise(rows[:3]), model.evaluation_noise(rows[3:])])
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+
+
+def test_each_process_draws_its_own_step_noise():
+    """Same weights and images on ranks 0 and 1: only the rank-keyed noise (posterior, permutation) differs."""
+    from sbvae.engine import Engine
+    from sbvae.factorvae import FactorVAE
+
+    torch.manual_seed(0)
+    base = FactorVAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
+                     decoder_options={"channels": [8, 8]}, disc_hidden=16, disc_layers=2)
+    images = torch.rand(8, 3, 16, 16)
+    terms = []
+    for rank in (0, 1, 0):
+        model = copy.deepcopy(base)
+        engine = Engine(model, list(model.configure_optimizers()), lambda step: images, seed=5, rank=rank, mode="eager",
+                        start_step=0, device=torch.device("cpu"))
+        terms.append({k: float(v) for k, v in engine.step().items()})
+    assert terms[0] == terms[2]
+    assert terms[0]["nll"] != terms[1]["nll"] and terms[0]["disc_loss"] != terms[1]["disc_loss"]
