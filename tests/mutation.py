@@ -43,26 +43,32 @@ def toml_value(value) -> str:
     return json.dumps(value)  # lists of strings and booleans: JSON and TOML agree
 
 
+def write_config(where: Path, mutmut: dict, spec: dict) -> None:
+    """The project's pyproject.toml with the group's own [tool.mutmut] in place of the shared one."""
+    text = (ROOT / "pyproject.toml").read_text()
+    text = text[: text.index("[tool.mutmut]")]
+    settings = {**mutmut, "only_mutate": spec["mutate"], "pytest_add_cli_args_test_selection": spec["tests"]}
+    text += "[tool.mutmut]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
+    (where / "pyproject.toml").write_text(text)
+
+
 def stage(group: str, mutmut: dict, spec: dict) -> Path:
     """A fresh copy of the project in the installed layout, configured for one group."""
     where = WORK / group
     shutil.rmtree(where, ignore_errors=True)
     for source, target in LAYOUT.items():
         shutil.copytree(ROOT / source, where / target, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
-    text = (ROOT / "pyproject.toml").read_text()
-    text = text[: text.index("[tool.mutmut]")]  # the group's own [tool.mutmut] replaces the shared one
-    settings = {**mutmut, "only_mutate": spec["mutate"], "pytest_add_cli_args_test_selection": spec["tests"]}
-    text += "[tool.mutmut]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
-    (where / "pyproject.toml").write_text(text)
+    write_config(where, mutmut, spec)
     return where
 
 
-def refresh_tests(group: str) -> None:
-    """Today's tests and configs into a group's copy (and mutmut's), keeping its mutants and results."""
-    for source in ("tests", "configs"):
-        for where in (WORK / group, WORK / group / "mutants"):
+def refresh_tests(group: str, mutmut: dict, spec: dict) -> None:
+    """Today's tests, configs and test list into a group's copy (and mutmut's), keeping its mutants and results."""
+    for where in (WORK / group, WORK / group / "mutants"):
+        for source in ("tests", "configs"):
             shutil.copytree(ROOT / source, where / source, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        write_config(where, mutmut, spec)
 
 
 def listed_mutants() -> dict[str, str]:
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rerun:
                 listed = listed_mutants()
                 names = [n for n, (_, status) in results(group).items() if status not in DETECTED and n not in listed]
-                refresh_tests(group)
+                refresh_tests(group, mutmut, groups[group])
                 where = WORK / group
                 if not names:
                     continue

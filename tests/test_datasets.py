@@ -197,6 +197,17 @@ def test_canonical_rows_merge_dsprites_full_turn_only():
     assert torch.equal(circles.canonical_factors(rows), rows)
 
 
+def test_bin_values_cut_the_range_into_equal_bins():
+    from sbvae.datasets.common import bin_centres, bin_values
+
+    bins = torch.tensor([[0, 3], [1, 2]])
+    centres = torch.tensor([[0.275, 0.725], [0.425, 0.575]])  # 4 bins over [0.2, 0.8]: 0.15 wide
+    torch.testing.assert_close(bin_values(bins, 4, 0.2, 0.8, None), centres)
+    torch.testing.assert_close(bin_centres(bins, 4, 0.2, 0.8), centres)
+    drawn = bin_values(bins.repeat(500, 1), 4, 0.2, 0.8, torch.Generator().manual_seed(0))
+    assert ((drawn - centres.repeat(500, 1)).abs() <= 0.075).all() and (drawn - centres.repeat(500, 1)).abs().max() > 0.07
+
+
 def test_area_downsample_averages_blocks():
     from sbvae.datasets.common import area_downsample
 

@@ -116,6 +116,11 @@ def test_holdout_on_other_factor_pairs():
     v = data.factor_values(f)
     assert bool(((v[:, [0, 2]] >= 0.35) & (v[:, [0, 2]] <= 0.65)).all())
     assert v[:, 1].min() < 0.3 and v[:, 1].max() > 0.7  # y is free
+    default = load("circles-xyh-small", holdout="center", split="heldout", image_size=16)  # the first two: x, y
+    v = default.factor_values(default.sample_factors(1000, torch.Generator().manual_seed(0)))
+    assert bool(((v[:, :2] >= 0.35) & (v[:, :2] <= 0.65)).all()) and v[:, 2].min() < 0.3
+    smallest = load("circles-xy", image_size=8, grid=2)  # the smallest image and grid the options allow
+    assert smallest.render(torch.tensor([[0, 1]])).shape == (1, 3, 8, 8)
     rg = load("circles-rg", holdout="corner", split="heldout", image_size=16)
     v = rg.factor_values(rg.sample_factors(500, torch.Generator().manual_seed(0)))
     assert bool(((v >= 0.4) & (v <= 0.6)).all())  # half of [0.4, 0.8] from the low end
@@ -150,12 +155,18 @@ def test_hold_out_and_blank_draws_follow_the_generator(options):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"holdout": "middle"}, "holdout must be one of"),
+    ({"holdout": "middle"}, "^circles-xy: option holdout must be one of None, 'center', 'corner', got 'middle'"),
+    ({"holdout": "center", "split": "test"}, "^circles-xy: option split must be one of 'train', 'heldout', got 'test'"),
     ({"holdout": "center", "grid": 30}, "multiple of 4"),
     ({"split": "heldout"}, "need holdout"),
     ({"holdout": "center", "holdout_factors": ("x", "red")}, "holdout_factors"),
+    ({"holdout": "center", "holdout_factors": ("x", "x")}, "two different factors"),
+    ({"holdout": "center", "holdout_factors": ("x", "y", "x")}, "two different factors"),
     ({"blank_fraction": 1.0}, r"blank_fraction must be a number in \[0, 1\)"),
-    ({"grid": 1}, "grid must be an integer >= 2"),
+    ({"blank_fraction": "half"}, r"blank_fraction must be a number in \[0, 1\), got 'half'"),
+    ({"grid": 1}, "^circles-xy: option grid must be an integer >= 2, got 1"),
+    ({"grid": 16.0}, "^circles-xy: option grid must be an integer >= 2, got 16.0"),
+    ({"image_size": True}, "option image_size must be an integer >= 8, got True"),
 ])
 def test_option_errors(options, message):
     with pytest.raises(DataError, match=message):

@@ -75,6 +75,7 @@ def test_sample_codes_follows_the_documented_draws():
     seeded = torch.Generator().manual_seed(7)  # a generator continues its stream, as the train/test split does
     assert torch.equal(M.sample_codes(data, identity, 300, seeded)[0], codes)
     assert torch.equal(M.sample_codes(data, identity, 300, None)[0], M.sample_codes(data, identity, 300, 0)[0])
+    assert torch.equal(M.sample_codes(data, identity, 300)[0], M.sample_codes(data, identity, 300, 0)[0])
 
 
 def test_compute_mig_is_mig_of_the_protocol_sample():
@@ -148,16 +149,17 @@ def test_beta_vae_defaults():
     assert same(result, M.beta_vae_score(data, identity, seed=0, batch_size=64, num_train=10_000, num_eval=5_000))
 
 
-@pytest.mark.parametrize("metric, kwargs", [
-    (M.dci, {"gbt_kwargs": {"n_estimators": 1, "max_depth": 1}}),
-    (M.sap, {}),
-    (M.modularity_explicitness, {}),
+@pytest.mark.parametrize("metric, kwargs, defaults", [
+    (M.dci, {"gbt_kwargs": {"n_estimators": 1, "max_depth": 1}}, {}),
+    (M.sap, {}, {"continuous_factors": False}),
+    (M.modularity_explicitness, {}, {"num_bins": 20}),
 ], ids=["dci", "sap", "modularity"])
-def test_classifier_metric_defaults(metric, kwargs):
+def test_classifier_metric_defaults(metric, kwargs, defaults):
     data, counting = jitter_data(), Counting(duplicated)
     result = metric(data, counting, **kwargs)
     assert counting.images == 10_000 + 5_000
-    assert same(result, metric(data, duplicated, seed=0, num_train=10_000, num_test=5_000, **kwargs))
+    explicit = metric(data, duplicated, seed=0, num_train=10_000, num_test=5_000, **kwargs, **defaults)
+    assert same(result, explicit)
 
 
 def test_classifier_metric_default_options():
@@ -266,9 +268,18 @@ def test_factor_vae_prune_threshold_is_inclusive_with_ddof_1():
     assert M.factor_vae_score(data, represent, prune_threshold=above, **kwargs).active_dims == [0, 1, 2]
 
 
+def test_factor_vae_renders_with_the_jitter_of_its_generator():
+    # Codes that are only the jitter: without the render generator they would be the constant bin centre.
+    jitter = lambda x: identity(x) - identity(x).floor()
+    result = M.factor_vae_score(jitter_data(), jitter, batch_size=8, num_train=90, num_eval=30, num_variance_estimate=200)
+    assert result.num_active_dims == 3
+    assert (result.train_votes.sum(0) > 0).all()  # pure noise: the votes fall on every dimension
+
+
 def test_factor_vae_single_vote_and_collapsed_codes():
     one = M.factor_vae_score(FactorData(SIZES), identity, batch_size=2, num_train=1, num_eval=1, num_variance_estimate=50)
     assert one.train_accuracy == 1.0 and one.train_votes.sum() == 1  # one vote: the classifier gets it right
+    assert one.eval_accuracy in (0.0, 1.0) and one.eval_votes.sum() == 1
     with pytest.warns(UserWarning, match="no code dimension"):
         none = M.factor_vae_score(FactorData(SIZES), lambda x: torch.zeros(x.shape[0], 4), num_train=5, num_eval=5,
                                   num_variance_estimate=20)
@@ -384,7 +395,8 @@ def test_sap_continuous_is_the_squared_correlation_in_float64():
 def test_explicitness_is_the_macro_auc_of_a_logistic_regression_on_standardised_codes():
     rng = np.random.default_rng(4)
     factors = rng.integers(0, 3, (300, 2))
-    codes = np.concatenate([factors * [[0.2, 5.0]] + rng.normal(size=(300, 2)), np.full((300, 1), 7.0)], axis=1)
+    # Codes of std about 0.3 and 5 (one below 1, one above) and a constant one: standardising changes them all.
+    codes = np.concatenate([factors * [[0.2, 5.0]] + rng.normal(scale=0.25, size=(300, 2)), np.full((300, 1), 7.0)], axis=1)
     train, test = slice(0, 200), slice(200, 300)
     test_factors = factors[test].copy()
     test_factors[test_factors[:, 1] == 2, 1] = 1  # class 2 of factor 1 absent from the test split: left out
@@ -414,6 +426,12 @@ def test_modularity_result_fields_and_no_warning_for_empty_codes():
 
 
 # ---------------------------------------------------------------- latents used, ELBO, results
+def test_count_used_is_below_one_half_by_default():
+    from sbvae.metrics.latents_used import count_used
+
+    assert count_used(torch.tensor([0.49, 0.5, 1.2, 0.01])) == 2
+
+
 def test_latents_used_threshold_is_strict_and_computed_in_float64():
     std = torch.tensor([[0.5, 0.4999, 0.7]], dtype=torch.float32).expand(4, -1)
     result = M.latents_used(std=std)
