@@ -10,8 +10,10 @@ Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, Facto
            rendered inside the step.
   trainer  ``sbvae-train fit`` on the config, with its logging, validation, checkpoints and pictures:
            steps completed over wall time after warm-up.
-  replicas R seeds in one process (``--replicas``), images/s summed over the replicas; on CUDA each trainer
-           row also records its peak GPU memory, and two or more replica counts give the largest R that fits.
+  replicas R seeds in one process (``--replicas``), images/s summed over the replicas: a ``step`` row (the
+           replica set's engine step, timed in the same alternating rounds as the single step, so "x step"
+           compares it with R single runs in sequence) and a ``trainer`` row; on CUDA each trainer row also
+           records its peak GPU memory, and two or more replica counts give the largest R that fits.
 The naive and step rows are timed in alternating rounds (the median of 5), so load from other work on the
 machine slows both alike. The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
 few steps, so the whole run takes a few minutes on 2 CPU cores.
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from sbvae.cli.train import build_cli
 from sbvae.engine import Engine
 from sbvae.module import wants_channels_last
+from sbvae.replicas import ReplicaSet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"sbd": "sprites/vae-sbd.yaml", "deconv": "sprites/vae-deconv.yaml", "factorvae-sbd": "sprites/factorvae-sbd.yaml"}
@@ -126,6 +129,21 @@ def engine_step_fn(model, dm, device, autocast, channels_last):
     return engine.step
 
 
+def replica_step_fn(model, dm, device, autocast, channels_last, replicas: int):
+    """The engine step of ``replicas`` seeds of ``model``'s configuration stacked, as ``--replicas`` trains them."""
+    if channels_last is not None:
+        model.hparams.channels_last = channels_last
+    rs = ReplicaSet(model, list(range(replicas))).to(device)
+    opts = rs.configure_optimizers()
+    opts = list(opts) if isinstance(opts, tuple) else [opts]
+    seeds = torch.arange(replicas, device=device)
+    engine = Engine(rs, opts, lambda s: dm.training_batch(seeds, 0, s, device), seed=seeds, rank=0,
+                    mode="graph" if device.type == "cuda" else "eager", start_step=0, device=device,
+                    autocast_dtype=torch.bfloat16 if autocast else None, max_loss=rs.model_hparams["max_loss"],
+                    replicas=replicas)
+    return engine.step
+
+
 # -- trainer: the real loop ------------------------------------------------------------------------
 class StepClock(lightning.Callback):
     def __init__(self, warmup: int):
@@ -204,6 +222,7 @@ def main() -> None:
     args.steps_per_epoch = 1000 if args.quick else 10000  # the paper configs validate every 10,000 steps
     args.val_size = 64 if args.quick else 4096
     autocast = args.precision == "bf16-mixed"
+    replica_counts = [int(v) for v in args.replicas.split(",") if v]
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -212,23 +231,31 @@ def main() -> None:
         naive_fn = naive_step_fn(model, dm, device, autocast)
         torch.manual_seed(0)
         model, dm = build(name, args, device)
-        step_fn = engine_step_fn(model, dm, device, autocast, args.channels_last)
+        fns = {"naive": naive_fn, "step": engine_step_fn(model, dm, device, autocast, args.channels_last)}
+        for r in replica_counts:
+            torch.manual_seed(0)
+            model, dm = build(name, args, device)
+            fns[r] = replica_step_fn(model, dm, device, autocast, args.channels_last, r)
         # warm-up covers the engine's graph capture (after its 3 eager steps) on CUDA
-        seconds = interleaved({"naive": naive_fn, "step": step_fn}, args.steps, args.warmup + 3, args.rounds, device)
+        seconds = interleaved(fns, args.steps, args.warmup + 3, args.rounds, device)
         naive, step = batch / seconds["naive"], batch / seconds["step"]
         trainer, memory = trainer_images_per_s(name, args, device)
         for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):
             rows.append({"model": name, "batch": batch, "replicas": 1, "path": path, "images_per_s": rate,
                          "naive_images_per_s": naive, **({"peak_memory_gib": memory} if path == "trainer" else {})})
-        for r in (int(v) for v in args.replicas.split(",") if v):
+        for r in replica_counts:
+            rows.append({"model": name, "batch": batch, "replicas": r, "path": "step", "images_per_s": r * batch / seconds[r],
+                         "naive_images_per_s": naive, "single_step_images_per_s": step})
+        for r in replica_counts:
             rate, memory = trainer_images_per_s(name, args, device, r)
             rows.append({"model": name, "batch": batch, "replicas": r, "path": "trainer", "images_per_s": rate,
                          "naive_images_per_s": naive, "peak_memory_gib": memory})
-    print(f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'GiB':>6}")
+    print(f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'x step':>7} {'GiB':>6}")
     for r in rows:
         memory = f"{r['peak_memory_gib']:>6.2f}" if r.get("peak_memory_gib") else f"{'-':>6}"
+        single = f"{r['images_per_s'] / r['single_step_images_per_s']:>7.2f}" if "single_step_images_per_s" in r else f"{'-':>7}"
         print(f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
-              f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {memory}")
+              f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {single} {memory}")
     fits = {}
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
