@@ -35,7 +35,7 @@ class ELBOResult(MetricResult):
 
 
 def _image_batches(data: Any, num_images: int, gen: torch.Generator, chunk_size: int, device: torch.device) -> Iterable[torch.Tensor]:
-    if hasattr(data, "sample_factors") and hasattr(data, "render"):
+    if hasattr(data, "sample_factors"):  # a ground-truth dataset, which renders what it samples
         factors = data.sample_factors(num_images, gen)
         render_gen = render_generator(gen)
         for start in range(0, num_images, chunk_size):

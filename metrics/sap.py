@@ -43,8 +43,12 @@ def continuous_score_matrix(codes: Any, factors: Any) -> np.ndarray:
     return torch.where(var_z[:, None] > 1e-12, r2, torch.zeros_like(r2)).cpu().numpy()
 
 
-def discrete_score_matrix(train_codes: Any, train_factors: Any, test_codes: Any, test_factors: Any, random_state: int = 0) -> np.ndarray:
-    """Test accuracy [D, K] of a linear SVM (C = 0.01, balanced) predicting each factor from each single dimension."""
+def discrete_score_matrix(train_codes: Any, train_factors: Any, test_codes: Any, test_factors: Any) -> np.ndarray:
+    """Test accuracy [D, K] of a linear SVM (C = 0.01, balanced) predicting each factor from each single dimension.
+
+    Solved in the primal: deterministic (the dual solver shuffles), and the one scikit-learn >= 1.5 picks
+    by itself for one feature; both solve the same problem.
+    """
     from sklearn.svm import LinearSVC
 
     x_tr, x_te = as_numpy(train_codes).astype(np.float64), as_numpy(test_codes).astype(np.float64)
@@ -52,7 +56,7 @@ def discrete_score_matrix(train_codes: Any, train_factors: Any, test_codes: Any,
     scores = np.zeros((x_tr.shape[1], y_tr.shape[1]))
     for d in range(x_tr.shape[1]):
         for k in range(y_tr.shape[1]):
-            clf = LinearSVC(C=0.01, class_weight="balanced", random_state=random_state)
+            clf = LinearSVC(C=0.01, class_weight="balanced", dual=False)
             clf.fit(x_tr[:, d : d + 1], y_tr[:, k])
             scores[d, k] = np.mean(clf.predict(x_te[:, d : d + 1]) == y_te[:, k])
     return scores
@@ -70,13 +74,12 @@ def sap_from_codes(
     test_codes: Any,
     test_factors: Any,
     continuous_factors: bool = False,
-    random_state: int = 0,
 ) -> SAPResult:
     """SAP of codes [N, D] against factors [N, K] (the test split is unused for continuous factors)."""
     if continuous_factors:
         matrix = continuous_score_matrix(train_codes, train_factors)
     else:
-        matrix = discrete_score_matrix(train_codes, train_factors, test_codes, test_factors, random_state)
+        matrix = discrete_score_matrix(train_codes, train_factors, test_codes, test_factors)
     return SAPResult(score=top_two_gap(matrix), score_matrix=matrix)
 
 
@@ -91,5 +94,5 @@ def sap(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> SAPResult:
     """SAP of ``represent`` on ``data`` (disentanglement_lib defaults)."""
-    train, test, random_state = sample_train_test(data, represent, seed, num_train, num_test, chunk_size, device)
-    return sap_from_codes(*train, *test, continuous_factors=continuous_factors, random_state=random_state)
+    train, test, _ = sample_train_test(data, represent, seed, num_train, num_test, chunk_size, device)  # no model seed
+    return sap_from_codes(*train, *test, continuous_factors=continuous_factors)

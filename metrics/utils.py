@@ -38,10 +38,10 @@ class MetricResult:
 
     def scalars(self) -> dict[str, float]:
         """The result's single numbers by name, ``score`` first: what TensorBoard logs and sbvae-eval's table shows."""
-        out = {"score": float(self.score)}
+        out = {"score": float(self.score)}  # first; the loop below writes it again, unchanged
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "score" and isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
                 out[f.name] = float(value)
         return out
 

@@ -4,7 +4,7 @@
     python tests/mutation.py metrics nets    # some groups
     python tests/mutation.py --report        # only print the scores of the last runs
     python tests/mutation.py --show objectives   # and the diff of every survivor not listed as equivalent
-    python tests/mutation.py --rerun metrics     # only the last run's unlisted survivors, against today's tests
+    python tests/mutation.py --rerun metrics     # today's code and tests: the last run's survivors and changed functions
 
 Not a test and not run in CI: the yardstick of the suite, rerun when the mutated modules change.
 
@@ -62,13 +62,22 @@ def stage(group: str, mutmut: dict, spec: dict) -> Path:
     return where
 
 
-def refresh_tests(group: str, mutmut: dict, spec: dict) -> None:
-    """Today's tests, configs and test list into a group's copy (and mutmut's), keeping its mutants and results."""
+def refresh(group: str, mutmut: dict, spec: dict) -> None:
+    """Today's code, tests, configs and test list into a group's copy (and mutmut's), keeping its results.
+
+    mutmut keeps the result of every mutant whose function is unchanged (it hashes each function) and
+    forgets those of changed functions; its map from tests to functions is rebuilt, so that a test that
+    now reaches a function runs against its mutants.
+    """
+    for source, target in LAYOUT.items():
+        shutil.copytree(ROOT / source, WORK / group / target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    for source in ("tests", "configs"):
+        shutil.copytree(ROOT / source, WORK / group / "mutants" / source, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
     for where in (WORK / group, WORK / group / "mutants"):
-        for source in ("tests", "configs"):
-            shutil.copytree(ROOT / source, where / source, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
         write_config(where, mutmut, spec)
+    (WORK / group / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
 
 
 def listed_mutants() -> dict[str, str]:
@@ -137,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the last runs' scores, run nothing")
     parser.add_argument("--show", action="store_true", help="print the diff of every survivor not listed as equivalent")
     parser.add_argument("--rerun", action="store_true",
-                        help="retest only the unlisted survivors of the last run, with today's tests (quick; the "
-                             "scores to commit come from a full run)")
+                        help="bring today's code and tests into the last run's copy, retest its unlisted survivors "
+                             "and the mutants of changed functions (mutmut keeps the rest)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (mutmut --max-children)")
     args = parser.parse_args(argv)
     chosen = args.groups or list(groups)
@@ -147,22 +156,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown group(s) {sorted(unknown)}; the groups are {', '.join(groups)}")
     if not args.report:
         for group in chosen:
-            names = []
             if args.rerun:
                 listed = listed_mutants()
-                names = [n for n, (_, status) in results(group).items() if status not in DETECTED and n not in listed]
-                refresh_tests(group, mutmut, groups[group])
+                survivors = [n for n, (_, status) in results(group).items() if status not in DETECTED and n not in listed]
+                refresh(group, mutmut, groups[group])
+                # the survivors against today's tests, then whatever a changed function left unchecked
+                runs = [survivors, []] if survivors else [[]]
                 where = WORK / group
-                if not names:
-                    continue
             else:
-                where = stage(group, mutmut, groups[group])
-            print(f"== {group}: mutmut run in {where}" + (f" ({len(names)} survivors)" if args.rerun else ""), flush=True)
-            done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names],
-                                  cwd=where, stdout=subprocess.DEVNULL)
-            if done.returncode:
-                print(f"mutmut failed on {group} (exit {done.returncode}); rerun it in {where} to see why", file=sys.stderr)
-                return done.returncode
+                runs, where = [[]], stage(group, mutmut, groups[group])
+            for names in runs:
+                print(f"== {group}: mutmut run in {where}" + (f" ({len(names)} survivors)" if names else ""), flush=True)
+                done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names],
+                                      cwd=where, stdout=subprocess.DEVNULL)
+                if done.returncode:
+                    print(f"mutmut failed on {group} (exit {done.returncode}); rerun it in {where} to see why", file=sys.stderr)
+                    return done.returncode
     return 0 if report(chosen, args.show) else 1
 
 

@@ -85,6 +85,10 @@ def test_compute_mig_is_mig_of_the_protocol_sample():
     assert same(result, M.mig(codes, factors, num_bins=7, factor_names=("a", "b", "c")))
     assert result.factor_names == ("a", "b", "c")
     assert list(result.scalars()) == ["score", "a", "b", "c"]
+    unnamed = jitter_data()
+    del unnamed.factor_names  # ground truth need not name its factors: the gaps are then numbered
+    result = M.compute_mig(unnamed, identity, num_points=500, seed=4, num_bins=7)
+    assert list(result.scalars()) == ["score", "factor_0", "factor_1", "factor_2"] and result.factor_names is None
 
 
 def duplicated(x):
@@ -105,7 +109,8 @@ def test_classifier_metrics_score_the_protocol_train_and_test_sets(metric, from_
     ((train, train_f), (test, test_f)), gen = protocol(data, 3, 200, 100)
     random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))  # the model's seed comes last
     train, test = torch.cat([train, train], 1), torch.cat([test, test], 1)
-    assert same(result, from_codes(train, train_f, test, test_f, random_state=random_state, **kwargs))
+    seeded = {} if metric is M.sap else {"random_state": random_state}  # SAP's SVM is solved without randomness
+    assert same(result, from_codes(train, train_f, test, test_f, **seeded, **kwargs))
 
 
 def test_dci_model_seed_matters_when_codes_tie():
@@ -166,7 +171,7 @@ def test_classifier_metric_default_options():
     ((train, train_f), (test, test_f)), _ = protocol(jitter_data(), 5, 300, 300)
     train, test = torch.cat([train, train], 1), torch.cat([test, test], 1)
     assert same(M.sap_from_codes(train, train_f, test, test_f),
-                M.sap_from_codes(train, train_f, test, test_f, continuous_factors=False, random_state=0))
+                M.sap_from_codes(train, train_f, test, test_f, continuous_factors=False))
     assert same(M.modularity_explicitness_from_codes(train, train_f, test, test_f),
                 M.modularity_explicitness_from_codes(train, train_f, test, test_f, num_bins=20, random_state=0))
     assert M.sap(jitter_data(), identity, num_train=300, num_test=300, continuous_factors=True).score_matrix.shape == (3, 3)
@@ -391,6 +396,16 @@ def test_sap_continuous_is_the_squared_correlation_in_float64():
     r[2] = 0.0  # a constant code explains nothing
     np.testing.assert_allclose(continuous_score_matrix(codes, factors), r, rtol=1e-12, atol=1e-15)
 
+
+
+def test_sap_continuous_zeroes_codes_of_variance_at_most_1e_12():
+    # disentanglement_lib's guard: a code dimension scores only when its variance (ddof 1) exceeds 1e-12.
+    # Codes [0, 0, d] have variance d^2 / 3; both are proportional to the factor, so R^2 is 1 when scored.
+    factor = np.array([[0.0], [0.0], [1.0]])
+    codes = np.sqrt(3 * np.array([[1.5e-12, 0.8e-12]])) * factor  # variances 1.5e-12 and 0.8e-12
+    np.testing.assert_allclose(continuous_score_matrix(codes, factor), [[1.0], [0.0]], rtol=1e-12)
+    # one code dimension alone: the variance divides by the number of images less one, not of dimensions
+    np.testing.assert_allclose(continuous_score_matrix(codes[:, :1], factor), [[1.0]], rtol=1e-12)
 
 def test_explicitness_is_the_macro_auc_of_a_logistic_regression_on_standardised_codes():
     rng = np.random.default_rng(4)
