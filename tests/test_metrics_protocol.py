@@ -235,7 +235,6 @@ def test_factor_vae_votes_fix_one_factor_to_the_first_rows_value():
     assert set(k.tolist()) == {0, 1, 2}
     for vote, factor in zip(rows, k):
         assert (vote[:, factor] == vote[0, factor]).all()  # the fixed factor
-        others = [j for j in range(3) if j != factor]
     varied = sum(int((vote[:, j] != vote[0, j]).any()) for vote, f in zip(rows, k) for j in range(3) if j != f)
     assert varied > 0.9 * 2 * 200  # the other factors keep their own draws
 
