@@ -3,7 +3,7 @@
 A sample: pick a factor k uniformly, draw ``batch_size`` pairs of factor rows
 that share factor k, encode both images of every pair, and average
 |r(x1) - r(x2)| over the batch: a feature [D] labelled k. A logistic
-regression (scikit-learn defaults, seeded) is fit on ``num_train`` samples and
+regression (scikit-learn defaults) is fit on ``num_train`` samples and
 scored on ``num_eval`` fresh ones; the eval accuracy is the score.
 """
 from __future__ import annotations
@@ -74,8 +74,7 @@ def beta_vae_score(
     x_eval, y_eval = _features(data, represent, num_eval, batch_size, gen, chunk_size, device)
     if y_train.unique().numel() < 2:
         raise MetricError(f"num_train={num_train} drew a single factor; use more training samples.")
-    seed_int = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
-    model = LogisticRegression(random_state=seed_int).fit(x_train.numpy(), y_train.numpy())
+    model = LogisticRegression().fit(x_train.numpy(), y_train.numpy())  # lbfgs: no random numbers, no seed
     train_acc = float(model.score(x_train.numpy(), y_train.numpy()))
     eval_acc = float(model.score(x_eval.numpy(), y_eval.numpy()))
     return BetaVAEResult(score=eval_acc, train_accuracy=train_acc, eval_accuracy=eval_acc)

@@ -52,8 +52,9 @@ def _macro_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     return float(roc_auc_score(onehot[:, both], proba[:, both], average="macro"))
 
 
-def explicitness(train_codes: Any, train_factors: Any, test_codes: Any, test_factors: Any, random_state: int = 0) -> tuple[float, float]:
-    """(train, test) explicitness: mean over factors of the macro ROC AUC of a logistic regression."""
+def explicitness(train_codes: Any, train_factors: Any, test_codes: Any, test_factors: Any) -> tuple[float, float]:
+    """(train, test) explicitness: mean over factors of the macro ROC AUC of a logistic regression
+    (scikit-learn's default lbfgs solver, which draws no random numbers: no seed)."""
     from sklearn.linear_model import LogisticRegression
 
     x_tr, x_te = as_numpy(train_codes).astype(np.float64), as_numpy(test_codes).astype(np.float64)
@@ -63,19 +64,19 @@ def explicitness(train_codes: Any, train_factors: Any, test_codes: Any, test_fac
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     train, test = [], []
     for k in range(y_tr.shape[1]):
-        clf = LogisticRegression(random_state=random_state).fit(x_tr, y_tr[:, k])
+        clf = LogisticRegression().fit(x_tr, y_tr[:, k])
         train.append(_macro_auc(y_tr[:, k], clf.predict_proba(x_tr), clf.classes_))
         test.append(_macro_auc(y_te[:, k], clf.predict_proba(x_te), clf.classes_))
     return float(np.mean(train)), float(np.mean(test))
 
 
 def modularity_explicitness_from_codes(
-    train_codes: Any, train_factors: Any, test_codes: Any, test_factors: Any, num_bins: int = 20, random_state: int = 0
+    train_codes: Any, train_factors: Any, test_codes: Any, test_factors: Any, num_bins: int = 20
 ) -> ModularityResult:
     """Modularity (from the train split's histogram MI) and explicitness of codes [N, D] vs factors [N, K]."""
     mi = mutual_information(discretize(train_codes, num_bins), train_factors).cpu().numpy()
     mod = modularity(mi)
-    exp_train, exp_test = explicitness(train_codes, train_factors, test_codes, test_factors, random_state)
+    exp_train, exp_test = explicitness(train_codes, train_factors, test_codes, test_factors)
     return ModularityResult(score=mod, modularity=mod, explicitness_train=exp_train, explicitness_test=exp_test, mutual_info=mi)
 
 
@@ -90,5 +91,5 @@ def modularity_explicitness(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ModularityResult:
     """Modularity and explicitness of ``represent`` on ``data`` (disentanglement_lib defaults)."""
-    train, test, random_state = sample_train_test(data, represent, seed, num_train, num_test, chunk_size, device)
-    return modularity_explicitness_from_codes(*train, *test, num_bins=num_bins, random_state=random_state)
+    train, test, _ = sample_train_test(data, represent, seed, num_train, num_test, chunk_size, device)  # no model seed
+    return modularity_explicitness_from_codes(*train, *test, num_bins=num_bins)

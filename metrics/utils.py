@@ -190,7 +190,8 @@ def sample_train_test(
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
     """Train and test (codes, factors) from one seeded stream, plus a seed for the scikit-learn model.
 
-    The protocol of the classifier-based metrics (DCI, SAP, modularity/explicitness).
+    The protocol of the classifier-based metrics (DCI, SAP, modularity/explicitness); only DCI's gradient
+    boosting uses the seed (SAP's SVM and explicitness's lbfgs draw no random numbers).
     """
     check_ground_truth(data)
     check_factor_sizes(data)

@@ -109,7 +109,7 @@ def test_classifier_metrics_score_the_protocol_train_and_test_sets(metric, from_
     ((train, train_f), (test, test_f)), gen = protocol(data, 3, 200, 100)
     random_state = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))  # the model's seed comes last
     train, test = torch.cat([train, train], 1), torch.cat([test, test], 1)
-    seeded = {} if metric is M.sap else {"random_state": random_state}  # SAP's SVM is solved without randomness
+    seeded = {"random_state": random_state} if metric is M.dci else {}  # SVM and lbfgs draw no random numbers
     assert same(result, from_codes(train, train_f, test, test_f, **seeded, **kwargs))
 
 
@@ -173,7 +173,7 @@ def test_classifier_metric_default_options():
     assert same(M.sap_from_codes(train, train_f, test, test_f),
                 M.sap_from_codes(train, train_f, test, test_f, continuous_factors=False))
     assert same(M.modularity_explicitness_from_codes(train, train_f, test, test_f),
-                M.modularity_explicitness_from_codes(train, train_f, test, test_f, num_bins=20, random_state=0))
+                M.modularity_explicitness_from_codes(train, train_f, test, test_f, num_bins=20))
     assert M.sap(jitter_data(), identity, num_train=300, num_test=300, continuous_factors=True).score_matrix.shape == (3, 3)
 
 
@@ -308,6 +308,8 @@ def test_beta_vae_on_two_factors_fields_and_seed():
     assert perfect.score == perfect.eval_accuracy == perfect.train_accuracy == 1.0
     first, again, other = (M.beta_vae_score(data, scrambled, seed=s, **kwargs) for s in (1, 1, 2))
     assert first.score < 1.0 and same(first, again) and not same(first, other)
+    default = M.beta_vae_score(data, scrambled, **kwargs)
+    assert same(default, M.beta_vae_score(data, scrambled, seed=0, **kwargs)) and not same(default, first)
     assert first.score == first.eval_accuracy and first.train_accuracy != first.eval_accuracy
     with pytest.raises(ValueError, match="single factor"):
         M.beta_vae_score(data, identity, num_train=1, num_eval=1, batch_size=2)
