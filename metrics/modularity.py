@@ -20,6 +20,7 @@ from sbvae.metrics.mig import discretize, mutual_information
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
     as_numpy,
+    MetricError,
     MetricResult,
     Represent,
     sample_train_test,
@@ -39,7 +40,7 @@ def modularity(mutual_info: Any) -> float:
     """Modularity of a mutual-information matrix [D, K] (codes x factors)."""
     sq = np.square(np.asarray(as_numpy(mutual_info), dtype=np.float64))
     peak = sq.max(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 / 0 for a code with no information (peak 0), replaced below
         per_code = 1.0 - (sq.sum(axis=1) - peak) / (peak * (sq.shape[1] - 1.0))
     return float(np.mean(np.where(peak == 0.0, 0.0, per_code)))
 
@@ -48,7 +49,10 @@ def _macro_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
     onehot = y[:, None] == classes[None, :]
-    both = onehot.any(axis=0) & ~onehot.all(axis=0)
+    both = onehot.any(axis=0) & ~onehot.all(axis=0)  # one-vs-rest needs the class and another in the split
+    if not both.any():
+        raise MetricError(f"explicitness needs each factor to take two values in each split, but one takes only "
+                          f"{classes[onehot.any(axis=0)].tolist()}; use more points (num_train, num_test).")
     return float(roc_auc_score(onehot[:, both], proba[:, both], average="macro"))
 
 

@@ -364,6 +364,12 @@ def test_dci_scores_are_computed_in_float64():
     assert M.modularity(r) == M.modularity(r.astype(np.float64))
 
 
+def test_dci_scores_of_an_all_zero_importance_matrix_are_zero():
+    # No code predicts anything: every factor is spread evenly over the codes, and every code over the factors.
+    assert M.disentanglement(np.zeros((3, 2))) == 0.0
+    assert M.completeness(np.zeros((3, 2))) == pytest.approx(0.0, abs=1e-15)
+
+
 def test_sap_pieces_on_hand_made_cases():
     assert top_two_gap(np.array([[0.9, 0.1], [0.5, 0.2], [0.3, 0.6]])) == pytest.approx(((0.9 - 0.5) + (0.6 - 0.2)) / 2)
     # Two balanced binary factors, code d = factor d: each code predicts its own factor exactly and the
@@ -426,6 +432,8 @@ def test_explicitness_is_the_macro_auc_of_a_logistic_regression_on_standardised_
             out.append(roc_auc_score(y[:, None] == np.array(present)[None, :], proba[:, present], average="macro"))
     got = M.explicitness(codes[train], factors[train], codes[test], test_factors)
     assert got == pytest.approx((np.mean(expected_train), np.mean(expected_test)), rel=1e-9)
+    with pytest.raises(ValueError, match=r"takes only \[1\]; use more points"):  # no AUC in a one-class split
+        M.explicitness(codes[train], factors[train], codes[test], np.ones_like(test_factors))
 
 
 def test_modularity_result_fields_and_no_warning_for_empty_codes():
