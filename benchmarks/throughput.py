@@ -210,6 +210,7 @@ def main() -> None:
                         help="memory format of sbvae's rows (auto: as sbvae-train picks it, channels-last on CPU only)")
     parser.add_argument("--replicas", default="", help="comma-separated replica counts for replica rows, e.g. 15,32")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadier on a shared machine")
+    parser.add_argument("--trainer-steps", type=int, help="timed steps of each trainer row (default: 10 with --quick, else 2000)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,7 +219,7 @@ def main() -> None:
     args.image_size = 32 if args.quick else 64  # the DeConv decoder needs a multiple of 32
     args.steps, args.warmup = (5, 2) if args.quick else (200, 20)
     args.rounds = 5  # alternating naive/step rounds; each row is the median round
-    args.trainer_steps = 10 if args.quick else 2000
+    args.trainer_steps = args.trainer_steps or (10 if args.quick else 2000)
     args.steps_per_epoch = 1000 if args.quick else 10000  # the paper configs validate every 10,000 steps
     args.val_size = 64 if args.quick else 4096
     autocast = args.precision == "bf16-mixed"
