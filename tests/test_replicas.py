@@ -77,6 +77,23 @@ def test_resume_continues_every_replica_exactly(tmp_path, config_path):
                     assert torch.equal(torch.as_tensor(mine["state"][p][key]), torch.as_tensor(value)), (k, p, key)
 
 
+def test_a_diverged_replica_stays_frozen_across_a_resume(tmp_path, config_path, capsys):
+    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2")
+    (run,) = run_dirs(tmp_path)
+    frozen_dir = os.path.join(run, "replica_1")
+    record = json.load(open(os.path.join(frozen_dir, "status.json")))
+    # As ReplicaOutputs leaves a replica that diverged at step 3: its status, and its last good checkpoint.
+    record.update(status="diverged", step=3, message="replica 1 (seed 1) diverged at step 3")
+    json.dump(record, open(os.path.join(frozen_dir, "status.json"), "w"))
+    kept = final_weights(frozen_dir)
+    moving = final_weights(os.path.join(run, "replica_0"))
+    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--trainer.max_steps", "9", "--ckpt_path", run)
+    assert "1 of 2 replicas completed, 1 diverged (replicas [1])" in capsys.readouterr().out
+    assert all(torch.equal(final_weights(frozen_dir)[n], w) for n, w in kept.items())  # untouched, never rewritten
+    assert not all(torch.equal(final_weights(os.path.join(run, "replica_0"))[n], w) for n, w in moving.items())
+    record = json.load(open(os.path.join(frozen_dir, "status.json")))
+    assert record["status"] == "diverged" and record["step"] == 3
+
 def test_replicas_split_over_two_processes(tmp_path, config_path):
     """--trainer.devices 2 gives process 0 replicas 0-1 and process 1 replica 2; no gradient is shared, each
     process resumes its own share, and every replica ends where one process training all three ends."""
