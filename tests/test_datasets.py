@@ -123,6 +123,37 @@ def test_sample_factors_reaches_every_class():
     assert factors.max(0).values.tolist() == [s - 1 for s in data.factor_sizes]
 
 
+class _Grid(GroundTruthData):
+    """A bare factor grid: what sample_factors and check_factors do, with no renderer in the way."""
+
+    factor_names, channels = ("a", "b"), 1
+
+    def __init__(self, sizes):
+        self.factor_sizes = sizes
+
+    def render(self, factors, generator=None):
+        return torch.zeros(factors.shape[0], 1, 8, 8)
+
+    def factor_values(self, factors):
+        return factors.float()
+
+
+def test_sample_factors_reaches_odd_classes_of_a_huge_factor():
+    # Single-precision uniforms carry 24 bits: times 2^30 classes they land only on multiples of 64.
+    factors = _Grid((2**30, 3)).sample_factors(200, torch.Generator().manual_seed(0))
+    assert bool((factors[:, 0] % 2 == 1).any()) and bool((factors[:, 0] % 64 != 0).any())
+    assert 0 <= int(factors[:, 0].min()) and int(factors[:, 0].max()) < 2**30
+
+
+def test_cached_sizes_follow_a_changed_factor_grid():
+    # factor_sizes is a plain attribute (file-backed datasets reassign it): a cached copy must not outlive it
+    data = _Grid((2, 3))
+    data.check_factors(torch.tensor([[1, 2]]))
+    data.factor_sizes = (5, 3)
+    assert int(data.sample_factors(400, torch.Generator().manual_seed(0))[:, 0].max()) == 4
+    data.check_factors(torch.tensor([[4, 2]]))
+
+
 def test_jitter_comes_from_the_generator_and_none_means_bin_centre():
     data = load("colored-sprites", image_size=16)
     factors = data.sample_factors(8, torch.Generator().manual_seed(0))
@@ -226,3 +257,5 @@ def test_hsv_to_rgb_on_any_leading_shape():
     hsv = torch.rand(2, 5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     expected = torch.tensor([[colorsys.hsv_to_rgb(*c) for c in row] for row in hsv.tolist()], dtype=torch.float64)
     torch.testing.assert_close(hsv_to_rgb(hsv), expected)
+    half = hsv_to_rgb(hsv.half())  # the input's precision is kept (float16 under mixed precision)
+    assert half.dtype == torch.float16 and (half.double() - expected).abs().max() < 1e-2

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sbvae import keyed
 from sbvae.datasets import DataError, load
 
 SIZES = {"circles-xy": 0.2, "circles-xh": 0.3, "circles-rg": 0.5, "circles-xyh-small": 0.1, "circles-xyh-tiny": 0.075}
@@ -52,6 +53,18 @@ def test_supersampled_coverage_equals_drawing_large_and_averaging():
     assert (data.coverage(x, y) - ref).abs().gt(1e-6).float().mean() < 1e-3
 
 
+def test_a_sub_pixel_centre_on_the_circle_counts_as_inside():
+    # Dyadic centre and radius: the circle passes exactly through four pixel centres, whose rows touch
+    # the disc in a single point; the disc is closed, so they count (one sub-pixel per pixel here).
+    data = load("circles-rg", image_size=8, supersample=1)  # diameter 0.5: radius 2 px
+    x, y = torch.tensor([0.5625]), torch.tensor([0.6875])
+    c = (torch.arange(8) + 0.5) / 8
+    inside = (c.view(1, -1) - x) ** 2 + ((1 - c).view(-1, 1) - y) ** 2 <= 0.25**2
+    cov = data.coverage(x, y)[0, 0]
+    assert torch.equal(cov, inside.float())
+    assert cov[0].tolist() == [0, 0, 0, 0, 1, 0, 0, 0]  # the top row touches the circle at x only
+
+
 def test_position_y_up_and_cell_centres():
     data = load("circles-xy", grid=8)
     factors = torch.tensor([[0, 0], [7, 7], [3, 0], [0, 5]])
@@ -86,10 +99,11 @@ def test_colours_of_each_variant():
     assert xy.render(torch.tensor([[10, 10]]))[0].amax((1, 2)).tolist() == [1.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("holdout, lo, hi", [("center", 0.35, 0.65), ("corner", 0.2, 0.5)])
-def test_holdout_splits(holdout, lo, hi):
+@pytest.mark.parametrize("holdout, lo, hi, cells", [("center", 0.35, 0.65, (8, 24)), ("corner", 0.2, 0.5, (0, 16))])
+def test_holdout_splits(holdout, lo, hi, cells):
     train = load("circles-xy", holdout=holdout, image_size=32)
     held = load("circles-xy", holdout=holdout, split="heldout", image_size=32)
+    assert train.hole == (0, 1, *cells) and all(type(k) is int for k in train.hole)  # whole cells, usable as indices
     g = torch.Generator().manual_seed(0)
     f_train = train.sample_factors(20000, g)
     v = train.factor_values(f_train)
@@ -145,6 +159,25 @@ def test_blank_fraction_adds_a_presence_factor():
     shown = f[f[:, 2] == 1][:8]
     torch.testing.assert_close(data.render(shown, torch.Generator().manual_seed(5)),
                                plain.render(shown[:, :2], torch.Generator().manual_seed(5)), rtol=0, atol=0)
+
+
+class Draws(keyed.KeyedRandom):
+    """A generator that hands out the given uniforms in order: boundary draws a real stream almost never makes."""
+
+    def __init__(self, *draws):
+        self.draws, self.device = list(draws), torch.device("cpu")
+
+    def rand(self, shape, dtype=torch.float32):
+        return torch.tensor(self.draws.pop(0), dtype=dtype).expand(shape).clone()
+
+
+def test_blank_exactly_when_the_draw_is_below_blank_fraction():
+    # P(u < b) = b for u uniform on [0, 1): a draw equal to b shows the circle, one 2^-40 below it does not,
+    # so the coin is compared in double precision.
+    data = load("circles-xh", blank_fraction=0.5, image_size=16)
+    factors = data.sample_factors(3, Draws([[0.0, 0.0, 0.0], [0.999, 0.5, 0.2], [0.5, 0.05, 0.7]],
+                                           [0.5, 0.5 - 2**-40, 0.75]))
+    assert factors.tolist() == [[0, 0, 1], [31, 16, 0], [16, 1, 1]]
 
 
 @pytest.mark.parametrize("options", [{"holdout": "corner"}, {"holdout": "center", "split": "heldout"}, {"blank_fraction": 0.3}])

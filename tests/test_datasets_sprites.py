@@ -4,6 +4,7 @@ from __future__ import annotations
 import colorsys
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -84,10 +85,13 @@ def test_no_sprite_touches_the_border(fresh_atlas):
 
 
 def test_orientation_39_is_orientation_0(fresh_atlas):
-    base = grid(shape=[0, 1, 2], scale=range(6), posX=[0, 13, 31], posY=[5, 31])
+    base = grid(shape=[0, 1, 2], scale=range(6), posX=[0, 13, 31], posY=[0, 5, 31])
     last = base.clone()
     last[:, 2] = 39
     assert torch.equal(masks(base), masks(last))
+    # At 15 px the unit square's edges pass through pixel centres: a turn by float32(2 pi), whose sine is
+    # not 0, would flip some of them.
+    assert torch.equal(masks(base, 15), masks(last, 15))
 
 
 def test_rotation_is_counter_clockwise_as_displayed_and_heart_lobes_point_up(fresh_atlas):
@@ -116,7 +120,13 @@ def test_atlas_rasteriser_matches_the_inside_tests(fresh_atlas):
     square = torch.maximum(lx.abs(), ly.abs()) <= 0.15
     ellipse = (lx / 0.2) ** 2 + (ly / 0.1125) ** 2 <= 1
     exact = torch.where(shape.view(-1, 1, 1) == 0, square, ellipse)
-    assert (masks(factors).bool() != exact).sum(dim=(1, 2)).float().mean() < 0.5  # < 0.5 px per image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say on every batch (grid_sample warns about unset options)
+        rendered = masks(factors).bool()
+    assert (rendered != exact).sum(dim=(1, 2)).float().mean() < 0.5  # < 0.5 px per image
+    # The square's edges lie on texel edges, so its bitmap is exact: a sampling shifted by a fraction of
+    # a texel shows only there.
+    assert torch.equal(rendered[shape == 0], square[shape == 0])
 
 
 def test_heart_matches_the_parametric_outline(fresh_atlas):
@@ -141,6 +151,33 @@ def test_heart_matches_the_parametric_outline(fresh_atlas):
     assert np.mean(mismatched) < 0.5 and max(mismatched) <= 3  # texel rounding on the outline only
 
 
+def test_heart_outline_points():
+    # t = 2 pi k / 2000 (no repeated end point): k = 0 the dip between the lobes, 500 the right extreme,
+    # 1000 the tip, 1500 the left extreme; y = -0.0104 (13 cos t - 5 cos 2t - 2 cos 3t - cos 4t) - 0.0219
+    points = sprites.heart_outline()
+    assert points.shape == (2000, 2)
+    expected = [[0.0, -0.0104 * 5 - 0.0219], [0.15, -0.0104 * 4 - 0.0219], [0.0, 0.0104 * 17 - 0.0219],
+                [-0.15, -0.0104 * 4 - 0.0219]]
+    np.testing.assert_allclose(points[[0, 500, 1000, 1500]], expected, rtol=0, atol=1e-12)
+
+
+def test_heart_bitmap_is_the_even_odd_fill_of_the_outline_texel_for_texel():
+    # Every heart is looked up in one 1000 x 1000 bitmap over [-0.25, 0.25]^2; an edge interpolated a little
+    # off moves its boundary by a texel or two, which whole renders at 64 px do not resolve.  Compared with
+    # matplotlib's polygon test of the 2000-gon at the texel centres of 20 rows.
+    from matplotlib.path import Path
+
+    t = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+    outline = Path(np.stack([0.15 * np.sin(t) ** 3,
+                             -0.0104 * (13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 0.0219], 1))
+    c = (np.arange(1000) + 0.5) / 2000 - 0.25
+    rows = np.arange(3, 1000, 50)
+    x, y = np.meshgrid(c, c[rows])
+    inside = outline.contains_points(np.stack([x.ravel(), y.ravel()], 1)).reshape(len(rows), 1000)
+    tile = sprites._shape_tiles()[2]
+    assert 0 < inside.sum() and torch.equal(tile[rows], torch.from_numpy(inside))
+
+
 def test_image_size_renders_natively(fresh_atlas):
     f = grid(shape=[0], scale=[5], posX=[15], posY=[15])
     values = [torch.tensor([v]) for v in (0, 1.0, 0.0, 15 / 31, 15 / 31)]
@@ -148,6 +185,22 @@ def test_image_size_renders_natively(fresh_atlas):
     small = masks(f, 32)
     assert set(small.unique().tolist()) <= {0.0, 1.0}
     assert small.sum().item() == pytest.approx(masks(f, 64).sum().item() / 4, rel=0.15)
+
+
+def test_double_precision_scale_and_position_draw_what_their_float32_roundings_draw(fresh_atlas):
+    # The renderer works in float32 whatever the values' dtype.  Each sprite here has an edge pixel within a
+    # float32 rounding of a texel edge, where carrying on in double precision would flip it: a heart (found
+    # among random float64 sprites), and a unit square, upright then turned a quarter, whose right edge
+    # passes a hair from a pixel centre in x, then in y (found by scanning positions 1e-9 apart).
+    shape = torch.tensor([2, 0, 0])
+    angle = torch.tensor([2.6293481812540143, 0.0, math.pi / 2], dtype=torch.float64)
+    values = torch.tensor([[0.9338499564116842, 0.12132832080356082, 0.050402876956338494],
+                           [1.0, 0.465624965, 0.5],
+                           [1.0, 0.5, 0.465625075]], dtype=torch.float64)
+    double = sprites.sprite_masks(shape, values[:, 0], angle, values[:, 1], values[:, 2])
+    rounded = values.float()
+    single = sprites.sprite_masks(shape, rounded[:, 0], angle, rounded[:, 1], rounded[:, 2])
+    assert torch.equal(double, single) and bool((double.sum((1, 2, 3)) > 0).all())
 
 
 # ---- colored sprites --------------------------------------------------------------------------
@@ -286,6 +339,21 @@ def test_truncated_wrong_keyed_and_wrong_shaped_files_are_refused(small_npz, tmp
         with pytest.raises(DataError, match=why) as e:
             load("dsprites", path=str(path))
         assert str(path) in str(e.value) and "dsprites-dataset" in str(e.value) and "path=" in str(e.value)
+        assert f"or put it in the data directory ({tmp_path / 'data'})" in str(e.value)
+
+
+def test_option_errors_name_the_dataset_class():
+    # a message names the dataset it came from: the class's registry name, else dsprites
+    class Renamed(sprites.DSprites):
+        name = "my-sprites"
+
+    class Unnamed(sprites.DSprites):
+        name = ""
+
+    with pytest.raises(DataError, match="^my-sprites: option image_size must be an integer >= 8, got 4"):
+        Renamed(image_size=4)
+    with pytest.raises(DataError, match="^dsprites: option image_size must be an integer >= 8, got 4"):
+        Unnamed(image_size=4)
 
 
 @pytest.mark.skipif(not OFFICIAL.is_file(), reason=f"the official {DSPRITES_FILE} is not in {OFFICIAL.parent}")
