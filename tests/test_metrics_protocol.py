@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sbvae import metrics as M
 from sbvae.metrics.factor_vae import sample_vote_factors
 from sbvae.metrics.sap import continuous_score_matrix, discrete_score_matrix, top_two_gap
+from sbvae.metrics.utils import encode_groups
 from metric_fakes import FactorData, identity, mig_by_hand
 
 
@@ -198,6 +199,11 @@ def test_discretize_edges_are_float64_for_float32_codes():
     as64 = codes.double().numpy()[:, 0]
     expected = np.digitize(as64, np.histogram(as64, 10)[1][:-1])
     assert M.discretize(codes, 10)[:, 0].tolist() == expected.tolist()
+    # Only the bin width in float32 (float32 0.9 / 10): the float32 roundings of k * width straddle their edges.
+    codes = np.float32([0.0, 0.9] + [np.float64(np.float32(0.9)) / 10 * k for k in range(1, 10)])[:, None]
+    as64 = codes.astype(np.float64)[:, 0]
+    expected = np.digitize(as64, np.histogram(as64, 10)[1][:-1])
+    assert M.discretize(codes, 10)[:, 0].tolist() == expected.tolist()
 
 
 def test_mutual_information_and_entropy_match_sklearn_with_single_counts():
@@ -284,9 +290,10 @@ def test_factor_vae_single_vote_and_collapsed_codes():
     one = M.factor_vae_score(FactorData(SIZES), identity, batch_size=2, num_train=1, num_eval=1, num_variance_estimate=50)
     assert one.train_accuracy == 1.0 and one.train_votes.sum() == 1  # one vote: the classifier gets it right
     assert one.eval_accuracy in (0.0, 1.0) and one.eval_votes.sum() == 1
-    with pytest.warns(UserWarning, match="no code dimension"):
+    with pytest.warns(UserWarning, match="no code dimension") as warned:
         none = M.factor_vae_score(FactorData(SIZES), lambda x: torch.zeros(x.shape[0], 4), num_train=5, num_eval=5,
                                   num_variance_estimate=20)
+    assert warned[0].filename == __file__  # the warning points at the caller's line
     assert none.as_dict() == {"score": 0.0, "train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0,
                               "active_dims": [], "train_votes": [[], [], []], "eval_votes": [[], [], []]}
     assert none.train_votes.dtype == torch.long
@@ -551,9 +558,35 @@ def test_codes_that_carry_gradients_are_scored_as_plain_numbers():
     factors = rng.integers(0, 4, (200, 2))
     codes = torch.tensor(factors + rng.normal(size=(200, 2)), requires_grad=True)  # a model's output, say
     assert same(M.mig(codes, factors, num_bins=5), M.mig(codes.detach().numpy(), factors, num_bins=5))
+    train, test = slice(0, 100), slice(100, 200)
+    plain = codes.detach().numpy()
+    assert same(M.sap_from_codes(codes[train], factors[train], codes[test], factors[test]),
+                M.sap_from_codes(plain[train], factors[train], plain[test], factors[test]))
     assert M.latents_used(std=codes.abs()).score == M.latents_used(std=codes.detach().abs()).score
 
 
 def test_constant_factor_errors_name_the_factor():
     with pytest.raises(ValueError, match=r"\['f0'\] of FactorData take a single value"):
         M.factor_vae_score(FactorData((1, 6, 40)), identity)
+
+
+@pytest.mark.parametrize("metric", [M.dci, M.sap, M.modularity_explicitness], ids=["dci", "sap", "modularity"])
+def test_classifier_metrics_refuse_data_without_ground_truth(metric):
+    with pytest.raises(ValueError, match="has no ground-truth factors"):
+        metric(FactorData(SIZES, has_ground_truth=False), identity, num_train=20, num_test=10)
+
+
+def test_encode_groups_encodes_whole_groups_of_at_most_chunk_size_images():
+    # Pairs (groups of 4 images) encoded 64 images at a time; a group larger than the chunk goes alone.
+    seen = []
+
+    def represent(x):
+        seen.append(x.shape[0])
+        return identity(x)
+
+    rows = FactorData(SIZES).sample_factors(40 * 4, torch.Generator().manual_seed(0)).view(40, 4, -1)
+    codes = encode_groups(FactorData(SIZES), represent, rows, lambda c: c, chunk_size=64)
+    assert seen == [64, 64, 32] and torch.equal(codes, rows.double())
+    seen.clear()
+    encode_groups(FactorData(SIZES), represent, rows[:3], lambda c: c, chunk_size=3)
+    assert seen == [4, 4, 4]
