@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sbvae import metrics as M
 from sbvae.metrics.factor_vae import sample_vote_factors
 from sbvae.metrics.sap import continuous_score_matrix, discrete_score_matrix, top_two_gap
-from sbvae.metrics.utils import encode_groups
+from sbvae.metrics.utils import encode_groups, resolve_device
 from metric_fakes import FactorData, identity, mig_by_hand
 
 
@@ -590,3 +590,11 @@ def test_encode_groups_encodes_whole_groups_of_at_most_chunk_size_images():
     seen.clear()
     encode_groups(FactorData(SIZES), represent, rows[:3], lambda c: c, chunk_size=3)
     assert seen == [4, 4, 4]
+
+
+def test_metrics_run_where_the_model_lives():
+    # The meta device stands in for a GPU: a module's, or a bound method's module's, device unless one is given.
+    model, statistics = torch.nn.Linear(2, 2).to("meta"), torch.nn.BatchNorm1d(2, affine=False).to("meta")
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    assert resolve_device(model, None) == resolve_device(model.forward, None) == resolve_device(statistics, None) == meta
+    assert resolve_device(model, "cpu") == resolve_device(lambda x: x, None) == resolve_device(torch.nn.ReLU(), None) == cpu
