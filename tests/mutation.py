@@ -77,6 +77,9 @@ def refresh(group: str, mutmut: dict, spec: dict) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
     for where in (WORK / group, WORK / group / "mutants"):
         write_config(where, mutmut, spec)
+    # mutmut regenerates a file's mutants only when the source is newer than them; copies keep old times.
+    for source in (WORK / group / "sbvae").rglob("*.py"):
+        source.touch()
     (WORK / group / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
 
 
