@@ -30,6 +30,8 @@ class Engine:
 
     Args:
         model: a module with ``loss_terms(x, **randomness) -> dict``, ``step_randomness(n, draw)``,
+            optionally ``loss_pieces(x, **randomness)`` (a list of ``loss_terms``-like callables, each
+            run forward then backward in turn, their terms stacked; None for one piece),
             ``backward_terms`` (the terms summed for backward and checked for divergence) and
             ``hparams.max_loss``.
         optimizers: the optimisers of all parameters (Adam with ``capturable=True`` on CUDA).
@@ -79,10 +81,13 @@ class Engine:
         randomness = self.model.step_randomness(
             x.shape[0], lambda purpose: keyed.stream(purpose, self.seed, self.rank, step)
         )
-        with self._autocast():
-            terms = self.model.loss_terms(x, **randomness)
+        pieces = getattr(self.model, "loss_pieces", lambda *a, **k: None)(x, **randomness)
+        if pieces is None:
+            terms = self._forward_backward(lambda: self.model.loss_terms(x, **randomness))
+        else:  # forward and backward piece by piece (replicas looped on the CPU), each piece a replica
+            outs = [self._forward_backward(piece) for piece in pieces]
+            terms = {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
         guarded = torch.stack([terms[name].float() for name in self.model.backward_terms])  # [T] or [T, R]
-        self.backward(guarded.sum())
         params = self._params()
         grads = [p.grad for p in params if p.grad is not None]
         if self.replicas:  # one gradient norm per replica
@@ -108,6 +113,13 @@ class Engine:
         self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
         self.terms = dict(zip(terms, values.unbind()))
         self.step_counter.add_(1)
+
+    def _forward_backward(self, loss_terms: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``loss_terms()``, then backward of its guarded terms' sum; the terms come back detached."""
+        with self._autocast():
+            terms = loss_terms()
+        self.backward(torch.stack([terms[name].float() for name in self.model.backward_terms]).sum())
+        return {name: value.detach() for name, value in terms.items()}
 
     def _masked_update(self, params: list[torch.Tensor], frozen: torch.Tensor) -> None:
         """The optimiser step, undone on the device wherever ``frozen`` says so (no host decision)."""

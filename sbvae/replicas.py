@@ -119,24 +119,42 @@ class ReplicaSet(L.LightningModule):
         return model.to(self.device).eval()
 
     # -- the objective ---------------------------------------------------------------------------
-    def loss_terms(self, x: torch.Tensor, **randomness: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each term as a vector over replicas; ``x`` and the randomness are R chunks of one replica's batch."""
+    def _vectorized(self) -> bool:
+        return self.device.type != "cpu" if self.vectorize is None else self.vectorize
+
+    def _split(self, x: torch.Tensor, randomness: dict[str, torch.Tensor]):
         r = self.num_replicas
         split = lambda t: t.reshape(r, t.shape[0] // r, *t.shape[1:])
-        xs, rs = split(x), {k: split(v) for k, v in randomness.items()}
-        run = lambda w, xk, rk: functional_call(self._loss_of, w, (xk,), rk)
-        vectorize = self.device.type != "cpu" if self.vectorize is None else self.vectorize
-        if vectorize:
-            return torch.vmap(run)(self.weights(), xs, rs)
-        weights = {n: w.unbind(0) for n, w in self.weights().items()}  # backward: one stack per tensor
-        if wants_channels_last(self.model_hparams.get("channels_last"), self.device):
-            # A single run's layout: channels-last images and convolution kernels (copies of the slices,
-            # which are small; the stacked weights stay plain for Adam).
-            cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
-            weights = {n: [cl(t) for t in w] for n, w in weights.items()}
-            xs = [cl(xk) for xk in xs]
-        outs = [run({n: w[k] for n, w in weights.items()}, xs[k], {n: v[k] for n, v in rs.items()}) for k in range(r)]
+        return split(x), {k: split(v) for k, v in randomness.items()}
+
+    def _run(self, weights: dict[str, torch.Tensor], x: torch.Tensor, randomness: dict[str, torch.Tensor]):
+        return functional_call(self._loss_of, weights, (x,), randomness)
+
+    def loss_terms(self, x: torch.Tensor, **randomness: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each term as a vector over replicas; ``x`` and the randomness are R chunks of one replica's batch."""
+        if self._vectorized():
+            return torch.vmap(self._run)(self.weights(), *self._split(x, randomness))
+        outs = [piece() for piece in self.loss_pieces(x, **randomness)]
         return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
+
+    def loss_pieces(self, x: torch.Tensor, **randomness: torch.Tensor) -> list | None:
+        """On the CPU loop, one replica's ``loss_terms`` per piece, so that the engine runs each replica's
+        backward before the next one's forward: only one replica's activations are alive at a time (all R
+        at once measured about 10% slower per image than single runs, from cache misses); None when vmapped.
+        """
+        if self._vectorized():
+            return None
+        xs, rs = self._split(x, randomness)
+        cl = wants_channels_last(self.model_hparams.get("channels_last"), self.device)
+        # A single run's layout: channels-last images and convolution kernels (copies of the slices, which
+        # are small; the stacked weights stay plain for Adam).
+        layout = (lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t) if cl else (lambda t: t)
+
+        def piece(k: int):
+            weights = {n: layout(w[k]) for n, w in self.weights().items()}
+            return self._run(weights, layout(xs[k]), {n: v[k] for n, v in rs.items()})
+
+        return [lambda k=k: piece(k) for k in range(self.num_replicas)]
 
     def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
         return self._proto.step_randomness(batch_size, draw)

@@ -128,8 +128,9 @@ def test_a_nan_in_one_replica_freezes_only_that_replica():
                     mode="eager", start_step=0, device=torch.device("cpu"), max_loss=1e6, replicas=3)
     engine.step()
     poison = torch.ones(3)
-    real = replicas.loss_terms
-    replicas.loss_terms = lambda x, **r: {**real(x, **r), "loss": real(x, **r)["loss"] * poison}
+    real = replicas.loss_pieces  # on the CPU the engine runs the replicas one piece each
+    poisoned = lambda piece, k: lambda: (lambda t: {**t, "loss": t["loss"] * poison[k]})(piece())
+    replicas.loss_pieces = lambda x, **r: [poisoned(piece, k) for k, piece in enumerate(real(x, **r))]
     before = {k: v.clone() for k, v in replicas.stacked.items()}
     poison[1] = float("nan")
     engine.step()
