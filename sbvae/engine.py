@@ -31,7 +31,8 @@ class Engine:
     Args:
         model: a module with ``loss_terms(x, **randomness) -> dict``, ``step_randomness(n, draw)``,
             optionally ``loss_pieces(x, **randomness)`` (a list of ``loss_terms``-like callables, each
-            run forward then backward in turn, their terms stacked; None for one piece),
+            run forward then backward in turn, their terms stacked, then ``gather_piece_gradients()``;
+            None for one piece),
             ``backward_terms`` (the terms summed for backward and checked for divergence) and
             ``hparams.max_loss``.
         optimizers: the optimisers of all parameters (Adam with ``capturable=True`` on CUDA).
@@ -87,6 +88,7 @@ class Engine:
         else:  # forward and backward piece by piece (replicas looped on the CPU), each piece a replica
             outs = [self._forward_backward(piece) for piece in pieces]
             terms = {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
+            self.model.gather_piece_gradients()
         guarded = torch.stack([terms[name].float() for name in self.model.backward_terms])  # [T] or [T, R]
         params = self._params()
         grads = [p.grad for p in params if p.grad is not None]

@@ -130,31 +130,49 @@ class ReplicaSet(L.LightningModule):
     def _run(self, weights: dict[str, torch.Tensor], x: torch.Tensor, randomness: dict[str, torch.Tensor]):
         return functional_call(self._loss_of, weights, (x,), randomness)
 
+    def _layout(self):
+        """A single run's layout on the CPU loop: channels-last images and convolution kernels (copies of
+        the slices, which are small; the stacked weights stay plain for Adam)."""
+        if wants_channels_last(self.model_hparams.get("channels_last"), self.device):
+            return lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+        return lambda t: t
+
     def loss_terms(self, x: torch.Tensor, **randomness: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each term as a vector over replicas; ``x`` and the randomness are R chunks of one replica's batch."""
+        xs, rs = self._split(x, randomness)
         if self._vectorized():
-            return torch.vmap(self._run)(self.weights(), *self._split(x, randomness))
-        outs = [piece() for piece in self.loss_pieces(x, **randomness)]
+            return torch.vmap(self._run)(self.weights(), xs, rs)
+        layout = self._layout()
+        outs = [self._run({n: layout(w[k]) for n, w in self.weights().items()}, layout(xs[k]), {n: v[k] for n, v in rs.items()})
+                for k in range(self.num_replicas)]
         return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
 
     def loss_pieces(self, x: torch.Tensor, **randomness: torch.Tensor) -> list | None:
         """On the CPU loop, one replica's ``loss_terms`` per piece, so that the engine runs each replica's
-        backward before the next one's forward: only one replica's activations are alive at a time (all R
-        at once measured about 10% slower per image than single runs, from cache misses); None when vmapped.
+        backward before the next one's forward: one replica's activations are alive at a time (all R at
+        once measured about 10% slower per image than single runs, from cache misses).  Each replica's
+        weights are leaves of their own, so its backward touches its own weights only; the engine then
+        calls ``gather_piece_gradients``.  None when vmapped (one piece).
         """
         if self._vectorized():
             return None
         xs, rs = self._split(x, randomness)
-        cl = wants_channels_last(self.model_hparams.get("channels_last"), self.device)
-        # A single run's layout: channels-last images and convolution kernels (copies of the slices, which
-        # are small; the stacked weights stay plain for Adam).
-        layout = (lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t) if cl else (lambda t: t)
+        layout = self._layout()
+        params = {"model." + n for n in self.names}
+        self._leaves = [{n: layout(w[k].detach()).requires_grad_(n in params) for n, w in self.weights().items()}
+                        for k in range(self.num_replicas)]
+        return [lambda k=k: self._run(self._leaves[k], layout(xs[k]), {n: v[k] for n, v in rs.items()})
+                for k in range(self.num_replicas)]
 
-        def piece(k: int):
-            weights = {n: layout(w[k]) for n, w in self.weights().items()}
-            return self._run(weights, layout(xs[k]), {n: v[k] for n, v in rs.items()})
-
-        return [lambda k=k: piece(k) for k in range(self.num_replicas)]
+    def gather_piece_gradients(self) -> None:
+        """The replicas' gradients from their pieces, stacked into the stacked weights' gradients."""
+        for n in self.names:
+            grads = [leaves["model." + n].grad for leaves in self._leaves]
+            p = self.stacked[_flat(n)]
+            grads = [torch.zeros_like(p[0]) if g is None else g for g in grads]
+            # the stacked weights' own (plain) layout: fused Adam reads a gradient laid out like its weight
+            p.grad = torch.stack(grads).contiguous()
+        self._leaves = None
 
     def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
         return self._proto.step_randomness(batch_size, draw)
