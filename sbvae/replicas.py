@@ -13,6 +13,7 @@ single run's format (``sbvae-eval --ckpt`` and ``--ckpt_path`` take them unchang
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -29,6 +30,9 @@ from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.module import VAE, adam, wants_channels_last
 from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
+
+# A replica checkpoint's record of that replica's best so far: (val/elbo, file name in its checkpoints folder).
+BEST_KEY = "sbvae_replica_best"
 
 
 class _Call(nn.Module):
@@ -197,7 +201,7 @@ class ReplicaSet(L.LightningModule):
         loops and step, and under several processes holds process 0's share only. A replica that diverged
         keeps its last good weights and stays frozen."""
         run = os.path.dirname(os.path.dirname(os.path.abspath(self.trainer.ckpt_path)))
-        states, frozen = [], {}
+        states, frozen, self.best_on_resume = [], {}, {}
         for k, g in enumerate(self.replica_ids):
             folder = os.path.join(run, f"replica_{g}")
             path = os.path.join(runs.checkpoint_dir(folder), runs.LAST_CHECKPOINT)
@@ -212,6 +216,8 @@ class ReplicaSet(L.LightningModule):
                 raise SBVAEError(f"{path} is at step {ckpt.get('global_step')} but the run's checkpoint at step "
                                  f"{checkpoint.get('global_step')}: resume from a run folder whose files were written together.")
             states.append(ckpt)
+            if BEST_KEY in ckpt:
+                self.best_on_resume[k] = (float(ckpt[BEST_KEY][0]), str(ckpt[BEST_KEY][1]))
         self._frozen_at = frozen
         checkpoint["state_dict"] = self._stacked_state(states)
         checkpoint["optimizer_states"] = [self._stacked_optimizer(states, i) for i in range(len(checkpoint["optimizer_states"]))]
@@ -278,7 +284,7 @@ class ReplicaOutputs(L.Callback):
         self.every_n_steps = every_n_steps
         self.keep_best = keep_best
         self.writers: list[SummaryWriter] = []
-        self.best: dict[int, tuple[float, str]] = {}  # replica -> (val/elbo, its best checkpoint)
+        self.best: dict[int, tuple[float, str]] = {}  # this process's replica k -> (val/elbo, its best file's name)
         self._val_round_saved = 0
 
     def folder(self, trainer, k: int) -> str:
@@ -377,20 +383,23 @@ class ReplicaOutputs(L.Callback):
                 continue
             folder = os.path.join(self.folder(trainer, k), "checkpoints")
             replica = replica_checkpoint(checkpoint, module, k)
+            previous = self.best.get(k)
+            improved = self.keep_best and fresh and elbo[k] < (previous or (float("inf"), ""))[0]
+            if improved:  # the single run's ModelCheckpoint name, by the same val/elbo
+                self.best[k] = (elbo[k], f"best-step={trainer.global_step}.ckpt")
+            if k in self.best:  # the replica's own record of its best, read back on resume (see best_on_resume)
+                replica[BEST_KEY] = list(self.best[k])
+            if improved:
+                _save(replica, os.path.join(folder, self.best[k][1]))
+                if previous and previous[1] != self.best[k][1]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, previous[1]))
             _save(replica, os.path.join(folder, runs.LAST_CHECKPOINT))
-            if self.keep_best and fresh and elbo[k] < self.best.get(k, (float("inf"), ""))[0]:
-                path = os.path.join(folder, f"best-step={trainer.global_step}.ckpt")
-                _save(replica, path)  # the single run's ModelCheckpoint name, by the same val/elbo
-                previous = self.best.get(k, (0.0, ""))[1]
-                if previous and previous != path and os.path.exists(previous):
-                    os.unlink(previous)
-                self.best[k] = (elbo[k], path)
 
-    def state_dict(self) -> dict:
-        return {"best": {k: list(v) for k, v in self.best.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best = {int(k): (float(v[0]), str(v[1])) for k, v in state.get("best", {}).items()}
+    def on_train_start(self, trainer, module: ReplicaSet) -> None:
+        # Each process's share keeps its own best in its replicas' files: the set's checkpoint is written by
+        # process 0 and describes only its share, so it carries no callback state to restore.
+        self.best = dict(getattr(module, "best_on_resume", {}))
 
 
 def _save(checkpoint: dict, path: str) -> None:

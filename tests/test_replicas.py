@@ -113,6 +113,9 @@ def test_replicas_split_over_two_processes(tmp_path, config_path):
         "--trainer.max_steps", "9")
     split, one = (replica_checkpoints(r, 3) for r in (run, run_dirs(tmp_path / "one")[0]))
     for k in range(3):
+        # Each process keeps its own replicas' best checkpoints across the resume, as one process does.
+        listing = lambda r: sorted(os.listdir(os.path.join(r, f"replica_{k}", "checkpoints")))
+        assert listing(run) == listing(run_dirs(tmp_path / "one")[0]) and len(listing(run)) == 2, k
         assert split[k]["global_step"] == 9 and split[k]["datamodule_hyper_parameters"]["seed"] == 4 + k
         for name, value in one[k]["state_dict"].items():  # vmap over 2 or 3 replicas: float rounding apart
             torch.testing.assert_close(split[k]["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=f"{k} {name}")
