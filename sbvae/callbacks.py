@@ -195,8 +195,23 @@ class LastCheckpoint(L.Callback):
             if failure is None:
                 raise SBVAEError(f"process 0 could not write {final}; its message says why.")
             raise runs.write_failure(folder, failure, runs.LAST_CHECKPOINT, final if os.path.exists(final) else None)
+        for callback in trainer.callbacks:  # files written with this checkpoint that wait for it (replicas')
+            commit = getattr(callback, "commit_checkpoint", None)
+            if commit is not None:
+                commit()
         self._last_write = monotonic()
         return final
+
+
+def exception_status(exception: BaseException) -> tuple[str, dict]:
+    """The status.json record of a run that ``exception`` stopped: diverged, interrupted or failed."""
+    if isinstance(exception, DivergenceError):
+        return "diverged", dict(step=exception.step, value=exception.value, message=str(exception))
+    if isinstance(exception, Preempted):
+        return "interrupted", dict(signal=signal.Signals(exception.signum).name, message=str(exception))
+    if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        return "interrupted", dict(signal="SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
+    return "failed", dict(message=f"{type(exception).__name__}: {exception}")
 
 
 class RunStatus(L.Callback):
@@ -270,15 +285,7 @@ class RunStatus(L.Callback):
         self._finish(trainer, "completed")
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
-        if isinstance(exception, DivergenceError):
-            record = dict(step=exception.step, value=exception.value, message=str(exception))
-            status = "diverged"
-        elif isinstance(exception, Preempted):
-            status, record = "interrupted", dict(signal=signal.Signals(exception.signum).name, message=str(exception))
-        elif isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            status, record = "interrupted", dict(signal="SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
-        else:
-            status, record = "failed", dict(message=f"{type(exception).__name__}: {exception}")
+        status, record = exception_status(exception)
         with contextlib.suppress(OSError):  # the error being raised matters more than its record
             self._finish(trainer, status, **record)
 

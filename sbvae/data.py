@@ -161,7 +161,12 @@ class GroundTruthDataModule(L.LightningDataModule):
         )
 
     def _shard(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        """(rank, world) of the evaluation rows: the strategy's sampler arguments, so a replica-parallel run,
+        whose processes each evaluate their own replicas, gives every process every row."""
+        if self.trainer is None:
+            return 0, 1
+        sampler = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {}
+        return sampler.get("rank", 0), sampler.get("num_replicas", 1)
 
     def _evaluation_loader(self, purpose: int) -> DataLoader:
         factors = self.validation_factors(purpose)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
+import threading
 import time
 
 import lightning as L
@@ -25,12 +27,15 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.tensorboard import SummaryWriter
 
+from sbvae.callbacks import exception_status
 from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.module import VAE, adam, wants_channels_last
 from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
+# A replica's checkpoint written with the set's, renamed to last.ckpt once the set's last.ckpt is in place.
+PENDING_CHECKPOINT = ".last.ckpt.pending"
 # A replica checkpoint's record of that replica's best so far: (val/elbo, file name in its checkpoints folder).
 BEST_KEY = "sbvae_replica_best"
 
@@ -218,7 +223,8 @@ class ReplicaSet(L.LightningModule):
             if not os.path.isfile(path) and k in frozen:  # diverged before its first checkpoint: its first weights
                 states.append(None)
                 continue
-            ckpt = runs.load_checkpoint(path)
+            ckpt = None if k in frozen else self._pending_of_this_step(runs.checkpoint_dir(folder), checkpoint.get("global_step"))
+            ckpt = ckpt or runs.load_checkpoint(path)
             if k not in frozen and ckpt.get("global_step") != checkpoint.get("global_step"):
                 raise SBVAEError(f"{path} is at step {ckpt.get('global_step')} but the run's checkpoint at step "
                                  f"{checkpoint.get('global_step')}: resume from a run folder whose files were written together.")
@@ -227,7 +233,24 @@ class ReplicaSet(L.LightningModule):
                 self.best_on_resume[k] = (float(ckpt[BEST_KEY][0]), str(ckpt[BEST_KEY][1]))
         self._frozen_at = frozen
         checkpoint["state_dict"] = self._stacked_state(states)
-        checkpoint["optimizer_states"] = [self._stacked_optimizer(states, i) for i in range(len(checkpoint["optimizer_states"]))]
+        checkpoint["optimizer_states"] = [self._stacked_optimizer(states, i, s)
+                                          for i, s in enumerate(checkpoint["optimizer_states"])]
+
+    @staticmethod
+    def _pending_of_this_step(folder: str, step: int | None) -> dict | None:
+        """A replica checkpoint written with the set's checkpoint of ``step`` but not yet renamed to last.ckpt
+        (the process stopped in between): it becomes last.ckpt now. None when there is no such file."""
+        pending = os.path.join(folder, PENDING_CHECKPOINT)
+        if not os.path.isfile(pending):
+            return None
+        ckpt = runs.load_checkpoint(pending)
+        if ckpt.get("global_step") != step:
+            return None
+        last = os.path.join(folder, runs.LAST_CHECKPOINT)
+        if os.path.isfile(last) and runs.load_checkpoint(last).get("global_step") == step:
+            return None  # committed already; the pending file is a leftover of the same save
+        os.replace(pending, last)
+        return ckpt
 
     def _stacked_state(self, states: list[dict | None]) -> dict[str, torch.Tensor]:
         out = {}
@@ -238,10 +261,12 @@ class ReplicaSet(L.LightningModule):
                                     for k, st in enumerate(states)])
         return out
 
-    def _stacked_optimizer(self, states: list[dict | None], index: int) -> dict:
+    def _stacked_optimizer(self, states: list[dict | None], index: int, fallback: dict) -> dict:
         frozen = getattr(self, "_frozen_at", {})
         saved = [st["optimizer_states"][index] for k, st in enumerate(states) if st is not None and k not in frozen]
-        live = saved[0] if saved else next(st["optimizer_states"][index] for st in states if st is not None)
+        live = saved[0] if saved else next((st["optimizer_states"][index] for st in states if st is not None), None)
+        if live is None:  # every replica here diverged before its first checkpoint: frozen, no moments to keep
+            return {"param_groups": copy.deepcopy(fallback["param_groups"]), "state": {}}
         out = {"param_groups": copy.deepcopy(live["param_groups"]), "state": {}}
         for p, per_param in live["state"].items():
             out["state"][p] = {}
@@ -280,19 +305,29 @@ class ReplicaSet(L.LightningModule):
         self.val_terms = dict(zip(("elbo", "nll", "kl"), (self._val_sum / self._val_count).unbind()))
         # The mean over replicas, for the progress bar (averaged over processes when they split the set).
         self.log("val/elbo", self.val_terms["elbo"].mean(), sync_dist=True)
-        self.val_round = getattr(self, "val_round", 0) + 1  # tells ReplicaOutputs these values are new
+        if not self.trainer.sanity_checking:  # two batches of the first weights choose no best checkpoint
+            self.val_round = getattr(self, "val_round", 0) + 1  # tells ReplicaOutputs these values are new
         self._val_sum, self._val_count = None, 0
 
 
 class ReplicaOutputs(L.Callback):
     """Per replica: TensorBoard scalars and pictures, checkpoints and status.json under ``replica_k/``."""
 
-    def __init__(self, every_n_steps: int = 1000, keep_best: bool = True):
+    def __init__(self, every_n_steps: int = 1000, keep_best: bool = True, heartbeat_seconds: float | None = None):
         self.every_n_steps = every_n_steps
         self.keep_best = keep_best
+        self.heartbeat_seconds = heartbeat_seconds or runs.HEARTBEAT_SECONDS
         self.writers: list[SummaryWriter] = []
         self.best: dict[int, tuple[float, str]] = {}  # this process's replica k -> (val/elbo, its best file's name)
         self._val_round_saved = 0
+        self._pending: list[str] = []  # replica checkpoint folders whose pending file awaits the set's commit
+        self._superseded: list[str] = []  # best checkpoints to delete at that commit
+        # What each of this process's replicas' status.json says; "running" ones get a heartbeat (as a single
+        # run's RunStatus gives its own), and the lock keeps the heartbeat from overwriting a final status.
+        self._states: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def folder(self, trainer, k: int) -> str:
         """The folder of this process's k-th replica: ``replica_<its index in the whole set>``."""
@@ -302,14 +337,52 @@ class ReplicaOutputs(L.Callback):
         self.started = time.time()
         self.log_dir = trainer.log_dir  # a collective under several processes: asked once, here
         self.replica_ids = module.replica_ids
-        self.writers = [SummaryWriter(self.folder(trainer, k)) for k in range(module.num_replicas)]
+        self._states, self._trainer, self._module = {}, trainer, module
+
+    def on_train_start(self, trainer, module: ReplicaSet) -> None:
+        # Here, not at fit start, the step of a resumed run is restored: a resumed writer drops the events a
+        # killed process logged after its checkpoint (validation at step s is logged at s, and the checkpoint's
+        # own validation is kept), and "running" records carry the restored step.
+        purge = trainer.global_step + 1 if trainer.ckpt_path else None
+        self.writers = [SummaryWriter(self.folder(trainer, k), purge_step=purge) for k in range(module.num_replicas)]
         for k in range(module.num_replicas):
-            self._status(trainer, module, k, "running")
+            if k in self._frozen(module):  # a replica that diverged before the resumed checkpoint stays so
+                self._mark_diverged(trainer, module, k, self._frozen(module)[k])
+            else:
+                self._status(trainer, module, k, "running")
+        # Each process's share keeps its own best in its replicas' files: the set's checkpoint is written by
+        # process 0 and describes only its share, so it carries no callback state to restore.
+        self.best = dict(getattr(module, "best_on_resume", {}))
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._beat, name="sbvae-replica-heartbeat", daemon=True)
+        self._heartbeat.start()
 
     def _status(self, trainer, module, k: int, status: str, **extra) -> None:
         folder = self.folder(trainer, k)
-        os.makedirs(folder, exist_ok=True)
-        runs.write_status(folder, status, trainer.global_step, self.started, seed=module.seeds[k], **extra)
+        with self._lock:
+            os.makedirs(folder, exist_ok=True)
+            runs.write_status(folder, status, trainer.global_step, self.started, seed=module.seeds[k], **extra)
+            self._states[k] = status
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            for k, status in list(self._states.items()):
+                with self._lock, contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
+                    if self._states.get(k) == "running":
+                        runs.write_status(self.folder(self._trainer, k), "running", self._trainer.global_step,
+                                          self.started, seed=self._module.seeds[k])
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._stop.set()
+            self._heartbeat.join()
+            self._heartbeat = None
+
+    def _frozen(self, module: ReplicaSet) -> dict[int, int]:
+        """Replica -> the step it diverged at: from the engine, or before it exists from the resumed files."""
+        if module.engine is not None:
+            return self._diverged(module)
+        return dict(getattr(module, "_frozen_at", {}))
 
     def _diverged(self, module: ReplicaSet) -> dict[int, int]:
         return {k: step for k, step in enumerate(module.engine.bad_step.tolist()) if step >= 0}
@@ -325,7 +398,10 @@ class ReplicaOutputs(L.Callback):
                         writer.add_scalar(f"train/{name}", v[k], step - 1)
             for k, bad in frozen.items():
                 self._mark_diverged(trainer, module, k, bad)
-            if len(frozen) == module.num_replicas and trainer.world_size == 1:  # other processes may train on
+            live = module.num_replicas - len(frozen)
+            if trainer.world_size > 1:  # the other processes' replicas count too (every process logs at this step)
+                live = int(trainer.strategy.reduce(torch.tensor(live, device=trainer.strategy.root_device), reduce_op="sum"))
+            if live == 0:
                 raise_all_diverged(frozen)
         if self.every_n_steps and step % self.every_n_steps == 0:
             self._pictures(trainer, module)
@@ -353,11 +429,14 @@ class ReplicaOutputs(L.Callback):
         if trainer.sanity_checking or not hasattr(module, "val_terms"):
             return
         values = {n: v.tolist() for n, v in module.val_terms.items()}
+        frozen = self._diverged(module)
         for k, writer in enumerate(self.writers):
             for name, v in values.items():
-                writer.add_scalar(f"val/{name}", v[k], trainer.global_step)
+                if k not in frozen:  # a diverged replica's curves end where a single run's would
+                    writer.add_scalar(f"val/{name}", v[k], trainer.global_step)
 
     def on_train_end(self, trainer, module: ReplicaSet) -> None:
+        self._stop_heartbeat()
         frozen = self._diverged(module)
         self._pictures(trainer, module)
         for k in range(module.num_replicas):
@@ -367,6 +446,7 @@ class ReplicaOutputs(L.Callback):
                 self._status(trainer, module, k, "completed")
         for writer in self.writers:
             writer.close()
+        self.writers = []
         done = module.num_replicas - len(frozen)
         where = f"process {trainer.global_rank}: " if trainer.world_size > 1 else ""
         print(f"sbvae-train: {where}{done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
@@ -382,11 +462,13 @@ class ReplicaOutputs(L.Callback):
     # -- checkpoints: each save of the set (on validation, on time, on a signal, at the end) is also each replica's
     def on_save_checkpoint(self, trainer, module: ReplicaSet, checkpoint: dict) -> None:
         frozen = self._diverged(module)  # a frozen replica keeps its last good checkpoint
+        self._pending, self._superseded = [], []  # what an earlier save left uncommitted is written again
         fresh = getattr(module, "val_round", 0) != self._val_round_saved
         elbo = module.val_terms["elbo"].tolist() if fresh else []
         self._val_round_saved = getattr(module, "val_round", 0)
         for k in range(module.num_replicas):
-            if k in frozen:
+            if k in frozen:  # its status says so before any resume could read the set's newer checkpoint
+                self._mark_diverged(trainer, module, k, frozen[k])
                 continue
             folder = os.path.join(self.folder(trainer, k), "checkpoints")
             replica = replica_checkpoint(checkpoint, module, k)
@@ -399,19 +481,58 @@ class ReplicaOutputs(L.Callback):
             if improved:
                 _save(replica, os.path.join(folder, self.best[k][1]))
                 if previous and previous[1] != self.best[k][1]:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(folder, previous[1]))
-            _save(replica, os.path.join(folder, runs.LAST_CHECKPOINT))
+                    self._superseded.append(os.path.join(folder, previous[1]))
+            _save(replica, os.path.join(folder, PENDING_CHECKPOINT))
+            self._pending.append(folder)
 
-    def on_train_start(self, trainer, module: ReplicaSet) -> None:
-        # Each process's share keeps its own best in its replicas' files: the set's checkpoint is written by
-        # process 0 and describes only its share, so it carries no callback state to restore.
-        self.best = dict(getattr(module, "best_on_resume", {}))
+    def commit_checkpoint(self) -> None:
+        """Called once the set's last.ckpt is in place (and every process agreed it was written): each
+        replica's pending checkpoint becomes its last.ckpt.  Replica files thus never get ahead of the set's,
+        and a process killed in between leaves pending files that the resume takes (``on_load_checkpoint``)."""
+        for folder in self._pending:
+            try:
+                os.replace(os.path.join(folder, PENDING_CHECKPOINT), os.path.join(folder, runs.LAST_CHECKPOINT))
+            except OSError as error:
+                raise runs.write_failure(folder, error, runs.LAST_CHECKPOINT) from error
+        for path in self._superseded:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._pending, self._superseded = [], []
+
+    def on_fit_end(self, trainer, module: ReplicaSet) -> None:
+        # A resume at max_steps skips the training loop (no on_train_end): its replicas are done all the same.
+        self._stop_heartbeat()
+        frozen = self._frozen(module)
+        for k, status in list(self._states.items()) or [(k, "running") for k in range(module.num_replicas)]:
+            if status == "running":
+                if k in frozen:
+                    self._mark_diverged(trainer, module, k, frozen[k])
+                else:
+                    self._status(trainer, module, k, "completed")
+
+    def on_exception(self, trainer, module: ReplicaSet, exception: BaseException) -> None:
+        self._stop_heartbeat()
+        status, record = exception_status(exception)
+        for writer in self.writers:
+            with contextlib.suppress(Exception):
+                writer.close()
+        self.writers = []
+        for k, now in list(self._states.items()):
+            if now == "running":  # diverged and completed replicas keep their records
+                with contextlib.suppress(OSError):
+                    self._status(trainer, module, k, "failed" if status == "diverged" else status, **record)
+
+    def teardown(self, trainer, module, stage: str) -> None:
+        self._stop_heartbeat()
 
 
 def _save(checkpoint: dict, path: str) -> None:
-    with runs.atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # Serialised in memory, then written as bytes: a full disk raises OSError (the one error the checkpoint
+    # callback turns into its message and agrees on across processes), where torch.save raises RuntimeError.
+    data = io.BytesIO()
+    torch.save(checkpoint, data)
+    with runs.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.getbuffer())
 
 
 def replica_checkpoint(checkpoint: dict, module: ReplicaSet, k: int) -> dict:
@@ -461,5 +582,7 @@ def _slice_optimizer_state(state: dict, k: int) -> dict:
 def raise_all_diverged(frozen: dict[int, int]):
     step = min(frozen.values())
     raise DivergenceError(
-        f"every replica diverged (first at step {step}); their last good checkpoints are kept: resume with a lower "
-        "learning rate, other seeds, or model.likelihood=gaussian.", step=step, value=float("nan"))
+        f"every replica diverged (first at step {step} here); each one's last good checkpoint is kept in "
+        "replica_K/checkpoints/last.ckpt (resuming the set keeps them frozen): train on from one as a single run "
+        "(--ckpt_path that file --seed_everything its seed) with a lower learning rate, or use other seeds, or "
+        "model.likelihood=gaussian.", step=step, value=float("nan"))

@@ -38,7 +38,7 @@ HEARTBEAT_SECONDS = 60.0
 # A running process refreshes its heartbeat every minute even during long validations (a thread does it),
 # so five silent minutes mean the process is gone or frozen.
 STALE_AFTER_SECONDS = 300.0
-_REPLICA = re.compile(r"replica_(\d+)")
+REPLICA_FOLDER = re.compile(r"replica_(\d+)")
 
 
 @contextlib.contextmanager
@@ -85,7 +85,7 @@ def replica_dirs(run_dir: str | os.PathLike) -> list[str]:
     """The ``replica_R`` folders of a replica-parallel run, in replica order (empty for a single run)."""
     if not os.path.isdir(run_dir):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := _REPLICA.fullmatch(name))]
+    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := REPLICA_FOLDER.fullmatch(name))]
     return [os.path.join(run_dir, name) for _, name in sorted(found) if os.path.isdir(os.path.join(run_dir, name))]
 
 
@@ -139,6 +139,11 @@ def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
     """
     name = checkpoint.get("sbvae_model_class")
     if not isinstance(name, str):
+        run = run_dir_of(path)
+        if run is not None and replica_dirs(run):
+            raise SBVAEError(f"{path} is the replica set's checkpoint (the loops of a --replicas run, no model of its "
+                             f"own): pass the run folder {run} to take every replica, or one replica's "
+                             f"{os.path.join(run, 'replica_K', CHECKPOINTS, LAST_CHECKPOINT)}.")
         raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
     module_name, _, class_name = name.rpartition(".")
     found = None

@@ -109,10 +109,14 @@ def test_loaders_carry_the_fixed_sets_and_placeholder_ticks():
 
 
 def test_a_process_takes_every_world_th_row_under_a_trainer():
+    """Process 1 of 3 under DDP; a replica-parallel process (its strategy samples as one process) takes all."""
     dm = GroundTruthDataModule(image_size=16, batch_size=2, val_size=10)
-    dm.trainer = types.SimpleNamespace(global_rank=1, world_size=3)
-    rows = torch.cat([r for _, r in dm.test_dataloader()])
-    assert rows.tolist() == [11, 14, 17]
+    sampling = lambda kwargs: types.SimpleNamespace(strategy=types.SimpleNamespace(distributed_sampler_kwargs=kwargs))
+    dm.trainer = sampling({"num_replicas": 3, "rank": 1})
+    assert torch.cat([r for _, r in dm.test_dataloader()]).tolist() == [11, 14, 17]
+    from sbvae.replicas import ReplicaParallelStrategy
+    dm.trainer = sampling(ReplicaParallelStrategy.distributed_sampler_kwargs.fget(None))
+    assert torch.cat([r for _, r in dm.test_dataloader()]).tolist() == list(range(10, 20))
 
 
 def test_evaluation_images_are_jittered_by_row_and_val_seed():

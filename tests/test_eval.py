@@ -146,6 +146,12 @@ def test_eval_scores_every_replica_of_a_run_folder(checkpoint, tmp_path, capsys)
     with pytest.raises(SystemExit):
         evaluate(["--ckpt", str(tmp_path / "runs"), *quick])
     assert "holds no checkpoints/last.ckpt" in capsys.readouterr().err
+    (run / "checkpoints").mkdir()  # the set's own checkpoint: loops and step, no model
+    torch.save({"global_step": 6, "state_dict": {}}, run / "checkpoints" / "last.ckpt")
+    shutil.copy(os.path.join(source_run, "status.json"), run / "status.json")
+    with pytest.raises(SystemExit):
+        evaluate(["--ckpt", str(run / "checkpoints" / "last.ckpt"), *quick])
+    assert f"is the replica set's checkpoint (the loops of a --replicas run, no model of its own): pass the run folder {run}" in capsys.readouterr().err
 
     evaluate(["--ckpt", source_run, *quick, "--seed", "5", "--no-tensorboard"])  # a single run's folder: its last.ckpt
     record = json.load(open(os.path.join(source_run, "checkpoints", "eval-quick-seed5.json")))

@@ -62,8 +62,16 @@ def replica_checkpoints(run, replicas):
 
 
 def test_resume_continues_every_replica_exactly(tmp_path, config_path):
+    """Also across a kill between the set's last.ckpt and the replicas' commit: replica 0's checkpoint of the
+    set's step is still pending beside its older last.ckpt, and the resume takes the pending one."""
     fit(config_path("quickstart.yaml"), tmp_path / "cut", "--replicas", "2")
     (run,) = run_dirs(tmp_path / "cut")
+    folder = os.path.join(run, "replica_0", "checkpoints")
+    assert not [f for f in os.listdir(folder) if f.endswith(".pending")]  # a completed save leaves none
+    os.replace(os.path.join(folder, "last.ckpt"), os.path.join(folder, ".last.ckpt.pending"))
+    older = torch.load(os.path.join(folder, ".last.ckpt.pending"), weights_only=False)
+    older.update(global_step=3, state_dict={n: w + 1 for n, w in older["state_dict"].items()})
+    torch.save(older, os.path.join(folder, "last.ckpt"))  # the previous save's file
     fit(config_path("quickstart.yaml"), tmp_path / "cut", "--replicas", "2", "--trainer.max_steps", "9", "--ckpt_path", run)
     assert run_dirs(tmp_path / "cut") == [run]  # one run, one folder
     fit(config_path("quickstart.yaml"), tmp_path / "whole", "--replicas", "2", "--trainer.max_steps", "9")
@@ -95,6 +103,49 @@ def test_a_diverged_replica_stays_frozen_across_a_resume(tmp_path, config_path, 
     record = json.load(open(os.path.join(frozen_dir, "status.json")))
     assert record["status"] == "diverged" and record["step"] == 3
 
+def test_a_run_killed_after_its_last_checkpoint_completes_on_resume(tmp_path, config_path):
+    """Killed after the final checkpoint but before the replicas' statuses said "completed": the resume has no
+    step left to train, and still leaves every replica completed (a sweep would otherwise retry it forever);
+    a replica that had diverged stays diverged."""
+    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2")
+    (run,) = run_dirs(tmp_path)
+    for k, status in ((0, "running"), (1, "diverged")):
+        folder = os.path.join(run, f"replica_{k}")
+        record = json.load(open(os.path.join(folder, "status.json")))
+        record.update(status=status, pid=2**22 + 12345, step=5, global_step=0)
+        json.dump(record, open(os.path.join(folder, "status.json"), "w"))
+    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--ckpt_path", run)
+    records = [json.load(open(os.path.join(run, f"replica_{k}", "status.json"))) for k in range(2)]
+    assert [r["status"] for r in records] == ["completed", "diverged"]
+    assert records[0]["global_step"] == 6 and records[1]["step"] == 5
+
+
+def test_replica_checkpoint_writes_report_a_full_disk_as_an_os_error(monkeypatch):
+    """torch.save raises RuntimeError on a full disk; the checkpoint callback turns only OSError into its
+    one-sentence message (and agrees on it across processes), so replica files must fail with OSError."""
+    import contextlib
+    import errno
+    import pathlib
+    from sbvae import replicas as module, runs
+
+    @contextlib.contextmanager
+    def full_disk(final):
+        yield pathlib.Path("/dev/full")  # every write there fails with ENOSPC
+
+    monkeypatch.setattr(runs, "atomic_path", full_disk)
+    with pytest.raises(OSError) as caught:
+        module._save({"state_dict": {"w": torch.ones(1000)}}, "ignored/last.ckpt")
+    assert caught.value.errno == errno.ENOSPC
+
+
+def test_a_share_whose_replicas_all_diverged_before_any_checkpoint_resumes_with_empty_moments():
+    replicas = ReplicaSet(VAE(**SMALL), [0, 1])
+    replicas._frozen_at = {0: 2, 1: 3}
+    saved = {"param_groups": [{"lr": 3e-4, "params": [0, 1]}], "state": {0: {"exp_avg": torch.ones(5, 2)}}}
+    stacked = replicas._stacked_optimizer([None, None], 0, saved)
+    assert stacked == {"param_groups": saved["param_groups"], "state": {}}
+
+
 def test_replicas_split_over_two_processes(tmp_path, config_path):
     """--trainer.devices 2 gives process 0 replicas 0-1 and process 1 replica 2; no gradient is shared, each
     process resumes its own share, and every replica ends where one process training all three ends."""
@@ -117,6 +168,12 @@ def test_replicas_split_over_two_processes(tmp_path, config_path):
         # Each process keeps its own replicas' best checkpoints across the resume, as one process does.
         listing = lambda r: sorted(os.listdir(os.path.join(r, f"replica_{k}", "checkpoints")))
         assert listing(run) == listing(run_dirs(tmp_path / "one")[0]) and len(listing(run)) == 2, k
+        # Every process validates its replicas on every validation image: the same val/elbo as one process.
+        val = lambda r: {e.step: e.value for e in tags(os.path.join(r, f"replica_{k}")).Scalars("val/elbo")}
+        split_val, one_val = val(run), val(run_dirs(tmp_path / "one")[0])
+        assert sorted(split_val) == sorted(one_val) == [3, 6, 9], (k, split_val)
+        for step, value in one_val.items():
+            assert abs(split_val[step] - value) < 1e-3 * abs(value), (k, step, split_val[step], value)
         assert split[k]["global_step"] == 9 and split[k]["datamodule_hyper_parameters"]["seed"] == 4 + k
         for name, value in one[k]["state_dict"].items():  # vmap over 2 or 3 replicas: float rounding apart
             torch.testing.assert_close(split[k]["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=f"{k} {name}")
@@ -248,3 +305,61 @@ def test_graphed_replicas_equal_graphed_single_runs_on_gpu():
             torch.testing.assert_close(mine[name], value, rtol=0, atol=1e-3, msg=name)
         for name, value in single_terms.items():
             torch.testing.assert_close(my_terms[name], value, rtol=1e-3, atol=1e-3, msg=name)
+
+
+def test_replicas_refuse_what_scores_one_model(config_path):
+    """--replicas with a callback that scores the single model, or a best checkpoint by another key, fails at
+    the start with the way out, not in the middle of training."""
+    from sbvae.cli.train import build_cli
+    from sbvae.errors import SBVAEError
+
+    base = ["--config", config_path("quickstart.yaml"), *TINY, "--replicas", "2"]
+    cli = build_cli([*base, "--trainer.callbacks+=sbvae.callbacks.MetricsCallback"], run=False)
+    with pytest.raises(SBVAEError, match="drop it and score every replica afterwards with sbvae-eval"):
+        cli.before_fit()
+    cli = build_cli([*base, "--checkpoint.monitor", "val/kl"], run=False)
+    with pytest.raises(SBVAEError, match="by val/elbo .lowest., not by val/kl"):
+        cli.before_fit()
+    cli = build_cli([*base, "--checkpoint.monitor", "val/kl", "--checkpoint.save_top_k", "0"], run=False)
+    cli.before_fit()  # no best checkpoint kept: nothing to disagree about
+    assert type(cli.model).__name__ == "ReplicaSet"
+
+
+def test_every_replica_diverging_stops_the_run_with_the_way_on(tmp_path, config_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--model.init_args.max_loss", "1.0",
+            "--trainer.log_every_n_steps", "2", "--trainer.max_steps", "20", "--data.steps_per_epoch", "10")
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert "every replica diverged (first at step 0" in err and "replica_K/checkpoints/last.ckpt" in err
+    (run,) = run_dirs(tmp_path)
+    records = [json.load(open(os.path.join(run, f"replica_{k}", "status.json"))) for k in range(2)]
+    assert [(r["status"], r["step"]) for r in records] == [("diverged", 0), ("diverged", 0)]
+    assert json.load(open(os.path.join(run, "status.json")))["global_step"] == 2  # stopped at the first logging step
+
+
+def test_running_replicas_get_a_heartbeat_and_keep_their_final_status(tmp_path):
+    """Like a single run's status.json, a running replica's is refreshed (else sweeps read a live replica run as
+    interrupted after five minutes); a final status is never overwritten by the heartbeat."""
+    import threading
+    import time
+    import types
+    from sbvae.replicas import ReplicaOutputs
+
+    outputs = ReplicaOutputs(heartbeat_seconds=0.02)
+    trainer, module = types.SimpleNamespace(global_step=7), types.SimpleNamespace(seeds=[10, 11])
+    outputs.log_dir, outputs.replica_ids, outputs.started = str(tmp_path), [3, 4], time.time()
+    outputs._trainer, outputs._module = trainer, module
+    for k in (0, 1):
+        outputs._status(trainer, module, k, "running")
+    outputs._status(trainer, module, 1, "completed")
+    read = lambda r: json.load(open(tmp_path / f"replica_{r}" / "status.json"))
+    first, done = read(3)["heartbeat"], read(4)
+    outputs._heartbeat = threading.Thread(target=outputs._beat, daemon=True)
+    outputs._heartbeat.start()
+    trainer.global_step = 9
+    time.sleep(0.3)
+    outputs._stop_heartbeat()
+    assert read(3)["status"] == "running" and read(3)["heartbeat"] > first and read(3)["global_step"] == 9
+    assert read(3)["seed"] == 10
+    assert read(4) == done  # completed: untouched

@@ -211,9 +211,20 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
             (run / "config.yaml").write_text(f"seed_everything: {seed}\n")
             (run / "checkpoints" / "eval-quick-seed0.json").write_text(json.dumps(
                 {"global_step": 10, "preset": "quick", "metrics": {"mig": {"score": 0.1 * seed}}}))
+    # A replica-parallel run (seeds 7 and 8): its replicas are the runs; the set's folder has no model.
+    replica_set = tmp_path / "factorvae" / "version_0"
+    (replica_set / "checkpoints").mkdir(parents=True)
+    (replica_set / "status.json").write_text(json.dumps({"status": "completed", "global_step": 10}))
+    (replica_set / "config.yaml").write_text("seed_everything: 7\n")
+    for k, seed in enumerate((7, 8)):
+        (replica_set / f"replica_{k}" / "checkpoints").mkdir(parents=True)
+        (replica_set / f"replica_{k}" / "status.json").write_text(json.dumps({"status": "completed", "global_step": 10, "seed": seed}))
     manifest = load_manifest(str(tmp_path))
     assert manifest["preset"] == "quick"
-    assert {g["name"]: [r["seed"] for t in g["tasks"] for r in t["runs"]] for g in manifest["groups"]} == {"deconv": [3], "sbd": [3, 4]}
+    assert {g["name"]: [r["seed"] for t in g["tasks"] for r in t["runs"]] for g in manifest["groups"]} == {
+        "deconv": [3], "factorvae": [7, 8], "sbd": [3, 4]}
+    factorvae = next(g for g in manifest["groups"] if g["name"] == "factorvae")
+    assert [t["folder"] for t in factorvae["tasks"]] == [os.path.join("factorvae", "version_0", f"replica_{k}") for k in (0, 1)]
     report = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
     by_name = {r.name: r for r in report.rows}
     assert by_name["sbd"].stats["mig"].mean == pytest.approx(0.35)

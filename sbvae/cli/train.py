@@ -88,13 +88,20 @@ class SBVAECLI(LightningCLI):
             raise SBVAEError(f"--replicas must be at least 1, got {replicas}.")
         if replicas == 1:
             return
+        from sbvae.callbacks import MetricsCallback
         from sbvae.replicas import ReplicaOutputs, ReplicaSet
 
+        if any(isinstance(c, MetricsCallback) for c in self.trainer.callbacks):
+            raise SBVAEError("MetricsCallback scores one model while it trains; with --replicas drop it and score every "
+                             "replica afterwards with sbvae-eval --ckpt <the run folder>.")
+        best = self.trainer.checkpoint_callback
+        if best is not None and best.save_top_k != 0 and (best.monitor, best.mode) != ("val/elbo", "min"):
+            raise SBVAEError(f"with --replicas each replica keeps its best checkpoint by val/elbo (lowest), not by "
+                             f"{best.monitor} ({best.mode}): set the checkpoint's monitor to val/elbo and mode to min, or save_top_k to 0.")
         base = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.model = ReplicaSet(self.model, [base + k for k in range(replicas)])
         images = next(c for c in self.trainer.callbacks if isinstance(c, ImageLogger))
         self.trainer.callbacks.remove(images)  # each replica draws its own pictures
-        best = self.trainer.checkpoint_callback
         keep_best = best is not None and best.save_top_k != 0
         if best is not None:
             best.save_top_k = 0  # the best of the set's mean means nothing: each replica keeps its own best

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sbvae import runs as runs_layout
 from sbvae.errors import SBVAEError
 from sbvae.sweep.commands import checkpoint_path, eval_path
 from sbvae.sweep.state import read_json, read_record, sweep_run_state
@@ -63,16 +64,24 @@ def load_manifest(folder: str) -> dict[str, Any]:
 
 
 def manifest_from_runs(folder: str) -> dict[str, Any]:
-    """One group per parent folder of runs (runs/NAME/version_K -> NAME), the seed from each run's config.yaml."""
+    """One group per parent folder of runs (runs/NAME/version_K -> NAME), the seed from each run's config.yaml.
+
+    A replica-parallel run counts as its replicas (runs/NAME/version_K/replica_R, in group NAME), each with
+    the seed its status.json records; the set's own folder holds no model of its own."""
     found = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(folder, "**", "status.json"), recursive=True))
+    found = [run for run in found if not runs_layout.replica_dirs(run)]
     groups: dict[str, list] = {}
     presets = Counter()
     for run in found:
         rel = os.path.relpath(run, folder)
-        parent = (os.path.dirname(rel) or os.path.basename(os.path.abspath(folder))).replace(os.sep, "/")
+        replica = runs_layout.REPLICA_FOLDER.fullmatch(os.path.basename(rel))
+        parent = (os.path.dirname(os.path.dirname(rel) if replica else rel)
+                  or os.path.basename(os.path.abspath(folder))).replace(os.sep, "/")
         config = os.path.join(run, "config.yaml")
         seed = None
-        if os.path.isfile(config):
+        if replica:
+            seed = (runs_layout.read_status(run) or {}).get("seed")
+        elif os.path.isfile(config):
             with open(config) as f:
                 seed = (yaml.safe_load(f) or {}).get("seed_everything")
         runs = groups.setdefault(parent, [])

@@ -127,8 +127,9 @@ class Runner:
         if len(runs) == 1:
             ckpt = checkpoint_path(os.path.join(self.out, runs[0].folder))
             return ckpt if os.path.isfile(ckpt) else None
-        has = any(os.path.isfile(checkpoint_path(os.path.join(self.out, r.folder))) for r in runs)
-        return os.path.join(self.out, task.folder) if has else None
+        # The set's own last.ckpt decides: replica files are committed after it (or wait, pending, for the resume).
+        folder = os.path.join(self.out, task.folder)
+        return folder if os.path.isfile(checkpoint_path(folder)) else None
 
     def run_task(self, task: Task, gpu: str | None) -> TaskOutcome:
         lock = S.TaskLock(S.lock_path(self.out, task.name))
