@@ -123,6 +123,14 @@ class LastCheckpoint(L.Callback):
             for signum in self.SIGNALS:
                 self._replaced_handlers[signum] = signal.signal(signum, self._on_signal)
 
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        # Lightning moves its logging index one ahead of the step when a run resumes from a checkpoint at an
+        # epoch's end (Lightning issue #19617), and the resumed curves skip a step. Every batch is one
+        # optimiser step here, so the index is the step, as in the uninterrupted run.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if getattr(epoch_loop, "_batches_that_stepped", trainer.global_step) != trainer.global_step:
+            epoch_loop._batches_that_stepped = trainer.global_step
+
     def _on_signal(self, signum: int, frame) -> None:
         self._signal = signum  # acted on at the end of the step: a handler must not save mid-step
 

@@ -91,8 +91,10 @@ def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config
     assert same_tensors(restored["state_dict"], saved["state_dict"])
     assert same_tensors(restored["optimizer_states"], saved["optimizer_states"])  # Adam's moments and step counts
     assert run_dirs(tmp_path, name) == [run]  # no version_1: one run, one folder
-    steps = [e.step for e in tags(run).Scalars("train/loss")]
-    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 9  # one curve, both halves
+    # One curve, both halves, at the uninterrupted run's indices (step s at s - 1): the checkpoint at step 6
+    # ends an epoch, where Lightning alone would resume the index one ahead.
+    assert [e.step for e in tags(run).Scalars("train/loss")] == list(range(9))
+    assert [e.step for e in tags(run).Scalars("val/elbo")] == [2, 5, 8]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
     status = json.load(open(os.path.join(run, "status.json")))
     assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
