@@ -263,3 +263,14 @@ def test_graphed_nan_step_freezes_weights():
     engine.step()
     assert engine.first_bad_step()[0] == 6
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_lightning_that_stops_counting_steps_stops_the_run(tmp_path, config_path, capsys, monkeypatch):
+    """The engine's step is counted through the hooks of Lightning's optimizer wrapper; were they to stop
+    counting, the run would train past max_steps: it stops with what to do instead."""
+    from lightning.pytorch.loops.optimization.manual import _ManualOptimization
+    monkeypatch.setattr(_ManualOptimization, "_on_after_step", lambda self: None)
+    with pytest.raises(SystemExit) as exit_info:
+        fit(config_path("quickstart.yaml"), tmp_path)
+    assert exit_info.value.code == 2
+    assert "did not count the step through its optimizer's step hooks" in capsys.readouterr().err
