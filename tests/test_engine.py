@@ -274,3 +274,19 @@ def test_a_lightning_that_stops_counting_steps_stops_the_run(tmp_path, config_pa
         fit(config_path("quickstart.yaml"), tmp_path)
     assert exit_info.value.code == 2
     assert "did not count the step through its optimizer's step hooks" in capsys.readouterr().err
+
+
+def test_the_cpu_draws_are_the_accelerator_draws():
+    """The CPU hashes with numpy's wrapping uint32 products, accelerators with 16-bit halves in int64: the same
+    bits, and both equal MurmurHash3's finaliser computed on Python ints (an independent oracle)."""
+    import numpy as np
+    values = [0, 1, 2**16 - 1, 2**16, 2**31, 2**32 - 1, 0x9E3779B9, 123456789, 0xDEADBEEF]
+    oracle = [keyed._fmix32_int(v) for v in values]
+    assert keyed._fmix32(torch.tensor(values, dtype=torch.int64)).tolist() == oracle
+    assert keyed._fmix32_host(np.array(values, dtype=np.uint32)).tolist() == oracle
+    for keys in (keyed.key(keyed.POSTERIOR, 5, 0, 7), keyed.key(keyed.FACTORS, torch.tensor([3, 4, 2**40]), 1, 9)):
+        host, device_like = keyed.KeyedRandom(keys), keyed.KeyedRandom(keys)
+        device_like._host_keys = None  # the program an accelerator runs, here on CPU tensors
+        for shape in ((len(keys.reshape(-1)) * 5,), (len(keys.reshape(-1)) * 3, 2)):
+            assert torch.equal(host._bits(shape), device_like._bits(shape))
+        assert torch.equal(host.normal((len(keys.reshape(-1)) * 4,)), device_like.normal((len(keys.reshape(-1)) * 4,)))
