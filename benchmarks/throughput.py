@@ -14,6 +14,8 @@ Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, Facto
            replica set's engine step, timed in the same alternating rounds as the single step, so "x step"
            compares it with R single runs in sequence) and a ``trainer`` row; on CUDA each trainer row also
            records its peak GPU memory, and two or more replica counts give the largest R that fits.
+It also times sbvae-train's loop around a no-op step (``trainer_loop_host_us_per_step``): the host time per
+step Lightning and sbvae's callbacks take, which caps a trainer row at 1 / that many steps per second.
 The naive and step rows are timed in alternating rounds (the median of 5), so load from other work on the
 machine slows both alike. The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
 few steps, so the whole run takes a few minutes on 2 CPU cores.
@@ -30,6 +32,7 @@ import time
 
 import lightning
 import torch
+import yaml
 import torch.nn.functional as F
 
 from sbvae.cli.train import build_cli
@@ -186,6 +189,30 @@ def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: 
     return batch * (clock.steps - clock.first) / (clock.end - clock.start), memory
 
 
+def loop_host_seconds(model_name: str, args, device: torch.device, steps: int = 1000) -> float:
+    """Host seconds per step of sbvae-train's loop around the step: the trainer with the engine's step
+    replaced by a no-op. A trainer row can run at most 1 / this many steps per second."""
+    terms = {}
+
+    def no_step(engine):
+        engine.step_counter.add_(1)
+        if not terms:
+            terms.update({name: torch.zeros((), device=device) for name in ("loss", "elbo", "nll", "kl", "tc", "disc")})
+        engine.terms = terms
+        return terms
+
+    real, Engine.step = Engine.step, no_step
+    try:
+        # No validation, pictures or checkpoints inside the timed steps: the loop's cost on every step.
+        lean = argparse.Namespace(**{**vars(args), "trainer_warmup": 50, "trainer_steps": steps, "steps_per_epoch": 10**9})
+        rate, _ = trainer_images_per_s(model_name, lean, device)
+    finally:
+        Engine.step = real
+    with open(os.path.join(ROOT, "configs", CONFIGS[model_name])) as f:
+        batch = yaml.safe_load(f)["data"]["batch_size"]
+    return batch / rate
+
+
 def largest_replicas(rows: list[dict], model: str, memory_gib: float) -> int | None:
     """The most replicas of ``model`` that fit in ``memory_gib``, by a line through the measured peaks."""
     points = sorted((r["replicas"], r["peak_memory_gib"]) for r in rows
@@ -257,6 +284,9 @@ def main() -> None:
         single = f"{r['images_per_s'] / r['single_step_images_per_s']:>7.2f}" if "single_step_images_per_s" in r else f"{'-':>7}"
         print(f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
               f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {single} {memory}")
+    host = loop_host_seconds("sbd", args, device)
+    print(f"sbvae-train's loop around a no-op step (sbd config): {host * 1e6:.0f} us of host time per step, "
+          f"so at most {1 / host:.0f} steps/s")
     fits = {}
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -269,7 +299,7 @@ def main() -> None:
         else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "lightning": lightning.__version__, "precision": args.precision,
         "channels_last": wants_channels_last(args.channels_last, device), "image_size": args.image_size, "quick": args.quick, "results": rows,
-        "largest_replicas_that_fit": fits,
+        "largest_replicas_that_fit": fits, "trainer_loop_host_us_per_step": host * 1e6,
     }
     size = f"-{args.image_size}px" if args.image_size != (32 if args.quick else 64) else ""
     out = args.json or os.path.join(ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}{size}.json")

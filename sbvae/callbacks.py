@@ -186,29 +186,40 @@ class LastCheckpoint(L.Callback):
             if not os.access(folder, os.W_OK):  # Lightning's save ignores a PermissionError
                 failure = PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
         try:
-            trainer.save_checkpoint(partial, weights_only=False)  # process 0 writes, then all wait at a barrier
+            # Process 0 writes the set's file; every process writes what its callbacks add (replicas' files).
+            trainer.save_checkpoint(partial, weights_only=False)
         except OSError as error:
             failure = error
             trainer.strategy.barrier("Trainer.save_checkpoint")  # the one save_checkpoint skipped by raising
+        # Every process wrote its part, or nothing is renamed: a file that commits the step while another
+        # process's part of it is missing would make the run impossible to resume.
+        self._agree(trainer, failure, folder, final, partial, "another process could not write its part of "
+                    f"this checkpoint (its message says why); {final} is intact: resume from it with --ckpt_path.")
         if trainer.is_global_zero:
             try:
-                if failure is None:
-                    os.replace(partial, final)
+                os.replace(partial, final)
             except OSError as error:
                 failure = error
-            if failure is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(partial)
-        if trainer.strategy.reduce_boolean_decision(failure is not None, all=False):
-            if failure is None:
-                raise SBVAEError(f"process 0 could not write {final}; its message says why.")
-            raise runs.write_failure(folder, failure, runs.LAST_CHECKPOINT, final if os.path.exists(final) else None)
+        self._agree(trainer, failure, folder, final, partial, f"process 0 could not write {final}; its message says why.")
         for callback in trainer.callbacks:  # files written with this checkpoint that wait for it (replicas')
             commit = getattr(callback, "commit_checkpoint", None)
             if commit is not None:
                 commit()
         self._last_write = monotonic()
         return final
+
+    @staticmethod
+    def _agree(trainer, failure: OSError | None, folder: str, final: str, partial: str, elsewhere: str) -> None:
+        """Raise on every process if any process failed (its own message where it failed, ``elsewhere``
+        on the others); process 0 removes the set's unfinished file."""
+        if not trainer.strategy.reduce_boolean_decision(failure is not None, all=False):
+            return
+        if trainer.is_global_zero:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+        if failure is None:
+            raise SBVAEError(elsewhere)
+        raise runs.write_failure(folder, failure, runs.LAST_CHECKPOINT, final if os.path.exists(final) else None)
 
 
 def exception_status(exception: BaseException) -> tuple[str, dict]:

@@ -27,7 +27,6 @@ import torch
 from torch.func import functional_call
 
 from sbvae import keyed, objectives
-from sbvae.errors import SBVAEError
 from sbvae.module import VAE, adam
 from sbvae.nets import Discriminator
 
@@ -61,14 +60,6 @@ class FactorVAE(VAE):
         super().__init__(lr=lr, **vae_options)
         self.save_hyperparameters()
         self.discriminator = Discriminator(latent_dim=self.hparams.latent_dim, hidden=disc_hidden, layers=disc_layers)
-
-    def on_fit_start(self) -> None:
-        # bf16 needs no loss scaling; fp16's GradScaler cannot see the engine's two optimizers.
-        if str(self.trainer.precision).startswith("16"):
-            raise SBVAEError(
-                f"FactorVAE does not support precision {self.trainer.precision!r} (fp16 loss scaling with two "
-                "optimizers); use --trainer.precision bf16-mixed or 32-true."
-            )
 
     def frozen_discriminator(self, z: torch.Tensor) -> torch.Tensor:
         """Discriminator logits whose gradient reaches ``z`` but not the discriminator's weights."""

@@ -170,6 +170,9 @@ class VAE(L.LightningModule):
         return {"noise": draw(keyed.POSTERIOR).normal((batch_size, self.hparams.latent_dim))}
 
     # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        refuse_fp16(self.trainer)
+
     def on_train_start(self) -> None:
         # After a resume has restored weights and optimiser state: the engine captures those tensors.
         dm = self.trainer.datamodule
@@ -264,6 +267,13 @@ class VAE(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self.parameters(), self.device, lr=self.hparams.lr)
+
+
+def refuse_fp16(trainer) -> None:
+    """The engine runs its own autocast and Adam, with no loss scaler: fp16 would train unscaled (or in fp32)."""
+    if str(trainer.precision).startswith("16"):
+        raise SBVAEError(f"sbvae's training step does not support precision {trainer.precision!r} (fp16 needs loss "
+                         "scaling, which the step does not do); use --trainer.precision bf16-mixed or 32-true.")
 
 
 def wants_channels_last(setting: bool | None, device: torch.device) -> bool:

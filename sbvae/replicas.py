@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from sbvae.callbacks import exception_status
 from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
-from sbvae.module import VAE, adam, wants_channels_last
+from sbvae.module import VAE, adam, refuse_fp16, wants_channels_last
 from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
@@ -194,6 +194,9 @@ class ReplicaSet(L.LightningModule):
         return self._proto.step_randomness(batch_size, draw)
 
     # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        refuse_fp16(self.trainer)
+
     def on_train_start(self) -> None:
         dm = self.trainer.datamodule
         seeds = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
@@ -245,11 +248,10 @@ class ReplicaSet(L.LightningModule):
             return None
         ckpt = runs.load_checkpoint(pending)
         if ckpt.get("global_step") != step:
-            return None
-        last = os.path.join(folder, runs.LAST_CHECKPOINT)
-        if os.path.isfile(last) and runs.load_checkpoint(last).get("global_step") == step:
-            return None  # committed already; the pending file is a leftover of the same save
-        os.replace(pending, last)
+            return None  # a save that never committed: the set's last.ckpt is older
+        # Every commit renames the pending file away, so one of the set's step is the newest file of that step
+        # (a second save at the same step, a validation after a timed save, may have a newer best in it).
+        os.replace(pending, os.path.join(folder, runs.LAST_CHECKPOINT))
         return ckpt
 
     def _stacked_state(self, states: list[dict | None]) -> dict[str, torch.Tensor]:
@@ -341,9 +343,9 @@ class ReplicaOutputs(L.Callback):
 
     def on_train_start(self, trainer, module: ReplicaSet) -> None:
         # Here, not at fit start, the step of a resumed run is restored: a resumed writer drops the events a
-        # killed process logged after its checkpoint (validation at step s is logged at s, and the checkpoint's
-        # own validation is kept), and "running" records carry the restored step.
-        purge = trainer.global_step + 1 if trainer.ckpt_path else None
+        # killed process logged after its checkpoint (step s's are at index s - 1, as in a single run's log, so
+        # the checkpoint's own validation is kept), and "running" records carry the restored step.
+        purge = trainer.global_step if trainer.ckpt_path else None
         self.writers = [SummaryWriter(self.folder(trainer, k), purge_step=purge) for k in range(module.num_replicas)]
         for k in range(module.num_replicas):
             if k in self._frozen(module):  # a replica that diverged before the resumed checkpoint stays so
@@ -433,7 +435,7 @@ class ReplicaOutputs(L.Callback):
         for k, writer in enumerate(self.writers):
             for name, v in values.items():
                 if k not in frozen:  # a diverged replica's curves end where a single run's would
-                    writer.add_scalar(f"val/{name}", v[k], trainer.global_step)
+                    writer.add_scalar(f"val/{name}", v[k], trainer.global_step - 1)  # a single run's index for it
 
     def on_train_end(self, trainer, module: ReplicaSet) -> None:
         self._stop_heartbeat()

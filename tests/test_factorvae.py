@@ -127,11 +127,15 @@ def test_discriminator_accuracy_counts_each_half_by_its_own_label(bias, says):
 
 @pytest.mark.parametrize("precision, refused", [("16-mixed", True), ("16-true", True), ("bf16-mixed", False), ("32-true", False)])
 def test_fp16_is_refused_before_training(precision, refused):
-    # fp16's loss scaler sees one optimiser; checked on a stand-in trainer (a CPU Trainer turns fp16 into bf16).
-    model = tiny_model()
-    model._trainer = types.SimpleNamespace(precision=precision)
-    if refused:
-        with pytest.raises(SBVAEError, match=f"does not support precision '{precision}'"):
+    # The engine has no loss scaler; checked on a stand-in trainer (a CPU Trainer turns fp16 into bf16).
+    from sbvae.module import VAE
+    from sbvae.replicas import ReplicaSet
+    plain = VAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
+                decoder_options={"channels": [8, 8]})
+    for model in (tiny_model(), plain, ReplicaSet(plain, [0, 1])):
+        model._trainer = types.SimpleNamespace(precision=precision)
+        if refused:
+            with pytest.raises(SBVAEError, match=f"does not support precision '{precision}'"):
+                model.on_fit_start()
+        else:
             model.on_fit_start()
-    else:
-        model.on_fit_start()

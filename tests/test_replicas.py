@@ -32,9 +32,10 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
         status = json.load(open(os.path.join(run, f"replica_{k}", "status.json")))
         assert status["status"] == "completed" and status["seed"] == seed and status["global_step"] == 6
         # Its TensorBoard curve is the single run's: the same steps, the same values.
-        ours, theirs = (tags(d).Scalars("train/loss") for d in (os.path.join(run, f"replica_{k}"), single_dir(seed)))
-        assert [e.step for e in ours] == [e.step for e in theirs] == list(range(6))
-        torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-4, atol=0)
+        for tag, steps in (("train/loss", list(range(6))), ("val/elbo", [2, 5])):
+            ours, theirs = (tags(d).Scalars(tag) for d in (os.path.join(run, f"replica_{k}"), single_dir(seed)))
+            assert [e.step for e in ours] == [e.step for e in theirs] == steps, tag
+            torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-4, atol=0)
         # Its best checkpoint is the one the single run's ModelCheckpoint kept (by val/elbo), with its weights.
         (best,) = [f for f in os.listdir(os.path.join(single_dir(seed), "checkpoints")) if f.startswith("best-")]
         assert sorted(os.listdir(os.path.join(run, f"replica_{k}", "checkpoints"))) == [best, "last.ckpt"]
@@ -72,9 +73,18 @@ def test_resume_continues_every_replica_exactly(tmp_path, config_path):
     older = torch.load(os.path.join(folder, ".last.ckpt.pending"), weights_only=False)
     older.update(global_step=3, state_dict={n: w + 1 for n, w in older["state_dict"].items()})
     torch.save(older, os.path.join(folder, "last.ckpt"))  # the previous save's file
+    # Replica 1: a second save at step 6 (a validation after a timed save) left its newer record pending. Its
+    # best (made unbeatable here) is the one the resume goes on from: no later validation replaces it.
+    folder_1 = os.path.join(run, "replica_1", "checkpoints")
+    newer = torch.load(os.path.join(folder_1, "last.ckpt"), weights_only=False)
+    newer["sbvae_replica_best"] = [-1e9, newer["sbvae_replica_best"][1]]
+    torch.save(newer, os.path.join(folder_1, ".last.ckpt.pending"))
+    kept_best = newer["sbvae_replica_best"][1]
     fit(config_path("quickstart.yaml"), tmp_path / "cut", "--replicas", "2", "--trainer.max_steps", "9", "--ckpt_path", run)
     assert run_dirs(tmp_path / "cut") == [run]  # one run, one folder
     fit(config_path("quickstart.yaml"), tmp_path / "whole", "--replicas", "2", "--trainer.max_steps", "9")
+    assert sorted(os.listdir(folder_1)) == [kept_best, "last.ckpt"]
+    assert sorted(os.listdir(os.path.join(run_dirs(tmp_path / "whole")[0], "replica_1", "checkpoints")))[0] != kept_best
     resumed, whole = (replica_checkpoints(r, 2) for r in (run, run_dirs(tmp_path / "whole")[0]))
     for k in range(2):
         assert resumed[k]["global_step"] == 9 and resumed[k]["datamodule_hyper_parameters"]["seed"] == k
@@ -171,7 +181,7 @@ def test_replicas_split_over_two_processes(tmp_path, config_path):
         # Every process validates its replicas on every validation image: the same val/elbo as one process.
         val = lambda r: {e.step: e.value for e in tags(os.path.join(r, f"replica_{k}")).Scalars("val/elbo")}
         split_val, one_val = val(run), val(run_dirs(tmp_path / "one")[0])
-        assert sorted(split_val) == sorted(one_val) == [3, 6, 9], (k, split_val)
+        assert sorted(split_val) == sorted(one_val) == [2, 5, 8], (k, split_val)  # a single run's indices
         for step, value in one_val.items():
             assert abs(split_val[step] - value) < 1e-3 * abs(value), (k, step, split_val[step], value)
         assert split[k]["global_step"] == 9 and split[k]["datamodule_hyper_parameters"]["seed"] == 4 + k

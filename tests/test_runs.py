@@ -215,6 +215,30 @@ def crafted(tmp_path):
     return path, marker
 
 
+def test_a_process_that_could_not_write_its_part_stops_the_rename(tmp_path):
+    """Process 0 renames the set's new last.ckpt into place only when every process wrote its part of the
+    checkpoint (a replica share's files): else the step would be committed with a part missing."""
+    import types
+    from sbvae.callbacks import LastCheckpoint
+    from sbvae.errors import SBVAEError
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"the previous checkpoint")
+    committed = []
+    votes = iter([True])  # the first vote: another process failed
+
+    trainer = types.SimpleNamespace(
+        log_dir=str(tmp_path), is_global_zero=True,
+        save_checkpoint=lambda path, weights_only: open(path, "wb").write(b"the new checkpoint"),
+        strategy=types.SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision or next(votes)),
+        callbacks=[types.SimpleNamespace(commit_checkpoint=lambda: committed.append(True))])
+    with pytest.raises(SBVAEError, match="another process could not write its part of this checkpoint"):
+        LastCheckpoint()._write(trainer)
+    assert (folder / "last.ckpt").read_bytes() == b"the previous checkpoint"
+    assert sorted(os.listdir(folder)) == ["last.ckpt"] and not committed  # the unfinished file is gone
+
+
 def test_train_refuses_a_checkpoint_that_would_run_code(tmp_path, config_path, capsys, crafted):
     path, marker = crafted
     with pytest.raises(SystemExit) as exit_info:
