@@ -327,8 +327,12 @@ def test_replicas_refuse_what_scores_one_model(config_path):
     cli = build_cli([*base, "--trainer.callbacks+=sbvae.callbacks.MetricsCallback"], run=False)
     with pytest.raises(SBVAEError, match="drop it and score every replica afterwards with sbvae-eval"):
         cli.before_fit()
-    cli = build_cli([*base, "--checkpoint.monitor", "val/kl"], run=False)
-    with pytest.raises(SBVAEError, match="by val/elbo .lowest., not by val/kl"):
+    for bad in (["--checkpoint.monitor", "val/kl"], ["--checkpoint.save_top_k", "3"]):
+        cli = build_cli([*base, *bad], run=False)
+        with pytest.raises(SBVAEError, match="keeps its one best checkpoint by val/elbo .lowest., not"):
+            cli.before_fit()
+    cli = build_cli([*base, "--checkpoint.save_last", "true"], run=False)
+    with pytest.raises(SBVAEError, match="drop checkpoint.save_last"):
         cli.before_fit()
     cli = build_cli([*base, "--checkpoint.monitor", "val/kl", "--checkpoint.save_top_k", "0"], run=False)
     cli.before_fit()  # no best checkpoint kept: nothing to disagree about

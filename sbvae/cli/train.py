@@ -83,6 +83,10 @@ class SBVAECLI(LightningCLI):
         trainer.strategy = STRATEGY  # processes as DDP's, without gradient averaging between replicas
 
     def before_fit(self) -> None:
+        best = self.trainer.checkpoint_callback
+        if best is not None and best.save_last:
+            raise SBVAEError("checkpoint.save_last would write a second last.ckpt beside the one LastCheckpoint keeps "
+                             "(atomically, at validation, on time and on signals): drop checkpoint.save_last.")
         replicas = self._settings().get("replicas", 1)
         if replicas < 1:
             raise SBVAEError(f"--replicas must be at least 1, got {replicas}.")
@@ -94,10 +98,10 @@ class SBVAECLI(LightningCLI):
         if any(isinstance(c, MetricsCallback) for c in self.trainer.callbacks):
             raise SBVAEError("MetricsCallback scores one model while it trains; with --replicas drop it and score every "
                              "replica afterwards with sbvae-eval --ckpt <the run folder>.")
-        best = self.trainer.checkpoint_callback
-        if best is not None and best.save_top_k != 0 and (best.monitor, best.mode) != ("val/elbo", "min"):
-            raise SBVAEError(f"with --replicas each replica keeps its best checkpoint by val/elbo (lowest), not by "
-                             f"{best.monitor} ({best.mode}): set the checkpoint's monitor to val/elbo and mode to min, or save_top_k to 0.")
+        if best is not None and best.save_top_k != 0 and ((best.monitor, best.mode) != ("val/elbo", "min") or best.save_top_k != 1):
+            raise SBVAEError(f"with --replicas each replica keeps its one best checkpoint by val/elbo (lowest), not "
+                             f"{best.save_top_k} by {best.monitor} ({best.mode}): set the checkpoint's monitor to val/elbo, "
+                             "mode to min and save_top_k to 1, or save_top_k to 0.")
         base = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.model = ReplicaSet(self.model, [base + k for k in range(replicas)])
         images = next(c for c in self.trainer.callbacks if isinstance(c, ImageLogger))
