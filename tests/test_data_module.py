@@ -117,6 +117,8 @@ def test_a_process_takes_every_world_th_row_under_a_trainer():
     from sbvae.replicas import ReplicaParallelStrategy
     dm.trainer = sampling(ReplicaParallelStrategy.distributed_sampler_kwargs.fget(None))
     assert torch.cat([r for _, r in dm.test_dataloader()]).tolist() == list(range(10, 20))
+    dm.trainer = types.SimpleNamespace(strategy=types.SimpleNamespace())  # one device: no sampler arguments
+    assert torch.cat([r for _, r in dm.test_dataloader()]).tolist() == list(range(10, 20))
 
 
 def test_evaluation_images_are_jittered_by_row_and_val_seed():
