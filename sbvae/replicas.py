@@ -343,9 +343,9 @@ class ReplicaOutputs(L.Callback):
 
     def on_train_start(self, trainer, module: ReplicaSet) -> None:
         # Here, not at fit start, the step of a resumed run is restored: a resumed writer drops the events a
-        # killed process logged after its checkpoint (step s's are at index s - 1, as in a single run's log, so
-        # the checkpoint's own validation is kept), and "running" records carry the restored step.
-        purge = trainer.global_step if trainer.ckpt_path else None
+        # killed process logged after its checkpoint, as the run's own logger does (continue_in_run_folder),
+        # and "running" records carry the restored step.
+        purge = trainer.global_step + 1 if trainer.ckpt_path else None
         self.writers = [SummaryWriter(self.folder(trainer, k), purge_step=purge) for k in range(module.num_replicas)]
         for k in range(module.num_replicas):
             if k in self._frozen(module):  # a replica that diverged before the resumed checkpoint stays so

@@ -377,3 +377,23 @@ def test_running_replicas_get_a_heartbeat_and_keep_their_final_status(tmp_path):
     assert read(3)["status"] == "running" and read(3)["heartbeat"] > first and read(3)["global_step"] == 9
     assert read(3)["seed"] == 10
     assert read(4) == done  # completed: untouched
+
+
+def test_a_resume_in_the_wrong_mode_is_refused_before_the_run_is_touched(tmp_path, config_path, capsys):
+    """Resuming a replica run without --replicas (or a single run with it, or with another count) stops with
+    the flag to use, and leaves the completed run's status, config and TensorBoard events as they were."""
+    fit(config_path("quickstart.yaml"), tmp_path / "set", "--replicas", "2")
+    fit(config_path("quickstart.yaml"), tmp_path / "one")
+    (replica_run,), (single_run,) = run_dirs(tmp_path / "set"), run_dirs(tmp_path / "one")
+    listing = lambda run: {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+                           for d, _, files in os.walk(run) for f in files}
+    before = {run: listing(run) for run in (replica_run, single_run)}
+    for out, extra, says in (
+            ("set", ["--ckpt_path", replica_run], "is a replica-parallel run of 2 replicas: resume it with --replicas 2"),
+            ("set", ["--ckpt_path", replica_run, "--replicas", "3"], "resume it with --replicas 2"),
+            ("one", ["--ckpt_path", single_run, "--replicas", "2"], "is a single run's checkpoint: resume it without --replicas")):
+        with pytest.raises(SystemExit) as exit_info:
+            fit(config_path("quickstart.yaml"), tmp_path / out, "--trainer.max_steps", "9", *extra)
+        assert exit_info.value.code == 2
+        assert says in capsys.readouterr().err
+    assert {run: listing(run) for run in (replica_run, single_run)} == before

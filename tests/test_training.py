@@ -95,6 +95,8 @@ def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config
     # ends an epoch, where Lightning alone would resume the index one ahead.
     assert [e.step for e in tags(run).Scalars("train/loss")] == list(range(9))
     assert [e.step for e in tags(run).Scalars("val/elbo")] == [2, 5, 8]
+    # The checkpoint's own pictures (step 6) stay: only what a killed process logged after it is dropped.
+    assert [e.step for e in tags(run).Images("reconstructions")] == [3, 6, 9]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
     status = json.load(open(os.path.join(run, "status.json")))
     assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start

@@ -70,7 +70,9 @@ class SBVAECLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         settings = self._settings()
-        if settings.get("replicas", 1) <= 1:
+        if settings.get("replicas", 1) < 1:
+            raise SBVAEError(f"--replicas must be at least 1, got {settings.get('replicas')}.")
+        if settings.get("replicas", 1) == 1:
             return
         trainer = settings.trainer
         if processes_requested(trainer) <= 1:
@@ -88,8 +90,6 @@ class SBVAECLI(LightningCLI):
             raise SBVAEError("checkpoint.save_last would write a second last.ckpt beside the one LastCheckpoint keeps "
                              "(atomically, at validation, on time and on signals): drop checkpoint.save_last.")
         replicas = self._settings().get("replicas", 1)
-        if replicas < 1:
-            raise SBVAEError(f"--replicas must be at least 1, got {replicas}.")
         if replicas == 1:
             return
         from sbvae.callbacks import MetricsCallback
@@ -133,7 +133,21 @@ class SBVAECLI(LightningCLI):
             )
         checkpoint = runs.load_checkpoint(path)  # refuses a file that would run code, before anything else
         if subcommand == "fit":
+            check_replicas_match(path, settings.get("replicas", 1))  # before the run folder is touched
             continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0))
+
+
+def check_replicas_match(ckpt_path: str, replicas: int) -> None:
+    """A resume trains what the checkpoint's run trained: a replica run's set with --replicas R, a single
+    run (or one replica's own checkpoint) without."""
+    run = runs.run_dir_of(ckpt_path)
+    held = len(runs.replica_dirs(run)) if run is not None else 0
+    if held and replicas != held:
+        raise SBVAEError(f"{run} is a replica-parallel run of {held} replicas: resume it with --replicas {held} (or "
+                         f"one replica as a single run: --ckpt_path {os.path.join(run, 'replica_K', runs.CHECKPOINTS, runs.LAST_CHECKPOINT)} "
+                         "--seed_everything its seed).")
+    if not held and replicas > 1:
+        raise SBVAEError(f"{ckpt_path} is a single run's checkpoint: resume it without --replicas.")
 
 
 def processes_requested(trainer_config) -> int:
@@ -156,9 +170,11 @@ def processes_requested(trainer_config) -> int:
 def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
     """Point the TensorBoard logger at the run folder of ``ckpt_path``, so a resumed run stays one run.
 
-    Its events then land beside the earlier ones, and TensorBoard drops the earlier events from ``step``
-    on (they were logged after the checkpoint, by the process that died). A checkpoint outside a run
-    folder starts a new one, as does a run logged with another logger.
+    Its events then land beside the earlier ones, and TensorBoard drops the earlier events after ``step``
+    (logged after the checkpoint, by a process that died). Those at ``step`` stay: the pictures and
+    sbvae-eval scores of the checkpoint itself (the training scalars of step s sit at index s - 1, so the
+    only earlier event that can sit there, step s + 1's, is the one the resumed run logs again, the same
+    numbers). A checkpoint outside a run folder starts a new one, as does a run logged with another logger.
     """
     run = runs.run_dir_of(ckpt_path)
     logger = trainer_config.get("logger")
@@ -167,7 +183,7 @@ def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
     parent = os.path.dirname(run)
     logger.init_args.save_dir, logger.init_args.name = os.path.dirname(parent), os.path.basename(parent)
     logger.init_args.version = os.path.basename(run)
-    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": int(step)}
+    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": int(step) + 1}
 
 
 def build_cli(args=None, run: bool = True) -> SBVAECLI:
