@@ -228,6 +228,11 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     report = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
     by_name = {r.name: r for r in report.rows}
     assert by_name["sbd"].stats["mig"].mean == pytest.approx(0.35)
+    from sbvae.report.build import markdown
+    for scored in (report.results, [r for r in report.results if not r.scores]):  # with and without score columns
+        report.results = scored
+        table = markdown(report).split("## Runs", 1)[1].strip().splitlines()[2:]
+        assert len({line.count("|") for line in table}) == 1 and "|  |" not in table[0], table[:2]
 
 
 def test_report_bad_input(tmp_path, capsys):

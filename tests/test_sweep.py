@@ -125,7 +125,7 @@ def test_dry_run_prints_runs_groups_replicas_and_time(tmp_path, capsys):
     assert "--trainer.logger.init_args.version seeds_0-2" in out
     # sbd: 1000 steps x 16 images x 3 replicas at the measured 6,000 img/s = 8 s; deconv: the stated default.
     assert "throughput-h100.json (NVIDIA H100): sbd, batch 16, 3 replica(s), 6,000 img/s" in out
-    assert "default 1,470 img/s" in out and "no matching benchmark row for deconv" in out
+    assert "assumed 1,470 img/s" in out and "no GPU row in benchmarks/results matches deconv" in out
     deconv_seconds = 1000 * 16 * 3 / DEFAULT_IMAGES_PER_S
     assert f"estimated device time: {8 + deconv_seconds:.0f} s for 96,000 training images" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing

@@ -229,13 +229,13 @@ def markdown(report: Report) -> str:
     if report.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     columns = [c for c in COLUMNS if any(c in r.scores for r in report.results)]
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # one cell per column, none empty when no score is
     lines += ["## Runs", "", f"Folders are relative to the sweep folder {report.shown_folder}.", "",
-              "| group | seed | status | step | " + " | ".join(COLUMNS[c] for c in columns) + " | folder |",
+              row(["group", "seed", "status", "step", *(COLUMNS[c] for c in columns), "folder"]),
               "|" + "---|" * (len(columns) + 5)]
     for r in report.results:
         cells = [f"{r.scores[c]:.4g}" if c in r.scores else "–" for c in columns]
-        lines.append(f"| {r.group} | {r.seed} | {r.status} | {r.global_step:,} | " + " | ".join(cells)
-                     + f" | {os.path.relpath(r.folder, report.folder)} |")
+        lines.append(row([r.group, str(r.seed), r.status, f"{r.global_step:,}", *cells, os.path.relpath(r.folder, report.folder)]))
     return "\n".join(lines) + "\n"
 
 

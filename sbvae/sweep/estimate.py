@@ -18,9 +18,10 @@ import yaml
 
 from sbvae.sweep.spec import Group, Sweep, Task
 
-# sbvae-train's real loop on an H100 at batch 16, 64 px (shared/specs/PERFORMANCE.md, main at 94c1bd0).
+# sbvae-train's real loop on an H100 at batch 16, 64 px, measured by the project before the engine's fast step.
 DEFAULT_IMAGES_PER_S = 1470.0
-DEFAULT_SOURCE = "default 1,470 img/s: sbvae-train's real loop on one H100 at batch 16 (PERFORMANCE.md); no matching benchmark row"
+DEFAULT_SOURCE = ("assumed 1,470 img/s (sbvae-train's loop on one H100 at batch 16, measured before its fast step: "
+                  "a pessimistic guess for a GPU, none for a CPU): no GPU row in benchmarks/results")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def lookup(rows: list[dict[str, Any]], kind: str, batch: int, replicas: int, ima
     if not same:
         scale = (64 / image_size) ** 2
         note = f", scaled x{scale:g} for {image_size} px" if scale != 1 else ""
-        return Throughput(DEFAULT_IMAGES_PER_S * scale, f"{DEFAULT_SOURCE} for {kind}{note}")
+        return Throughput(DEFAULT_IMAGES_PER_S * scale, f"{DEFAULT_SOURCE} matches {kind}{note}")
 
     def distance(row):
         return (row["batch"] != batch, abs((row["replicas"] or 1) - replicas), row["path"] not in (None, "trainer"))
