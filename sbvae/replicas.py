@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from sbvae.callbacks import exception_status
 from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
+from sbvae.metrics.latents_used import count_used
 from sbvae.module import VAE, adam, refuse_fp16, wants_channels_last
 from sbvae import runs
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
@@ -295,21 +296,25 @@ class ReplicaSet(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, rows = batch
         noise = self._proto.evaluation_noise(rows).to(self.device)
-        run = lambda w: functional_call(self._terms_of, w, (x, noise))[:2]
-        nll, kl = torch.vmap(run)(self.weights())  # [R, B] each: every replica on the same images and noise
-        sums = torch.stack([(nll + kl).sum(1), nll.sum(1), kl.sum(1)])
+        run = lambda w: functional_call(self._terms_of, w, (x, noise))
+        nll, kl, _, logvar = torch.vmap(run)(self.weights())  # [R, B] ...: every replica on the same images and noise
+        beta = self._proto.hparams.beta  # val/loss is the beta-VAE objective, as a single run logs it
+        sums = torch.stack([(nll + kl).sum(1), nll.sum(1), kl.sum(1), (nll + beta * kl).sum(1)])
+        std = torch.exp(0.5 * logvar.double()).sum(1)  # [R, latent_dim]: the sums behind val/latents_used
         self._val_sum = sums if getattr(self, "_val_sum", None) is None else self._val_sum + sums
+        self._val_std = std if getattr(self, "_val_std", None) is None else self._val_std + std
         self._val_count = getattr(self, "_val_count", 0) + x.shape[0]
 
     def on_validation_epoch_end(self) -> None:
         if getattr(self, "_val_sum", None) is None:
             return
-        self.val_terms = dict(zip(("elbo", "nll", "kl"), (self._val_sum / self._val_count).unbind()))
+        self.val_terms = dict(zip(("elbo", "nll", "kl", "loss"), (self._val_sum / self._val_count).unbind()))
+        self.val_terms["latents_used"] = torch.tensor([float(count_used(s)) for s in self._val_std / self._val_count])
         # The mean over replicas, for the progress bar (averaged over processes when they split the set).
         self.log("val/elbo", self.val_terms["elbo"].mean(), sync_dist=True)
         if not self.trainer.sanity_checking:  # two batches of the first weights choose no best checkpoint
             self.val_round = getattr(self, "val_round", 0) + 1  # tells ReplicaOutputs these values are new
-        self._val_sum, self._val_count = None, 0
+        self._val_sum, self._val_std, self._val_count = None, None, 0
 
 
 class ReplicaOutputs(L.Callback):

@@ -32,7 +32,7 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
         status = json.load(open(os.path.join(run, f"replica_{k}", "status.json")))
         assert status["status"] == "completed" and status["seed"] == seed and status["global_step"] == 6
         # Its TensorBoard curve is the single run's: the same steps, the same values.
-        for tag, steps in (("train/loss", list(range(6))), ("val/elbo", [2, 5])):
+        for tag, steps in (("train/loss", list(range(6))), *((f"val/{n}", [2, 5]) for n in ("elbo", "loss", "latents_used"))):
             ours, theirs = (tags(d).Scalars(tag) for d in (os.path.join(run, f"replica_{k}"), single_dir(seed)))
             assert [e.step for e in ours] == [e.step for e in theirs] == steps, tag
             torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-4, atol=0)
