@@ -228,6 +228,13 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     report = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
     by_name = {r.name: r for r in report.rows}
     assert by_name["sbd"].stats["mig"].mean == pytest.approx(0.35)
+    # A run that trained on after it was scored: its old scores are left out, and a note says how to rescore.
+    (tmp_path / "deconv" / "version_0" / "status.json").write_text(json.dumps({"status": "completed", "global_step": 20}))
+    stale = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
+    assert not next(r for r in stale.results if r.group == "deconv").scores
+    assert any("1 completed run(s) trained on after their scores" in n and "scores of step 10, checkpoint at step 20" in n
+               and "sbvae-eval --ckpt" in n for n in stale.notes)
+    assert not any("trained on after" in n for n in report.notes)
     from sbvae.report.build import markdown
     for scored in (report.results, [r for r in report.results if not r.scores]):  # with and without score columns
         report.results = scored

@@ -249,6 +249,12 @@ def build_report(folder: str, out: str | None = None, device: str = "cpu", tenso
     report = Report(manifest, results, rows(manifest, results), out or os.path.join(folder, "report"),
                     os.path.abspath(folder), folder)
     os.makedirs(report.out, exist_ok=True)
+    stale = [r for r in results if r.stale_step is not None]
+    if stale:
+        report.notes.append(
+            f"{len(stale)} completed run(s) trained on after their scores (e.g. {os.path.relpath(stale[0].folder, folder)}: "
+            f"scores of step {stale[0].stale_step}, checkpoint at step {stale[0].global_step}), so they are left out: "
+            "rescore them with sbvae-eval --ckpt <run folder> (sbvae-sweep run rescores a sweep's).")
     models = Models(device, tensorboard)
     for kind in applicable(report):
         echo(f"drawing {kind.replace('_', ' ')}")

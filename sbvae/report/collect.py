@@ -31,6 +31,7 @@ class RunResult:
     scores: dict[str, float] = field(default_factory=dict)  # report column -> value
     evaluation: dict[str, Any] | None = None  # the sbvae-eval JSON
     device: str | None = None  # where it trained
+    stale_step: int | None = None  # the step of scores left out because the checkpoint has moved on since
 
     @property
     def checkpoint(self) -> str | None:
@@ -108,10 +109,11 @@ def collect(folder: str, manifest: dict[str, Any]) -> list[RunResult]:
                 run_folder = os.path.join(os.path.abspath(folder), run["folder"])
                 state = sweep_run_state(folder, task["name"], run["folder"])
                 evaluation = read_json(eval_path(manifest, run_folder)) if state.status == "completed" else None
+                stale = None
                 if evaluation is not None and evaluation.get("global_step") != state.global_step:
-                    evaluation = None  # scores of an older checkpoint: the sweep rescoring will replace them
+                    stale, evaluation = evaluation.get("global_step"), None  # scores of an older checkpoint
                 result = RunResult(group["name"], run["seed"], run_folder, state.status, state.global_step,
-                                   scores_of(evaluation) if evaluation else {}, evaluation, device)
+                                   scores_of(evaluation) if evaluation else {}, evaluation, device, stale)
                 if result.device is None and evaluation:
                     result.device = evaluation.get("device")
                 results.append(result)
