@@ -130,6 +130,7 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
         (["--model.init_args.decoder", "deconv", "--data.image_size", "24"], "image"),
         (["--model.init_args.decoder_options", "{channels: [8, 8], colour: red}"], "unknown decoder option"),
         (["--data.dataset", "no-such-data"], "no-such-data"),
+        (["--trainer.max_step", "3"], "unrecognized arguments: --trainer.max_step"),  # no key read from a prefix
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override, message):

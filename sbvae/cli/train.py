@@ -33,7 +33,12 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
 
 
 class ConciseArgumentParser(LightningArgumentParser):
-    """Reports a bad key or value in one line instead of the whole usage text."""
+    """Reports a bad key or value in one line instead of the whole usage text, and takes no abbreviated key
+    (argparse's default would read a typo such as --trainer.max_step as whichever key it starts)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
