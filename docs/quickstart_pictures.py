@@ -25,6 +25,11 @@ def main() -> None:
     args = parser.parse_args()
     events = EventAccumulator(args.run, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
+    missing = [t for t in ("val/elbo", "val/latents_used") if t not in events.Tags()["scalars"]]
+    missing += [t for t in PICTURES if t not in events.Tags()["images"]]
+    if missing:  # checked before any picture in docs/ is replaced
+        raise SystemExit(f"quickstart_pictures: {args.run} has no {', '.join(missing)}: pass the folder of a "
+                         "finished quickstart run (it validates every data.steps_per_epoch steps).")
     for tag, name in PICTURES.items():
         last = events.Images(tag)[-1]
         path = os.path.join(args.out, name)
