@@ -70,16 +70,19 @@ class ImageLogger(L.Callback):
         was_training = module.training
         module.eval()
         try:
-            x = self._fixed_images(trainer, module.device)
-            step = trainer.global_step
-            writer.add_image("reconstructions", reconstruction_grid(module, x[: self.num_images]), step)
-            order = latent_order(module, x[: self.order_images])
-            for i in range(self.num_seeds):
-                grid = traversal_grid(module, x[i], order, steps=self.steps, limit=self.limit)
-                writer.add_image(f"traversals/seed_{i}", grid, step)
-            writer.flush()
+            self.draw(writer, trainer, module, trainer.global_step)
         finally:
             module.train(was_training)
+
+    def draw(self, writer, trainer: L.Trainer, module: L.LightningModule, step: int) -> None:
+        """This logger's pictures of ``module`` (in eval mode) at ``step``: reconstructions and traversals."""
+        x = self._fixed_images(trainer, module.device)
+        writer.add_image("reconstructions", reconstruction_grid(module, x[: self.num_images]), step)
+        order = latent_order(module, x[: self.order_images])
+        for i in range(self.num_seeds):
+            grid = traversal_grid(module, x[i], order, steps=self.steps, limit=self.limit)
+            writer.add_image(f"traversals/seed_{i}", grid, step)
+        writer.flush()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:

@@ -27,13 +27,12 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.tensorboard import SummaryWriter
 
-from sbvae.callbacks import exception_status
+from sbvae.callbacks import ImageLogger, exception_status
 from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.module import VAE, adam, refuse_fp16, wants_channels_last
 from sbvae import runs
-from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
 # A replica's checkpoint written with the set's, renamed to last.ckpt once the set's last.ckpt is in place.
 PENDING_CHECKPOINT = ".last.ckpt.pending"
@@ -320,8 +319,9 @@ class ReplicaSet(L.LightningModule):
 class ReplicaOutputs(L.Callback):
     """Per replica: TensorBoard scalars and pictures, checkpoints and status.json under ``replica_k/``."""
 
-    def __init__(self, every_n_steps: int = 1000, keep_best: bool = True, heartbeat_seconds: float | None = None):
-        self.every_n_steps = every_n_steps
+    def __init__(self, images: ImageLogger | None = None, keep_best: bool = True, heartbeat_seconds: float | None = None):
+        self.images = images or ImageLogger()  # the run's picture settings, drawn for each replica
+        self.every_n_steps = self.images.every_n_steps
         self.keep_best = keep_best
         self.heartbeat_seconds = heartbeat_seconds or runs.HEARTBEAT_SECONDS
         self.writers: list[SummaryWriter] = []
@@ -421,16 +421,12 @@ class ReplicaOutputs(L.Callback):
             "checkpoint is kept."))
 
     def _pictures(self, trainer, module: ReplicaSet) -> None:
-        dm = trainer.datamodule
-        factors = dm.validation_factors()[:64].to(module.device)
-        x = dm.render_fixed(factors, torch.arange(len(factors)))
+        if trainer.global_step == getattr(self, "_pictured_step", None):
+            return  # the last step's pictures, drawn already by the interval: once, as a single run has them
+        self._pictured_step = trainer.global_step
         for k, writer in enumerate(self.writers):
-            model = module.replica_model(k)
             with torch.no_grad():
-                writer.add_image("reconstructions", reconstruction_grid(model, x[:8]), trainer.global_step)
-                order = latent_order(model, x)
-                writer.add_image("traversals/seed_0", traversal_grid(model, x[0], order), trainer.global_step)
-            writer.flush()
+                self.images.draw(writer, trainer, module.replica_model(k), trainer.global_step)
 
     def on_validation_end(self, trainer, module: ReplicaSet) -> None:
         if trainer.sanity_checking or not hasattr(module, "val_terms"):

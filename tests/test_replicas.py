@@ -32,6 +32,11 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
         status = json.load(open(os.path.join(run, f"replica_{k}", "status.json")))
         assert status["status"] == "completed" and status["seed"] == seed and status["global_step"] == 6
         # Its TensorBoard curve is the single run's: the same steps, the same values.
+        # Its pictures are the single run's settings (images.num_seeds traversals, num_images reconstructions).
+        mine, single = tags(os.path.join(run, f"replica_{k}")), tags(single_dir(seed))
+        assert sorted(mine.Tags()["images"]) == sorted(single.Tags()["images"]) == ["reconstructions", "traversals/seed_0", "traversals/seed_1"]
+        for tag in single.Tags()["images"]:
+            assert [(e.step, e.width, e.height) for e in mine.Images(tag)] == [(e.step, e.width, e.height) for e in single.Images(tag)]
         for tag, steps in (("train/loss", list(range(6))), *((f"val/{n}", [2, 5]) for n in ("elbo", "loss", "latents_used"))):
             ours, theirs = (tags(d).Scalars(tag) for d in (os.path.join(run, f"replica_{k}"), single_dir(seed)))
             assert [e.step for e in ours] == [e.step for e in theirs] == steps, tag

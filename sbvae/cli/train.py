@@ -114,7 +114,7 @@ class SBVAECLI(LightningCLI):
         keep_best = best is not None and best.save_top_k != 0
         if best is not None:
             best.save_top_k = 0  # the best of the set's mean means nothing: each replica keeps its own best
-        self.trainer.callbacks.append(ReplicaOutputs(images.every_n_steps, keep_best=keep_best))
+        self.trainer.callbacks.append(ReplicaOutputs(images, keep_best=keep_best))
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the model's arguments by the checkpoint's when resuming, silently
