@@ -236,6 +236,37 @@ def exception_status(exception: BaseException) -> tuple[str, dict]:
     return "failed", dict(message=f"{type(exception).__name__}: {exception}")
 
 
+class Heartbeat:
+    """Calls ``beat`` every ``seconds`` from a daemon thread until ``stop()``: a status file's heartbeat, which
+    training pays nothing for and a long validation does not silence. ``beat`` takes its owner's lock, so
+    that a final status written under it is never overwritten."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, beat, name: str) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.seconds):
+                with contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
+                    beat()
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
 class RunStatus(L.Callback):
     """Keeps ``status.json`` in the run folder: running, completed, interrupted, diverged or failed.
 
@@ -250,17 +281,11 @@ class RunStatus(L.Callback):
         self._trainer: L.Trainer | None = None
         self._folder, self._started = "", 0.0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat = Heartbeat(self.heartbeat_seconds)
 
     def _write(self, status: str, **extra) -> None:
         with self._lock:
             runs.write_status(self._folder, status, self._trainer.global_step, self._started, **extra)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_seconds):
-            with contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
-                self._write("running")
 
     def _open(self, trainer: L.Trainer) -> None:
         # The logger's folder, not trainer.log_dir: that one is a collective broadcast, and this runs
@@ -278,24 +303,16 @@ class RunStatus(L.Callback):
             self._write("running")
         except OSError as error:
             raise runs.write_failure(self._folder, error, runs.STATUS_FILE) from error
-        self._stop.clear()
-        self._heartbeat = threading.Thread(target=self._beat, name="sbvae-heartbeat", daemon=True)
-        self._heartbeat.start()
+        self._heartbeat.start(lambda: self._write("running"), "sbvae-heartbeat")
 
     def on_train_start(self, trainer, module) -> None:
-        if self._heartbeat is not None:
+        if self._heartbeat.running:
             self._write("running")  # with the step restored from a resumed checkpoint
-
-    def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._stop.set()
-            self._heartbeat.join()
-            self._heartbeat = None
 
     def _finish(self, trainer: L.Trainer, status: str, **extra) -> None:
         if not trainer.is_global_zero or trainer.state.fn != "fit":
             return
-        self._stop_heartbeat()
+        self._heartbeat.stop()
         if self._trainer is None:  # failed before fit started
             self._open(trainer)
         try:
@@ -312,7 +329,7 @@ class RunStatus(L.Callback):
             self._finish(trainer, status, **record)
 
     def teardown(self, trainer, module, stage: str) -> None:
-        self._stop_heartbeat()  # in case fit ended through neither on_fit_end nor on_exception
+        self._heartbeat.stop()  # in case fit ended through neither on_fit_end nor on_exception
 
 
 class MetricsCallback(L.Callback):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import lightning
 import torch
 import torch.distributed as dist
 
@@ -239,11 +240,6 @@ def counted_step(module, engine: Engine) -> dict[str, torch.Tensor]:
     optimizer._on_after_step()
     if module.trainer.global_step != before + 1:
         raise SBVAEError(
-            f"this Lightning ({lightning_version()}) did not count the step through its optimizer's step hooks; "
+            f"this Lightning ({lightning.__version__}) did not count the step through its optimizer's step hooks; "
             "install a lightning version within the range pyproject.toml names.")
     return terms
-
-
-def lightning_version() -> str:
-    import lightning
-    return lightning.__version__

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.tensorboard import SummaryWriter
 
-from sbvae.callbacks import ImageLogger, exception_status
+from sbvae.callbacks import Heartbeat, ImageLogger, exception_status
 from sbvae.engine import Engine, counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
@@ -333,8 +333,7 @@ class ReplicaOutputs(L.Callback):
         # run's RunStatus gives its own), and the lock keeps the heartbeat from overwriting a final status.
         self._states: dict[int, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat = Heartbeat(self.heartbeat_seconds)
 
     def folder(self, trainer, k: int) -> str:
         """The folder of this process's k-th replica: ``replica_<its index in the whole set>``."""
@@ -352,17 +351,16 @@ class ReplicaOutputs(L.Callback):
         # and "running" records carry the restored step.
         purge = trainer.global_step + 1 if trainer.ckpt_path else None
         self.writers = [SummaryWriter(self.folder(trainer, k), purge_step=purge) for k in range(module.num_replicas)]
+        frozen = self._diverged(module)
         for k in range(module.num_replicas):
-            if k in self._frozen(module):  # a replica that diverged before the resumed checkpoint stays so
-                self._mark_diverged(trainer, module, k, self._frozen(module)[k])
+            if k in frozen:  # a replica that diverged before the resumed checkpoint stays so
+                self._mark_diverged(trainer, module, k, frozen[k])
             else:
                 self._status(trainer, module, k, "running")
         # Each process's share keeps its own best in its replicas' files: the set's checkpoint is written by
         # process 0 and describes only its share, so it carries no callback state to restore.
         self.best = dict(getattr(module, "best_on_resume", {}))
-        self._stop.clear()
-        self._heartbeat = threading.Thread(target=self._beat, name="sbvae-replica-heartbeat", daemon=True)
-        self._heartbeat.start()
+        self._heartbeat.start(self._beat, "sbvae-replica-heartbeat")
 
     def _status(self, trainer, module, k: int, status: str, **extra) -> None:
         folder = self.folder(trainer, k)
@@ -372,26 +370,17 @@ class ReplicaOutputs(L.Callback):
             self._states[k] = status
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_seconds):
-            for k, status in list(self._states.items()):
-                with self._lock, contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
-                    if self._states.get(k) == "running":
-                        runs.write_status(self.folder(self._trainer, k), "running", self._trainer.global_step,
-                                          self.started, seed=self._module.seeds[k])
-
-    def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._stop.set()
-            self._heartbeat.join()
-            self._heartbeat = None
-
-    def _frozen(self, module: ReplicaSet) -> dict[int, int]:
-        """Replica -> the step it diverged at: from the engine, or before it exists from the resumed files."""
-        if module.engine is not None:
-            return self._diverged(module)
-        return dict(getattr(module, "_frozen_at", {}))
+        """Refresh the records of this process's running replicas (the heartbeat's call)."""
+        for k in list(self._states):
+            with self._lock:
+                if self._states.get(k) == "running":
+                    runs.write_status(self.folder(self._trainer, k), "running", self._trainer.global_step,
+                                      self.started, seed=self._module.seeds[k])
 
     def _diverged(self, module: ReplicaSet) -> dict[int, int]:
+        """Replica -> the step it diverged at: from the engine, or before it exists from the resumed files."""
+        if module.engine is None:
+            return dict(getattr(module, "_frozen_at", {}))
         return {k: step for k, step in enumerate(module.engine.bad_step.tolist()) if step >= 0}
 
     def on_train_batch_end(self, trainer, module: ReplicaSet, outputs, batch, batch_idx) -> None:
@@ -439,7 +428,7 @@ class ReplicaOutputs(L.Callback):
                     writer.add_scalar(f"val/{name}", v[k], trainer.global_step - 1)  # a single run's index for it
 
     def on_train_end(self, trainer, module: ReplicaSet) -> None:
-        self._stop_heartbeat()
+        self._heartbeat.stop()
         frozen = self._diverged(module)
         self._pictures(trainer, module)
         for k in range(module.num_replicas):
@@ -504,8 +493,8 @@ class ReplicaOutputs(L.Callback):
 
     def on_fit_end(self, trainer, module: ReplicaSet) -> None:
         # A resume at max_steps skips the training loop (no on_train_end): its replicas are done all the same.
-        self._stop_heartbeat()
-        frozen = self._frozen(module)
+        self._heartbeat.stop()
+        frozen = self._diverged(module)
         for k, status in list(self._states.items()) or [(k, "running") for k in range(module.num_replicas)]:
             if status == "running":
                 if k in frozen:
@@ -514,7 +503,7 @@ class ReplicaOutputs(L.Callback):
                     self._status(trainer, module, k, "completed")
 
     def on_exception(self, trainer, module: ReplicaSet, exception: BaseException) -> None:
-        self._stop_heartbeat()
+        self._heartbeat.stop()
         status, record = exception_status(exception)
         for writer in self.writers:
             with contextlib.suppress(Exception):
@@ -526,7 +515,7 @@ class ReplicaOutputs(L.Callback):
                     self._status(trainer, module, k, "failed" if status == "diverged" else status, **record)
 
     def teardown(self, trainer, module, stage: str) -> None:
-        self._stop_heartbeat()
+        self._heartbeat.stop()
 
 
 def _save(checkpoint: dict, path: str) -> None:

@@ -360,7 +360,6 @@ def test_every_replica_diverging_stops_the_run_with_the_way_on(tmp_path, config_
 def test_running_replicas_get_a_heartbeat_and_keep_their_final_status(tmp_path):
     """Like a single run's status.json, a running replica's is refreshed (else sweeps read a live replica run as
     interrupted after five minutes); a final status is never overwritten by the heartbeat."""
-    import threading
     import time
     import types
     from sbvae.replicas import ReplicaOutputs
@@ -374,11 +373,10 @@ def test_running_replicas_get_a_heartbeat_and_keep_their_final_status(tmp_path):
     outputs._status(trainer, module, 1, "completed")
     read = lambda r: json.load(open(tmp_path / f"replica_{r}" / "status.json"))
     first, done = read(3)["heartbeat"], read(4)
-    outputs._heartbeat = threading.Thread(target=outputs._beat, daemon=True)
-    outputs._heartbeat.start()
+    outputs._heartbeat.start(outputs._beat, "test-heartbeat")
     trainer.global_step = 9
     time.sleep(0.3)
-    outputs._stop_heartbeat()
+    outputs._heartbeat.stop()
     assert read(3)["status"] == "running" and read(3)["heartbeat"] > first and read(3)["global_step"] == 9
     assert read(3)["seed"] == 10
     assert read(4) == done  # completed: untouched
