@@ -36,7 +36,7 @@ import yaml
 import torch.nn.functional as F
 
 from sbvae.cli.train import build_cli
-from sbvae.engine import Engine
+from sbvae.engine import Engine, draw_ahead_for
 from sbvae.module import wants_channels_last
 from sbvae.replicas import ReplicaSet
 
@@ -122,13 +122,17 @@ def naive_step_fn(model, dm, device, autocast):
 
 # -- step: sbvae's engine alone --------------------------------------------------------------------
 def engine_step_fn(model, dm, device, autocast, channels_last):
-    if wants_channels_last(channels_last, device):  # as the module resolves it in sbvae-train
+    layout = torch.contiguous_format
+    if wants_channels_last(channels_last, device):  # as the module resolves it in sbvae-train, images too
         model.to(memory_format=torch.channels_last)
+        layout = torch.channels_last
     opts = model.configure_optimizers()
     opts = list(opts) if isinstance(opts, tuple) else [opts]
     mode = "graph" if device.type == "cuda" else "eager"
-    engine = Engine(model, opts, lambda s: dm.training_batch(0, 0, s, device), seed=0, rank=0, mode=mode,
-                    start_step=0, device=device, autocast_dtype=torch.bfloat16 if autocast else None)
+    draw = lambda s: dm.training_batch(0, 0, s, device).contiguous(memory_format=layout)
+    engine = Engine(model, opts, draw, seed=0, rank=0, mode=mode,
+                    start_step=0, device=device, autocast_dtype=torch.bfloat16 if autocast else None,
+                    draw_ahead=draw_ahead_for(device, mode, 0))
     return engine.step
 
 
@@ -137,13 +141,15 @@ def replica_step_fn(model, dm, device, autocast, channels_last, replicas: int):
     if channels_last is not None:
         model.hparams.channels_last = channels_last
     rs = ReplicaSet(model, list(range(replicas))).to(device)
+    rs.lay_out_weights()  # as its on_train_start does in sbvae-train
     opts = rs.configure_optimizers()
     opts = list(opts) if isinstance(opts, tuple) else [opts]
     seeds = torch.arange(replicas, device=device)
+    mode = "graph" if device.type == "cuda" else "eager"
     engine = Engine(rs, opts, lambda s: dm.training_batch(seeds, 0, s, device), seed=seeds, rank=0,
-                    mode="graph" if device.type == "cuda" else "eager", start_step=0, device=device,
+                    mode=mode, start_step=0, device=device,
                     autocast_dtype=torch.bfloat16 if autocast else None, max_loss=rs.model_hparams["max_loss"],
-                    replicas=replicas)
+                    replicas=replicas, draw_ahead=draw_ahead_for(device, mode, seeds))
     return engine.step
 
 

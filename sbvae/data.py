@@ -132,12 +132,13 @@ class GroundTruthDataModule(L.LightningDataModule):
         """The training images of one step: factors and colour from streams keyed by (seed, rank, step).
 
         ``seed`` may be a tensor of R replica seeds: the batch is then R x batch_size images, chunk k
-        being what the single run with seed k draws.  ``step`` may be a device tensor (CUDA graphs).
+        being what the single run with seed k draws.  ``step`` may be a device tensor (CUDA graphs), or a
+        1-D tensor of K steps: K batches per seed, seed-major (``keyed.stream``).
         """
         # An int seed stays a kernel argument: no host-to-device copy inside a captured step.
         step = step if isinstance(step, torch.Tensor) else torch.tensor(step, device=device)
-        n = (seed.numel() if isinstance(seed, torch.Tensor) else 1) * self.hparams.batch_size
-        factors = self.data.sample_factors(n, keyed.stream(keyed.FACTORS, seed, rank, step))
+        factor_stream = keyed.stream(keyed.FACTORS, seed, rank, step)
+        factors = self.data.sample_factors(len(factor_stream.keys) * self.hparams.batch_size, factor_stream)
         return self.data.render(factors, keyed.stream(keyed.RENDER, seed, rank, step))
 
     def validation_factors(self, purpose: int = 0) -> torch.Tensor:

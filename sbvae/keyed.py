@@ -154,7 +154,11 @@ class KeyedRandom:
 
 
 def stream(purpose: int, seed, rank, step) -> KeyedRandom:
-    """The stream of one purpose at one training step; ``seed`` may hold one seed per replica."""
+    """The stream of one purpose at one training step; ``seed`` may hold one seed per replica, and ``step``
+    several steps (a 1-D tensor): the keys are then every (seed, step) pair, seed-major, so chunk
+    ``r * len(step) + k`` is what seed r draws at step k alone."""
+    if isinstance(step, torch.Tensor) and step.ndim == 1 and isinstance(seed, torch.Tensor) and seed.ndim == 1:
+        seed, step = seed[:, None], step[None, :]
     return KeyedRandom(key(purpose, seed, rank, step))
 
 

@@ -159,36 +159,59 @@ class ReplicaSet(L.LightningModule):
     def loss_pieces(self, x: torch.Tensor, **randomness: torch.Tensor) -> list | None:
         """On the CPU loop, one replica's ``loss_terms`` per piece, so that the engine runs each replica's
         backward before the next one's forward: one replica's activations are alive at a time (all R at
-        once measured about 10% slower per image than single runs, from cache misses).  Each replica's
-        weights are leaves of their own, so its backward touches its own weights only; the engine then
-        calls ``gather_piece_gradients``.  None when vmapped (one piece).
+        once measured about 10% slower per image than single runs, from cache misses).  Each piece runs a
+        plain model of its own whose weights are views of the stacked ones and whose gradients are views of
+        the stacked gradients, so its backward writes its replica's slice and the engine then only calls
+        ``gather_piece_gradients``.  None when vmapped (one piece).
         """
         if self._vectorized():
             return None
         xs, rs = self._split(x, randomness)
         layout = self._layout()
-        params = {"model." + n for n in self.names}
-        self._leaves = [{n: layout(w[k].detach()).requires_grad_(n in params) for n, w in self.weights().items()}
-                        for k in range(self.num_replicas)]
-        return [lambda k=k: self._run(self._leaves[k], layout(xs[k]), {n: v[k] for n, v in rs.items()})
+        models = self._replica_models()
+        torch._foreach_zero_(list(self._grad_buffers.values()))  # backward adds into the gradient already there
+        return [lambda k=k: models[k].loss_terms(layout(xs[k]), **{n: v[k] for n, v in rs.items()})
                 for k in range(self.num_replicas)]
 
-    def gather_piece_gradients(self) -> None:
-        """The replicas' gradients from their pieces, stacked into the stacked weights' gradients.
+    def _replica_models(self) -> list[nn.Module]:
+        """Replica k's plain model over views of the stacked weights and gradients, made again whenever the
+        stacked tensors were replaced (a move to another device, a new share of the replicas)."""
+        stacked = [self.stacked[_flat(n)] for n in self.names] + [getattr(self, "buffer__" + _flat(n)) for n in self.buffer_names]
+        key = tuple(t.data_ptr() for t in stacked)
+        made = self.__dict__.get("_made_models")
+        if made is not None and made[0] == key:
+            return made[1]
+        # laid out like its weight: fused Adam reads a weight and its gradient as flat memory
+        grads = self.__dict__["_grad_buffers"] = {n: torch.empty_like(self.stacked[_flat(n)]) for n in self.names}
+        models = []
+        for k in range(self.num_replicas):
+            model = copy.deepcopy(self._proto).train()  # the prototype may have just drawn pictures in eval mode
+            for n in self.names:
+                owner, _, attr = n.rpartition(".")
+                weight = nn.Parameter(self.stacked[_flat(n)].detach()[k])
+                weight.grad = grads[n][k]
+                model.get_submodule(owner)._parameters[attr] = weight
+            for n in self.buffer_names:
+                owner, _, attr = n.rpartition(".")
+                model.get_submodule(owner)._buffers[attr] = getattr(self, "buffer__" + _flat(n))[k]
+            models.append(model)
+        self.__dict__["_made_models"] = (key, models)
+        return models
 
-        The stacked gradients live in buffers kept from step to step: a fresh allocation of R times a large
-        weight (FactorVAE's discriminator) each step costs page faults that measured ~9% of the step."""
-        buffers = self.__dict__.setdefault("_grad_buffers", {})
+    def gather_piece_gradients(self) -> None:
+        """The replicas' gradients, which their pieces' backward added into slices of the stacked gradients."""
         for n in self.names:
-            grads = [leaves["model." + n].grad for leaves in self._leaves]
-            p = self.stacked[_flat(n)]
-            grads = [torch.zeros_like(p[0]) if g is None else g for g in grads]
-            buffer = buffers.get(n)
-            if buffer is None or buffer.shape != p.shape or buffer.device != p.device or buffer.dtype != p.dtype:
-                # the stacked weights' own (plain) layout: fused Adam reads a gradient laid out like its weight
-                buffer = buffers[n] = torch.empty_like(p, memory_format=torch.contiguous_format)
-            p.grad = torch.stack(grads, out=buffer)
-        self._leaves = None
+            self.stacked[_flat(n)].grad = self._grad_buffers[n]
+
+    def lay_out_weights(self) -> None:
+        """On the CPU loop in channels-last, store each stacked convolution kernel [R, out, in, h, w] so that
+        every replica's slice is a channels-last kernel, as a single run's: the replicas' plain models then
+        convolve channels-last images with views of the stacked kernels."""
+        if self._vectorized() or not wants_channels_last(self.model_hparams.get("channels_last"), self.device):
+            return
+        for p in self.stacked.values():
+            if p.ndim == 5:
+                p.data = p.data.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
     def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
         return self._proto.step_randomness(batch_size, draw)
@@ -198,6 +221,7 @@ class ReplicaSet(L.LightningModule):
         refuse_fp16(self.trainer)
 
     def on_train_start(self) -> None:
+        self.lay_out_weights()
         dm = self.trainer.datamodule
         seeds = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
         # rank 0 for every process: replica k's streams are those of the single run with its seed.

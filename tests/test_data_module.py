@@ -5,6 +5,7 @@ import types
 import pytest
 import torch
 
+from sbvae.datasets.registry import available
 from sbvae.data import EvaluationRows, GroundTruthDataModule, evaluation_set, stream_seed
 from sbvae.errors import SBVAEError
 from metric_fakes import FactorData
@@ -129,6 +130,18 @@ def test_evaluation_images_are_jittered_by_row_and_val_seed():
     assert not torch.equal(images, dm.data.render(factors))
     assert not torch.equal(images, other.render_fixed(factors, rows))
     assert not torch.equal(dm.validation_factors(), other.validation_factors())
+
+
+@pytest.mark.parametrize("name", [n for n in available() if n not in ("shapes3d", "chairs")])  # those two need files
+def test_a_block_of_steps_is_each_steps_batch_to_the_bit(name):
+    """The CPU engine draws several steps at once: every generator must give each step's batch exactly
+    (batch 3: rows that do not fill a vector register take the scalar tail of each kernel)."""
+    dm = GroundTruthDataModule(name, image_size=16, batch_size=3)
+    seeds, steps = torch.tensor([4, 9]), torch.tensor([2, 3, 4, 5, 6])
+    block = dm.training_batch(seeds, 0, steps, "cpu").unflatten(0, (2, 5, 3))
+    for r, seed in enumerate(seeds.tolist()):
+        for k, step in enumerate(steps.tolist()):
+            assert torch.equal(block[r, k], dm.training_batch(seed, 0, step, "cpu")), (seed, step)
 
 
 def test_training_batch_sizes_and_int_steps():

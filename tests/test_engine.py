@@ -1,4 +1,5 @@
 """The training engine: equal to a plain PyTorch step, keyed randomness, divergence without host syncs."""
+import copy
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import torch
 
 from sbvae import keyed
 from sbvae.data import GroundTruthDataModule
-from sbvae.engine import Engine
+from sbvae.engine import Engine, draw_ahead_for
 from sbvae.factorvae import FactorVAE
 from sbvae.module import VAE
 from test_training import TINY, final_weights, fit, run_dirs
@@ -23,12 +24,12 @@ def tiny_data(batch_size=8):
     return GroundTruthDataModule("colored-sprites", image_size=16, batch_size=batch_size, seed=5)
 
 
-def make_engine(model, dm, seed=5, mode="eager", start_step=0):
+def make_engine(model, dm, seed=5, mode="eager", start_step=0, draw_ahead=1):
     optimizers = model.configure_optimizers()
     optimizers = list(optimizers) if isinstance(optimizers, tuple) else [optimizers]
     draw = lambda step: dm.training_batch(seed, 0, step, torch.device("cpu"))
     model.engine = Engine(model, optimizers, draw, seed=seed, rank=0, mode=mode, start_step=start_step,
-                          device=torch.device("cpu"))
+                          device=torch.device("cpu"), draw_ahead=draw_ahead)
     return model.engine, optimizers
 
 
@@ -140,6 +141,91 @@ def test_resumed_engine_continues_the_same_streams():
         ec.step()
     for k, v in a.state_dict().items():
         assert torch.equal(v, c.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("model_class", [VAE, FactorVAE])
+def test_drawing_steps_in_blocks_trains_exactly_as_one_step_at_a_time(model_class):
+    """On the CPU the engine draws the inputs of several steps at once; a run started mid-block (a resume)
+    must get the very numbers of one step at a time, images, noise and FactorVAE's permutations alike."""
+    options = dict(disc_hidden=16, disc_layers=2) if model_class is FactorVAE else {}
+    torch.manual_seed(0)
+    one, blocked = model_class(**SMALL, **options), model_class(**SMALL, **options)
+    blocked.load_state_dict(one.state_dict())
+    dm = tiny_data()
+    engines = [make_engine(one, dm, start_step=3)[0], make_engine(blocked, dm, start_step=3, draw_ahead=4)[0]]
+    for _ in range(6):  # steps 3 to 8: the end of a block, a whole one, the start of the next
+        a, b = (engine.step() for engine in engines)
+        assert all(torch.equal(a[name], b[name]) for name in a), (a, b)
+    assert engines[1]._block[0] == 8
+    for name, value in one.state_dict().items():
+        assert torch.equal(value, blocked.state_dict()[name]), name
+
+
+def test_sbvae_train_draws_about_eight_batches_at_once_on_the_cpu_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert draw_ahead_for(cpu, "eager", 5) == 8
+    assert draw_ahead_for(cpu, "eager", torch.tensor([0, 1, 2])) == 2  # three seeds: two steps of three batches
+    assert draw_ahead_for(cpu, "eager", torch.arange(20)) == 1
+    assert draw_ahead_for(cuda, "eager", 5) == 1 and draw_ahead_for(cuda, "graph", 5) == 1
+
+
+def test_an_eager_step_does_not_probe_for_a_cuda_device(monkeypatch):
+    """Adam's per-step question (is a CUDA graph being captured?) loads NVML under Lightning's settings."""
+    engine, _ = make_engine(VAE(**SMALL), tiny_data())
+    engine.step()
+
+    def probe(*args, **kwargs):
+        raise AssertionError("the step probed for an accelerator")
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", probe)
+    monkeypatch.setattr(torch.cuda, "is_available", probe)
+    engine.step()
+
+
+def test_moments_restored_in_another_layout_are_read_in_their_own():
+    """A run trained in the plain layout (as on a GPU) resumed with channels-last weights (as on the CPU): the
+    CPU's fused Adam walks a weight and its moments as flat memory, so the engine lays the moments out anew."""
+    torch.manual_seed(0)
+    plain = VAE(**SMALL)
+    dm = tiny_data()
+    engine, optimizers = make_engine(plain, dm)
+    engine.step()  # Adam's moments now exist, laid out like the plain weights
+    runs = []
+    for moments_like_weights in (False, True):
+        model = VAE(**SMALL)
+        model.load_state_dict(plain.state_dict())
+        model.to(memory_format=torch.channels_last)
+        optimizer = model.configure_optimizers()
+        optimizer.load_state_dict(copy.deepcopy(optimizers[0].state_dict()))  # a copy, as from a file
+        if moments_like_weights:  # what a run trained channels-last throughout would hold
+            for p, state in optimizer.state.items():
+                state.update({k: torch.empty_like(p).copy_(v) for k, v in state.items() if v.shape == p.shape})
+        else:
+            assert any(v.stride() != p.stride() for p, st in optimizer.state.items() for v in st.values() if v.ndim == 4)
+        resumed = Engine(model, [optimizer], lambda step: dm.training_batch(5, 0, step, "cpu"), seed=5, rank=0,
+                         mode="eager", start_step=1, device=torch.device("cpu"))
+        for _ in range(2):
+            resumed.step()
+        runs.append(model.state_dict())
+    for name, value in runs[1].items():
+        assert torch.equal(runs[0][name], value), name
+
+
+def test_block_draws_refuse_graph_mode():
+    with pytest.raises(ValueError, match="draw_ahead must be 1 in graph mode"):
+        make_engine(VAE(**SMALL), tiny_data(), mode="graph", draw_ahead=8)
+
+
+def test_a_block_of_steps_draws_each_seeds_batch_of_each_step():
+    dm = tiny_data(batch_size=3)
+    seeds, steps = torch.tensor([3, 4]), torch.tensor([6, 7, 8])
+    block = dm.training_batch(seeds, 0, steps, "cpu")
+    noise = keyed.stream(keyed.POSTERIOR, seeds, 0, steps).normal((18, 7))  # 21 numbers a chunk: scalar tails
+    assert block.shape == (2 * 3 * 3, 3, 16, 16)
+    for r, seed in enumerate((3, 4)):
+        for k, step in enumerate((6, 7, 8)):
+            chunk = slice(3 * (3 * r + k), 3 * (3 * r + k + 1))  # seed-major
+            assert torch.equal(block[chunk], dm.training_batch(seed, 0, torch.tensor(step), "cpu"))
+            assert torch.equal(noise[chunk], keyed.stream(keyed.POSTERIOR, seed, 0, torch.tensor(step)).normal((3, 7)))
 
 
 def test_factorvae_training_steps_both_networks_separately(tmp_path, config_path):

@@ -220,6 +220,20 @@ def test_a_nan_in_one_replica_freezes_only_that_replica():
                if now.ndim > 1 and now.shape[-1] > 1)
 
 
+def test_replicas_drawing_steps_in_blocks_train_exactly_as_one_step_at_a_time():
+    """The CPU default for a replica set: the inputs of a block of steps for every seed at once."""
+    dm = tiny_data()
+    sets = [ReplicaSet(VAE(**SMALL), [0, 1, 2]) for _ in range(2)]
+    seeds = torch.tensor([0, 1, 2])
+    engines = [Engine(rs, [rs.configure_optimizers()], lambda s: dm.training_batch(seeds, 0, s, "cpu"), seed=seeds,
+                      rank=0, mode="eager", start_step=1, device=torch.device("cpu"), max_loss=1e6, replicas=3,
+                      draw_ahead=ahead) for rs, ahead in zip(sets, (1, 2))]
+    for _ in range(4):  # steps 1 to 4, across three blocks
+        a, b = (engine.step() for engine in engines)
+        assert all(torch.equal(a[name], b[name]) for name in a)
+    assert all(torch.equal(sets[0].stacked[n], sets[1].stacked[n]) for n in sets[0].stacked)
+
+
 def test_factorvae_replicas_each_train_their_own_discriminator():
     """Replica k of a FactorVAE set is the single FactorVAE of seed k: VAE and discriminator, after 3 steps."""
     options = dict(SMALL, disc_hidden=16, disc_layers=2, max_loss=1e6)
