@@ -141,7 +141,9 @@ class Engine:
 
     def _inputs_from_block(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """This step's chunk of the block of ``draw_ahead`` steps holding it, drawn when first needed."""
-        step, size = self._next_step, self.draw_ahead
+        # The counter itself where reading it waits on nothing; elsewhere the host's count of this engine's steps.
+        step = int(self.step_counter) if self.device.type == "cpu" else self._next_step
+        size = self.draw_ahead
         start = step - step % size
         if self._block is None or self._block[0] != start:
             self._block = (start, *self._inputs(torch.arange(start, start + size, device=self.device)))

@@ -140,8 +140,8 @@ class ReplicaSet(L.LightningModule):
         return functional_call(self._loss_of, weights, (x,), randomness)
 
     def _layout(self):
-        """A single run's layout on the CPU loop: channels-last images and convolution kernels (copies of
-        the slices, which are small; the stacked weights stay plain for Adam)."""
+        """A single run's layout on the CPU loop: channels-last images and convolution kernels (a kernel
+        slice is already channels-last after ``lay_out_weights``; otherwise this copies it)."""
         if wants_channels_last(self.model_hparams.get("channels_last"), self.device):
             return lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
         return lambda t: t
