@@ -53,6 +53,7 @@ class Engine:
             seed-major), and serve them one step at a time.  The numbers are those of one step at a time;
             on the CPU the draw's forty-odd small operations, run once per block, cost a fifth as much.
             Blocks start at multiples of ``draw_ahead``, so a resumed run draws exactly as an unbroken one.
+            The step counter is read on the host each step: free on the CPU, where ``draw_ahead_for`` picks it.
     """
 
     def __init__(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
@@ -84,7 +85,6 @@ class Engine:
                 # (PYTORCH_NVML_BASED_CUDA_CHECK=1) each asking loads the NVML library, 0.2 ms of a CPU step.
                 # An eager engine captures nothing.
                 opt._accelerator_graph_capture_health_check = _nothing_to_check
-        self._next_step = start_step  # the counter's value, known on the host without reading the device
         self._block: tuple[int, torch.Tensor, dict[str, torch.Tensor]] | None = None
 
     # -- the step ---------------------------------------------------------------------------
@@ -141,14 +141,12 @@ class Engine:
 
     def _inputs_from_block(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """This step's chunk of the block of ``draw_ahead`` steps holding it, drawn when first needed."""
-        # The counter itself where reading it waits on nothing; elsewhere the host's count of this engine's steps.
-        step = int(self.step_counter) if self.device.type == "cpu" else self._next_step
-        size = self.draw_ahead
+        step, size = int(self.step_counter), self.draw_ahead
         start = step - step % size
         if self._block is None or self._block[0] != start:
             self._block = (start, *self._inputs(torch.arange(start, start + size, device=self.device)))
         _, x, randomness = self._block
-        seeds = self.seed.numel() if isinstance(self.seed, torch.Tensor) else 1
+        seeds = _seed_count(self.seed)
         # Chunks are seed-major, one batch per (seed, step): this step's batch of every seed, in seed order.
         take = lambda t: t.unflatten(0, (seeds, size, -1))[:, step - start].flatten(0, 1)
         return take(x), {name: take(value) for name, value in randomness.items()}
@@ -200,7 +198,6 @@ class Engine:
                 self._capture()
             self._graph.replay()
         self._calls += 1
-        self._next_step += 1
         return self.terms
 
     def _eager_step(self) -> None:
@@ -282,8 +279,12 @@ def draw_ahead_for(device: torch.device, mode: str, seed) -> int:
     elsewhere (a CUDA graph draws inside the step)."""
     if torch.device(device).type != "cpu" or mode != "eager":
         return 1
-    seeds = seed.numel() if isinstance(seed, torch.Tensor) else 1
-    return max(1, CPU_BATCHES_PER_DRAW // seeds)
+    return max(1, CPU_BATCHES_PER_DRAW // _seed_count(seed))
+
+
+def _seed_count(seed) -> int:
+    """Seeds an engine trains: one, or a tensor of replica seeds."""
+    return seed.numel() if isinstance(seed, torch.Tensor) else 1
 
 
 def counted_step(module, engine: Engine) -> dict[str, torch.Tensor]:

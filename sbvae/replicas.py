@@ -176,8 +176,8 @@ class ReplicaSet(L.LightningModule):
     def _replica_models(self) -> list[nn.Module]:
         """Replica k's plain model over views of the stacked weights and gradients, made again whenever the
         stacked tensors were replaced (a move to another device, a new share of the replicas)."""
-        stacked = [self.stacked[_flat(n)] for n in self.names] + [getattr(self, "buffer__" + _flat(n)) for n in self.buffer_names]
-        key = tuple(t.data_ptr() for t in stacked)
+        weights = self.weights()
+        key = tuple(t.data_ptr() for t in weights.values())
         made = self.__dict__.get("_made_models")
         if made is not None and made[0] == key:
             return made[1]
@@ -186,14 +186,15 @@ class ReplicaSet(L.LightningModule):
         models = []
         for k in range(self.num_replicas):
             model = copy.deepcopy(self._proto).train()  # the prototype may have just drawn pictures in eval mode
-            for n in self.names:
+            for name, stacked in weights.items():
+                n = name.removeprefix("model.")
                 owner, _, attr = n.rpartition(".")
-                weight = nn.Parameter(self.stacked[_flat(n)].detach()[k])
-                weight.grad = grads[n][k]
-                model.get_submodule(owner)._parameters[attr] = weight
-            for n in self.buffer_names:
-                owner, _, attr = n.rpartition(".")
-                model.get_submodule(owner)._buffers[attr] = getattr(self, "buffer__" + _flat(n))[k]
+                module = model.get_submodule(owner)
+                if n in grads:
+                    module._parameters[attr] = weight = nn.Parameter(stacked.detach()[k])
+                    weight.grad = grads[n][k]
+                else:
+                    module._buffers[attr] = stacked[k]
             models.append(model)
         self.__dict__["_made_models"] = (key, models)
         return models
