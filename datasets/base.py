@@ -39,6 +39,10 @@ class GroundTruthData(abc.ABC):
     image_size: int = 64
     # False for image collections without factors (chairs): metrics refuse them.
     has_ground_truth: bool = True
+    # Whether ``render`` runs on the device alone once its caches are warm: no file reads, no ``.cpu()`` or
+    # ``.item()``, no tensors made from host data.  Only such a render can be captured in a CUDA graph (and
+    # render new images on every replay); the training step runs eagerly for any other.
+    device_pure_render: bool = True
     # The registry name (set by sbvae.datasets.load) and a one-line description.
     name: str = ""
     description: str = ""

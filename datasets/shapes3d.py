@@ -107,11 +107,18 @@ class Shapes3D(GroundTruthData):
         unique, inverse = np.unique(index, return_inverse=True)
         return torch.from_numpy(self._dataset()[unique])[torch.from_numpy(inverse.reshape(-1))]
 
+    @property
+    def device_pure_render(self) -> bool:
+        """Only with ``in_memory``: otherwise each batch is read from the file on the host."""
+        return self.in_memory
+
     def render(self, factors: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_factors(factors)
         device = factors.device
-        bases = torch.tensor(self.bases, device=device)
-        index = (factors * bases).sum(1)
+        bases = self._cache("bases")
+        if device not in bases:
+            bases[device] = torch.tensor(self.bases, device=device)
+        index = (factors * bases[device]).sum(1)
         if self.in_memory:
             cache = self._cache("images")
             if device not in cache:

@@ -48,6 +48,8 @@ class FactorVAEResult(MetricResult):
     active_dims: list[int]
     train_votes: torch.Tensor  # [K, num_active_dims]
     eval_votes: torch.Tensor  # [K, num_active_dims]
+    chance: float = 0.0  # 1 / K: the score of a code that tells no factor apart
+    per_factor_accuracy: list[float] = dataclasses.field(default_factory=list)  # eval votes of factor k classified as k
 
 
 def sample_vote_factors(data: Any, num_votes: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +124,7 @@ def factor_vae_score(
             stacklevel=2,
         )
         empty = torch.zeros(num_factors, 0, dtype=torch.long)
-        return FactorVAEResult(0.0, 0.0, 0.0, 0, [], empty, empty)
+        return FactorVAEResult(0.0, 0.0, 0.0, 0, [], empty, empty, 1.0 / num_factors, [0.0] * num_factors)
 
     train_votes = _votes(data, represent, num_train, batch_size, gen, global_var, active, chunk_size, device)
     eval_votes = _votes(data, represent, num_eval, batch_size, gen, global_var, active, chunk_size, device)
@@ -130,6 +132,9 @@ def factor_vae_score(
     dims = torch.arange(active.numel())
     train_acc = float(train_votes[classifier, dims].sum()) / max(1, int(train_votes.sum()))
     eval_acc = float(eval_votes[classifier, dims].sum()) / max(1, int(eval_votes.sum()))
+    # Per factor: of the eval votes cast for factor k, the share whose winning dimension the classifier maps to k.
+    right = eval_votes * (classifier.view(1, -1) == torch.arange(num_factors).view(-1, 1))
+    per_factor = [float(r) / max(1, int(n)) for r, n in zip(right.sum(1), eval_votes.sum(1))]
     return FactorVAEResult(
         score=eval_acc,
         train_accuracy=train_acc,
@@ -138,4 +143,6 @@ def factor_vae_score(
         active_dims=[int(i) for i in active.cpu()],
         train_votes=train_votes,
         eval_votes=eval_votes,
+        chance=1.0 / num_factors,
+        per_factor_accuracy=per_factor,
     )

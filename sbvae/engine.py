@@ -18,6 +18,7 @@ from typing import Callable
 
 import lightning
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 import torch.distributed as dist
 
 from sbvae import keyed
@@ -67,7 +68,7 @@ class Engine:
             raise ValueError(f"draw_ahead must be 1 in graph mode and at least 1 in eager mode, got {draw_ahead}.")
         self.model, self.optimizers, self.draw_batch = model, optimizers, draw_batch
         self.seed, self.rank, self.mode, self.autocast_dtype = seed, rank, mode, autocast_dtype
-        self.device = device
+        self.device = normalised_device(device)
         self.max_loss = model.hparams.max_loss if max_loss is None else max_loss
         self.replicas = replicas
         self.backward = backward or torch.Tensor.backward
@@ -129,7 +130,11 @@ class Engine:
             self._masked_update(params, frozen)
         first_time = bad & (self.bad_step < 0)
         values = torch.stack([v.detach().float() for v in terms.values()])  # [V] or [V, R]
-        self.bad_values = values if self.bad_values is None else torch.where(first_time, values, self.bad_values)
+        if self.bad_values is None:  # allocated in the first (eager) step, before any capture
+            self.bad_values = torch.zeros_like(values)
+        # In place: a captured graph writes the buffer it was captured with; a new tensor each step would
+        # leave the host reading a warm-up step's values.
+        self.bad_values.copy_(torch.where(first_time, values, self.bad_values))
         self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
         self.terms = dict(zip(terms, values.unbind()))
         self.step_counter.add_(1)
@@ -234,6 +239,16 @@ class Engine:
         return step, dict(zip(self.terms, self.bad_values.tolist()))
 
 
+def normalised_device(device) -> torch.device:
+    """``cuda`` as ``cuda:<current index>``: tensors report their device with its index, and
+    ``torch.device("cuda") == torch.device("cuda:0")`` is False, so an unindexed device would miss every
+    optimiser state tensor the divergence guard must snapshot."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _nothing_to_check() -> None:
     pass
 
@@ -249,6 +264,26 @@ def _lay_out_state_like_weights(optimizers: list[torch.optim.Optimizer]) -> None
                     state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
+def settle_optimizer_settings(optimizers: list[torch.optim.Optimizer], configured) -> None:
+    """Give restored optimisers the settings of this run's config and device.
+
+    Lightning restores a checkpoint through ``Optimizer.load_state_dict``, which brings back every param
+    group's saved settings: the saved run's lr and betas (so ``--model.init_args.lr`` on a resume would be
+    ignored) and the ``capturable`` / ``fused`` flags of the device it trained on (a GPU's capturable Adam
+    fails on a CPU; a CPU's fused Adam cannot be captured in a CUDA graph).  ``configured`` is what
+    ``configure_optimizers()`` makes now; Adam's step counts move where the new flags keep them.
+    """
+    configured = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    for opt, fresh in zip(optimizers, configured):
+        for group, wanted in zip(opt.param_groups, fresh.param_groups):
+            group.update({key: value for key, value in wanted.items() if key != "params"})
+            on_device = bool(group.get("capturable") or group.get("fused"))
+            for p in group["params"]:
+                step = opt.state.get(p, {}).get("step")
+                if torch.is_tensor(step):
+                    opt.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)
+
+
 def _lightning_optimizers(module) -> list:
     optimizers = module.optimizers()
     return optimizers if isinstance(optimizers, list) else [optimizers]
@@ -261,16 +296,35 @@ def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torc
     ``bf16-mixed``, and the streams continuing from the restored global step."""
     trainer = module.trainer
     # A DDP step all-reduces gradients; replica sets spread over processes share nothing, so each may graph.
-    graph_ok = module.device.type == "cuda" and (trainer.world_size == 1 or bool(options.get("replicas")))
-    if step_mode == "auto":
-        step_mode = "graph" if graph_ok else "eager"
-    elif step_mode == "graph" and not graph_ok:
-        raise SBVAEError("step_mode graph needs a CUDA device and no DDP gradient averaging; use step_mode auto or eager.")
+    averaged = trainer.world_size > 1 and not options.get("replicas")
+    step_mode = resolved_step_mode(step_mode, module.device, averaged, getattr(trainer.datamodule, "data", None))
     bf16 = str(trainer.precision).startswith("bf16")
-    return Engine(module, [o.optimizer for o in _lightning_optimizers(module)], draw_batch, seed=seed, rank=rank,
+    optimizers = [o.optimizer for o in _lightning_optimizers(module)]
+    settle_optimizer_settings(optimizers, module.configure_optimizers())
+    return Engine(module, optimizers, draw_batch, seed=seed, rank=rank,
                   mode=step_mode, start_step=module.global_step, device=module.device,
                   autocast_dtype=torch.bfloat16 if bf16 else None,
                   draw_ahead=draw_ahead_for(module.device, step_mode, seed), **options)
+
+
+def resolved_step_mode(step_mode: str, device: torch.device, averaged: bool, data) -> str:
+    """"graph" or "eager" for a ``step_mode`` setting: "auto" graphs on a CUDA device unless DDP averages
+    gradients (``averaged``) or the dataset's render is not device-pure (it reads on the host each step)."""
+    graph_ok = torch.device(device).type == "cuda" and not averaged
+    pure = getattr(data, "device_pure_render", True)
+    name = getattr(data, "name", "") or type(data).__name__
+    fix = "set data.dataset_options {in_memory: true} to keep its images on the device"
+    if step_mode == "auto":
+        if graph_ok and not pure:
+            rank_zero_info(f"step_mode auto: eager steps, since {name} reads its images on the host each step, which a "
+                           f"CUDA graph cannot capture ({fix} and graph).")
+        return "graph" if graph_ok and pure else "eager"
+    if step_mode == "graph" and not graph_ok:
+        raise SBVAEError("step_mode graph needs a CUDA device and no DDP gradient averaging; use step_mode auto or eager.")
+    if step_mode == "graph" and not pure:
+        raise SBVAEError(f"step_mode graph cannot capture {name}, which reads its images on the host each step; "
+                         f"{fix}, or use step_mode auto or eager.")
+    return step_mode
 
 
 def draw_ahead_for(device: torch.device, mode: str, seed) -> int:

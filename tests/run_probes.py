@@ -84,3 +84,15 @@ class RestoredState(L.Callback):
             "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
             "optimizer_states": [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers],
         })
+
+
+class OptimizerSettings(L.Callback):
+    """Records each optimiser's param-group settings and Adam step counts as the first step starts (after a restore)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if SEEN:
+            return
+        SEEN.append({
+            "groups": [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in trainer.optimizers],
+            "steps": [s["step"].clone() for opt in trainer.optimizers for s in opt.state.values() if "step" in s],
+        })

@@ -191,3 +191,81 @@ def test_one_grid_check_for_npz_and_h5_files():
     with pytest.raises(DataError, match=r"x.npz is not a usable toy file: it holds a sub-grid .*allow_subset=True.*; get it\."):
         sub.require_usable("x.npz", "toy", "get it")
     assert check_grid(FileCheck((2, 3)), grid[:3], "labels", ("a", "b"), allow_subset=True).ok
+
+
+class HostWork(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every operation that touches host data while the render should run on the (meta) device alone:
+    a tensor made from Python or numpy data, a value read back, or any tensor not on the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten._local_scalar_dense.default) \
+                or any(t.device.type != "meta" for t in tensors):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def renders_on_the_device_alone(data) -> bool:
+    """A training step's draw and render with every tensor on the meta device, after one call has warmed the
+    caches: pure if nothing touched the host (reading a file or ``.cpu()`` fails outright on meta)."""
+    from sbvae import keyed
+
+    step = torch.zeros((), dtype=torch.int64, device="meta")
+    draw = lambda: data.render(data.sample_factors(4, keyed.stream(keyed.FACTORS, 3, 0, step)),
+                               keyed.stream(keyed.RENDER, 3, 0, step))
+    from torch.fx.experimental import _config as fx_config
+
+    try:
+        # The first call may fill caches any way it likes (a captured step is warmed up eagerly); on meta a
+        # data-dependent cache (a masked selection) needs a stand-in value to be built at all.
+        with fx_config.patch(meta_nonzero_assume_all_nonzero=True):
+            draw()
+        watch = HostWork()
+        with watch:
+            draw()
+    except (NotImplementedError, RuntimeError):
+        return False
+    return not watch.seen
+
+
+def test_every_dataset_declares_whether_its_render_is_device_pure(_data_dir, tmp_path):
+    """What the engine reads to decide whether a CUDA graph may capture the step."""
+    from sbvae.datasets import available
+    from sbvae.datasets.npz import write_dsprites_npz
+
+    write_h5(_data_dir / "3dshapes.h5")
+    make_chairs(tmp_path / "chairs")
+    npz = write_dsprites_npz(tmp_path / DSPRITES_FILE, subset={"shape": [0, 1], "scale": [0], "orientation": [0],
+                                                               "posX": [0, 31], "posY": [0, 31]}, chunk=50)
+    options = {"shapes3d": {"allow_subset": True}, "chairs": {"path": str(tmp_path / "chairs"), "image_size": 16}}
+    cases = [(name, options.get(name, {})) for name in available()]
+    cases += [("shapes3d", {"allow_subset": True, "in_memory": True}),
+              ("dsprites", {"path": str(npz), "allow_subset": True}), ("colored-sprites", {"path": str(npz), "allow_subset": True}),
+              ("circles-xy", {"holdout": "center"}), ("circles-xh", {"blank_fraction": 0.5})]
+    declared = {}
+    for name, opts in cases:
+        data = load(name, **opts)
+        declared[(name, tuple(sorted(opts)))] = data.device_pure_render
+        assert data.device_pure_render == renders_on_the_device_alone(data), (name, opts)
+    assert declared[("shapes3d", ("allow_subset",))] is False  # read from the file on the host each step
+    assert declared[("shapes3d", ("allow_subset", "in_memory"))] is True
+    assert sum(declared.values()) == len(declared) - 1
+
+
+def test_the_step_runs_eagerly_for_a_render_on_the_host(_data_dir, capsys):
+    from sbvae.engine import resolved_step_mode
+    from sbvae.errors import SBVAEError
+
+    write_h5(_data_dir / "3dshapes.h5")
+    from_file, in_memory = load("shapes3d", allow_subset=True), load("shapes3d", allow_subset=True, in_memory=True)
+    cuda = torch.device("cuda", 0)
+    assert resolved_step_mode("auto", cuda, False, in_memory) == "graph"
+    assert resolved_step_mode("auto", cuda, False, from_file) == "eager"
+    assert resolved_step_mode("auto", cuda, True, in_memory) == "eager"  # DDP averages gradients
+    assert resolved_step_mode("auto", torch.device("cpu"), False, in_memory) == "eager"
+    with pytest.raises(SBVAEError, match="in_memory: true"):
+        resolved_step_mode("graph", cuda, False, from_file)

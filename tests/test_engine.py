@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,39 @@ def test_a_nan_step_never_updates_weights_and_freezes_the_model():
         assert torch.equal(v, adam_before[k]), k
     with pytest.raises(Exception, match="diverged at step 2 \\(loss = nan\\)"):
         model.sync_divergence()
+
+
+def test_a_divergence_keeps_the_loss_of_its_own_step_in_one_buffer():
+    """The divergence record is written in place (a CUDA graph replays into the buffer it captured) and
+    keeps the first bad step's terms, not a later step's."""
+    torch.manual_seed(0)
+    model = VAE(**SMALL, max_loss=1e6)
+    engine, _ = make_engine(model, tiny_data())
+    engine.step()
+    buffer = engine.bad_values
+    engine.step()
+    real = model.loss_terms
+    model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * 1e7}  # finite, above max_loss
+    engine.step()  # step 2 diverges
+    bad_loss = float(engine.terms["loss"])
+    model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * 1e8}
+    engine.step()  # a later bad step does not overwrite the first
+    assert engine.bad_values is buffer
+    step, values = engine.first_bad_step()
+    assert step == 2 and values["loss"] == pytest.approx(bad_loss, rel=1e-6) and bad_loss > 1e6
+    with pytest.raises(Exception, match=re.escape(f"diverged at step 2 (loss = {bad_loss:.4g})")):
+        model.sync_divergence()
+
+
+def test_an_unindexed_cuda_device_is_the_current_one(monkeypatch):
+    """Tensors report cuda:0, never plain cuda: an engine on "cuda" must hold "cuda:0", or its divergence guard
+    finds no optimiser state of its device to snapshot."""
+    from sbvae.engine import normalised_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert normalised_device("cuda") == torch.device("cuda", 1) and normalised_device(torch.device("cuda:0")) == torch.device("cuda:0")
+    assert normalised_device("cpu") == torch.device("cpu")
+    assert torch.device("cuda") != torch.device("cuda:0")  # why
 
 
 def test_a_first_step_nan_leaves_adam_as_new():
@@ -343,12 +377,16 @@ def test_graphed_nan_step_freezes_weights():
     for _ in range(6):  # 3 warm-up steps, then capture and replays
         engine.step()
     before = snapshot(model)
+    optimizer = engine.optimizers[0]
+    moments = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
     poison.fill_(float("nan"))
     engine.step()
     poison.fill_(1.0)
     engine.step()
     assert engine.first_bad_step()[0] == 6
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for k, v in optimizer.state_dict()["state"][0].items():  # Adam's moments and step count: restored too
+        assert torch.equal(v, moments[k]), k
 
 
 def test_a_lightning_that_stops_counting_steps_stops_the_run(tmp_path, config_path, capsys, monkeypatch):

@@ -161,6 +161,18 @@ def test_factor_vae_noise_is_chance():
     assert abs(result.score - 0.2) < 0.05
 
 
+def test_factor_vae_reports_chance_and_each_factors_accuracy():
+    """A code of factors 0 and 1 plus noise: those two factors are always told apart, the rest at about chance;
+    the score is the vote-weighted mean of the per-factor accuracies."""
+    gen = torch.Generator().manual_seed(3)
+    represent = lambda x: torch.cat([identity(x)[:, :2], torch.randn(x.shape[0], 3, generator=gen, dtype=torch.float64)], 1)
+    result = factor_vae_score(FactorData(), represent, seed=0, num_train=500, num_eval=2000, num_variance_estimate=1000)
+    assert result.chance == pytest.approx(1 / 5) and len(result.per_factor_accuracy) == 5
+    assert result.per_factor_accuracy[:2] == [1.0, 1.0] and max(result.per_factor_accuracy[2:]) < 0.7
+    votes = result.eval_votes.sum(1).tolist()
+    assert result.score == pytest.approx(sum(n * a for n, a in zip(votes, result.per_factor_accuracy)) / sum(votes), abs=1e-12)
+
+
 def test_factor_vae_seeded_and_chunk_invariant():
     mixing = torch.randn(5, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 

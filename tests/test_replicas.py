@@ -101,6 +101,25 @@ def test_resume_continues_every_replica_exactly(tmp_path, config_path):
                     assert torch.equal(torch.as_tensor(mine["state"][p][key]), torch.as_tensor(value)), (k, p, key)
 
 
+def test_a_replica_resume_trains_with_the_command_lines_lr_and_this_devices_adam(tmp_path, config_path):
+    import run_probes
+    from test_training import as_a_gpu_run_saved_it
+
+    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2")
+    (run,) = run_dirs(tmp_path)
+    for k in range(2):
+        path = os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt")
+        torch.save(as_a_gpu_run_saved_it(torch.load(path, map_location="cpu", weights_only=False)), path)
+    run_probes.SEEN.clear()
+    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--trainer.max_steps", "7", "--ckpt_path", run,
+        "--model.init_args.lr", "1e-05", "--trainer.callbacks+=run_probes.OptimizerSettings")
+    (seen,) = run_probes.SEEN
+    (group,) = seen["groups"][0]
+    assert group["lr"] == 1e-05 and group["capturable"] is False and group["fused"] is True
+    assert all(step.device.type == "cpu" and float(step) == 6 for step in seen["steps"])
+    assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
+
+
 def test_a_diverged_replica_stays_frozen_across_a_resume(tmp_path, config_path, capsys):
     fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2")
     (run,) = run_dirs(tmp_path)

@@ -21,8 +21,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def scores(elbo, nll, mig, fvae, latents=7):
+    """sbvae-eval's metrics record; FactorVAE voted with ``latents`` dimensions, its per-factor accuracy x then fvae."""
     return {"elbo": {"elbo": elbo, "nll": nll, "kl": elbo - nll, "latents_used": latents, "num_images": 10000},
-            "mig": {"score": mig}, "factor_vae": {"score": fvae}}
+            "mig": {"score": mig, "factor_names": ["x", "y"]},
+            "factor_vae": {"score": fvae, "num_active_dims": latents, "chance": 0.5, "per_factor_accuracy": [2 * fvae, fvae]}}
 
 
 def make_sweep(folder, groups, steps=100, targets="colored-sprites", pool=(), rows=None):
@@ -73,7 +75,12 @@ def test_table_has_mean_std_counts_and_the_papers_rows(two_decoders, capsys):
     assert ("| **sbd** | sbvae | 3 / 3 | 0 | 100 | 340.0 ± 10.0 | 314.0 ± 9.0 | 26.00 ± 1.00 | 8.00 ± 1.00 "
             "| 0.200 ± 0.100 | 0.250 ± 0.050 |") in text
     assert ("|  | paper: Spatial Broadcast VAE, 3 conv layers | – | – | 1,500,000 | 329 ± 4.1 | 305 ± 4.6 | 24.4 ± 0.54 "
-            "| 7.22 ± 0.34 | 0.147 ± 0.057 | 0.208 ± 0.084 |") in text
+            "| 7.22 ± 0.34 | 0.147 ± 0.057 | 0.208 ± 0.084 † |") in text
+    assert "† FactorVAE: paper's protocol undocumented; not comparable." in text
+    # Each FactorVAE score beside chance for the factor count, its active dimensions and each factor's accuracy.
+    assert "| sbd | 0.250 ± 0.050 | 0.500 | 8.00 ± 1.00 | x 0.50, y 0.25 |" in text
+    assert "| deconv | 0.160 ± 0.014 | 0.500 | 7.00 ± 0.00 | x 0.32, y 0.16 |" in text
+    assert "moves by about ±0.05 between seeds" in text
     # deconv: two scored seeds and one diverged; std of 350, 360 is sqrt(50) = 7.07
     assert "| **deconv** | sbvae | 2 / 3 | 1 | 100 | 355.0 ± 7.1 | 329.5 ± 6.4 | 25.50 ± 0.71 | 7.00 ± 0.00 | 0.060 ± 0.014 |" in text
     assert "paper: DeConv VAE, MLP 1 layer" in text and "0.052 ± 0.02" in text
@@ -202,23 +209,33 @@ def test_traversal_rows_are_labelled_by_latent_std_and_kl():
     F.plt.close(fig)
 
 
+def plain_run(folder, seed, steps=10, decoder="sbd", mig=None, replicas=(), save_dir="runs", write_config=True, preset="quick"):
+    """An sbvae-train run folder as it leaves one: config.yaml, status.json, and sbvae-eval's JSON (with ``mig``);
+    with ``replicas`` (their MIGs), a replica set of seeds seed, seed + 1, ..."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"status": "completed", "global_step": steps}))
+    if write_config:
+        (folder / "config.yaml").write_text(
+            f"seed_everything: {seed}\nreplicas: {len(replicas) or 1}\nckpt_path: null\n"
+            f"trainer: {{max_steps: {steps}, logger: {{init_args: {{save_dir: {save_dir}, version: {folder.name}}}}}}}\n"
+            f"model: {{init_args: {{decoder: {decoder}}}}}\n")
+    score = lambda run, m: (run / "checkpoints" / f"eval-{preset}-seed0.json").write_text(json.dumps(
+        {"global_step": steps, "preset": preset, "metrics": {"mig": {"score": m}}}))
+    if mig is not None:
+        score(folder, mig)
+    for k, m in enumerate(replicas):
+        replica = folder / f"replica_{k}"
+        (replica / "checkpoints").mkdir(parents=True)
+        (replica / "status.json").write_text(json.dumps({"status": "completed", "global_step": steps, "seed": seed + k}))
+        score(replica, m)
+
+
 def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     for name, seeds in (("sbd", (3, 4)), ("deconv", (3,))):
         for k, seed in enumerate(seeds):
-            run = tmp_path / name / f"version_{k}"
-            (run / "checkpoints").mkdir(parents=True)
-            (run / "status.json").write_text(json.dumps({"status": "completed", "global_step": 10}))
-            (run / "config.yaml").write_text(f"seed_everything: {seed}\n")
-            (run / "checkpoints" / "eval-quick-seed0.json").write_text(json.dumps(
-                {"global_step": 10, "preset": "quick", "metrics": {"mig": {"score": 0.1 * seed}}}))
+            plain_run(tmp_path / name / f"version_{k}", seed, decoder=name, mig=0.1 * seed)
     # A replica-parallel run (seeds 7 and 8): its replicas are the runs; the set's folder has no model.
-    replica_set = tmp_path / "factorvae" / "version_0"
-    (replica_set / "checkpoints").mkdir(parents=True)
-    (replica_set / "status.json").write_text(json.dumps({"status": "completed", "global_step": 10}))
-    (replica_set / "config.yaml").write_text("seed_everything: 7\n")
-    for k, seed in enumerate((7, 8)):
-        (replica_set / f"replica_{k}" / "checkpoints").mkdir(parents=True)
-        (replica_set / f"replica_{k}" / "status.json").write_text(json.dumps({"status": "completed", "global_step": 10, "seed": seed}))
+    plain_run(tmp_path / "factorvae" / "version_0", 7, decoder="factorvae", replicas=(0.5, 0.6))
     manifest = load_manifest(str(tmp_path))
     assert manifest["preset"] == "quick"
     assert {g["name"]: [r["seed"] for t in g["tasks"] for r in t["runs"]] for g in manifest["groups"]} == {
@@ -228,8 +245,11 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     report = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
     by_name = {r.name: r for r in report.rows}
     assert by_name["sbd"].stats["mig"].mean == pytest.approx(0.35)
+    assert by_name["factorvae"].stats["mig"].mean == pytest.approx(0.55)
     # A run that trained on after it was scored: its old scores are left out, and a note says how to rescore.
     (tmp_path / "deconv" / "version_0" / "status.json").write_text(json.dumps({"status": "completed", "global_step": 20}))
+    (tmp_path / "deconv" / "version_0" / "config.yaml").write_text(
+        (tmp_path / "deconv" / "version_0" / "config.yaml").read_text().replace("max_steps: 10", "max_steps: 20"))
     stale = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
     assert not next(r for r in stale.results if r.group == "deconv").scores
     assert any("1 completed run(s) trained on after their scores" in n and "scores of step 10, checkpoint at step 20" in n
@@ -238,8 +258,63 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     from sbvae.report.build import markdown
     for scored in (report.results, [r for r in report.results if not r.scores]):  # with and without score columns
         report.results = scored
-        table = markdown(report).split("## Runs", 1)[1].strip().splitlines()[2:]
+        table = markdown(report).split("## Runs", 1)[1].split("\n## ", 1)[0].strip().splitlines()[2:]
         assert len({line.count("|") for line in table}) == 1 and "|  |" not in table[0], table[:2]
+
+
+def test_plain_runs_pool_by_config_and_steps_and_count_each_seed_once(tmp_path):
+    """A runs folder that mixes configs, step counts and a repeated seed: one row per (config minus seed, steps)."""
+    runs = tmp_path / "runs"
+    plain_run(runs / "a" / "version_0", 0, steps=120, mig=0.50)                       # sbd, 120 steps
+    plain_run(runs / "a" / "version_1", 0, steps=20, replicas=(0.10, 0.20))           # sbd, 20 steps, seeds 0, 1
+    plain_run(runs / "a" / "version_2", 0, steps=120, mig=0.90, save_dir="elsewhere")  # seed 0 again: refused
+    plain_run(runs / "a" / "version_3", 1, steps=120, mig=0.30)                       # sbd, 120 steps, seed 1
+    plain_run(runs / "a" / "version_4", 0, steps=120, decoder="deconv", mig=0.05)      # another config
+    plain_run(runs / "b" / "version_0", 1, steps=120, decoder="deconv", mig=0.07, save_dir="other")  # pools with it
+    plain_run(runs / "a" / "version_5", 0, steps=120, decoder="coordconv", mig=0.15)   # a third config under a/
+    plain_run(runs / "c" / "version_0", 5, mig=0.4, write_config=False)               # what it trained is unknown
+    report = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
+    rows = {r.name: sorted((x.seed, x.scores["mig"]) for x in r.runs) for r in report.rows}
+    # Rows are named by their folders; where two share them, by what sets them apart.
+    assert rows == {"runs/a [decoder=sbd, 120 steps]": [(0, 0.50), (1, 0.30)], "runs/a [decoder=sbd, 20 steps]": [(0, 0.10), (1, 0.20)],
+                    "runs/a [decoder=coordconv, 120 steps]": [(0, 0.15)], "runs/a+runs/b": [(0, 0.05), (1, 0.07)]}
+    means = {r.name: r.stats["mig"].mean for r in report.rows}
+    assert means["runs/a [decoder=sbd, 120 steps]"] == pytest.approx(0.40) and means["runs/a+runs/b"] == pytest.approx(0.06)
+    refused = {r["folder"]: r["reason"] for r in report.manifest["refused"]}
+    assert refused == {os.path.join("runs", "a", "version_2"): "seed 0 of the same config and steps is already counted from "
+                       + os.path.join("runs", "a", "version_0"),
+                       os.path.join("runs", "c", "version_0"): "no config.yaml, so what it trained is unknown"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Runs not pooled" in text and "runs/a/version_2 (seed 0): seed 0 of the same config" in text
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {r["folder"] for r in summary["refused"]} == set(refused)
+    replica_seed = next(s for row in summary["rows"] for s in row["seeds"] if s["folder"].endswith("replica_1"))
+    assert replica_seed["seed"] == 1
+    train, score = replica_seed["rerun"]
+    assert train.startswith("sbvae-train fit --config " + str(runs / "a" / "version_1" / "config.yaml"))
+    assert "--seed_everything 1 --replicas 1 --ckpt_path null" in train and score.startswith("sbvae-eval --ckpt ")
+
+
+def test_sweep_report_prints_each_seeds_rerun_command(two_decoders):
+    with open(os.path.join(two_decoders, "sweep.json")) as f:
+        manifest = json.load(f)
+    manifest["groups"][0]["overrides"] = {"data.image_size": 32}
+    with open(os.path.join(two_decoders, "sweep.json"), "w") as f:
+        json.dump(manifest, f)
+    os.makedirs(os.path.join(two_decoders, "tasks"))
+    with open(os.path.join(two_decoders, "tasks", "sbd--seed_1.json"), "w") as f:
+        json.dump({"task": "sbd/seed_1", "device": "cpu (2 cores)", "threads": 1}, f)
+    report = build_report(two_decoders, tensorboard=False, echo=lambda _: None)
+    run = next(r for r in report.results if r.group == "sbd" and r.seed == 1)
+    train, score = run.rerun
+    assert train == ("OMP_NUM_THREADS=1 sbvae-train fit --config x.yaml --data.image_size 32 --seed_everything 1 "
+                     "--trainer.max_steps 100 --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "
+                     "runs/rerun --trainer.logger.init_args.name sbd --trainer.logger.init_args.version seed_1")
+    assert score == ("OMP_NUM_THREADS=1 sbvae-eval --ckpt runs/rerun/sbd/seed_1/checkpoints/last.ckpt --metrics "
+                     "elbo,mig,factor_vae --preset paper --seed 0 --output runs/rerun/sbd/seed_1/checkpoints/eval-paper-seed0.json")
+    assert not next(r for r in report.results if r.group == "sbd" and r.seed == 0).rerun[0].startswith("OMP")
+    text = open(os.path.join(two_decoders, "report", "report.md")).read()
+    assert "## Rerun one seed" in text and "sbd, seed 0:" in text and "deconv, seed 0:" in text
 
 
 def test_report_bad_input(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """sbvae-sweep: grid expansion, run states, dry-run and Slurm output, and one tiny real sweep end to end."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from sbvae.sweep.spec import load_sweep
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 SMOKE = os.path.join(CONFIGS, "paper", "smoke.yaml")
+CPU_STUDY = os.path.join(CONFIGS, "paper", "cpu-study.yaml")
 QUICKSTART = os.path.join(CONFIGS, "quickstart.yaml")
 
 
@@ -114,7 +116,7 @@ def test_dry_run_prints_runs_groups_replicas_and_time(tmp_path, capsys):
             {"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": 2000.0},
             {"model": "sbd", "batch": 16, "replicas": 3, "path": "trainer", "images_per_s": 6000.0}]}, f)
     path = write_sweep(repo / "configs", name="dry", base=QUICKSTART, steps=1000, seeds=3,
-                       overrides={"data.batch_size": 16, "data.image_size": 64},
+                       overrides={"data.batch_size": 16, "data.image_size": 64, "trainer.accelerator": "auto"},
                        grid={"model.init_args.decoder": {"sbd": "spatial_broadcast", "deconv": "deconv"}})
     sweep_main(["run", path, "--dry-run", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
@@ -131,6 +133,23 @@ def test_dry_run_prints_runs_groups_replicas_and_time(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
+def test_dry_run_of_a_cpu_sweep_times_it_from_cpu_rows_and_shares_the_cores(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "configs").mkdir()
+    (repo / "benchmarks" / "results" / "throughput-cpu.json").write_text(json.dumps({"device": "cpu (2 cores, 1 threads)",
+        "image_size": 32, "results": [{"model": "sbd", "batch": 16, "replicas": 2, "path": "trainer", "images_per_s": 160.0}]}))
+    (repo / "benchmarks" / "results" / "throughput-cuda.json").write_text(json.dumps({"device": "NVIDIA H200",
+        "results": [{"model": "sbd", "batch": 16, "replicas": 2, "path": "trainer", "images_per_s": 99999.0}]}))
+    path = write_sweep(repo / "configs", name="cpu", base=QUICKSTART, steps=100, seeds=4, replicas=2,
+                       overrides={"data.batch_size": 16, "data.image_size": 32})
+    sweep_main(["run", path, "--dry-run", "--jobs", "2", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    # 2 processes x 100 steps x 16 images x 2 replicas at 160 img/s = 20 s each, 40 s in all, 20 s with 2 jobs.
+    assert "estimated device time: 40 s for 6,400 training images" in out and "throughput-cpu.json" in out
+    assert "99,999" not in out and "with --jobs 2 the CPU tasks take about 20 s of wall time" in out
+
+
 def test_throughput_lookup_prefers_same_batch_and_replicas_and_scales_pixels(tmp_path):
     (tmp_path / "throughput-a.json").write_text(json.dumps({"device": "H100", "results": [
         {"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": 1000.0},
@@ -139,11 +158,18 @@ def test_throughput_lookup_prefers_same_batch_and_replicas_and_scales_pixels(tmp
     (tmp_path / "train-cpu.json").write_text(json.dumps({"device": "cpu (2 cores)", "results": [
         {"model": "vae-deconv", "batch_size": 16, "images_per_s": 10.0}]}))
     rows = read_rows(str(tmp_path))
-    assert [r["kind"] for r in rows] == ["sbd", "sbd", "sbd"]  # the CPU file is not a device-time measurement
+    assert [(r["kind"], r["cpu"]) for r in rows] == [("sbd", False)] * 3 + [("deconv", True)]
     assert lookup(rows, "sbd", 16, 15, 64).images_per_s == 50000.0
     assert lookup(rows, "sbd", 16, 1, 32).images_per_s == 4000.0  # a quarter of the pixels
     assert lookup(rows, "sbd", 256, 1, 64).images_per_s == 15000.0
-    assert lookup(rows, "deconv", 16, 1, 64).images_per_s == DEFAULT_IMAGES_PER_S
+    assert lookup(rows, "deconv", 16, 1, 64).images_per_s == DEFAULT_IMAGES_PER_S  # a CPU row never times a GPU run
+    # A CPU run is timed by CPU rows only, and the row of its own image size beats a scaled one.
+    assert lookup(rows, "deconv", 16, 1, 64, cpu=True).images_per_s == 10.0
+    (tmp_path / "throughput-cpu-32px.json").write_text(json.dumps({"device": "cpu (2 cores)", "image_size": 32, "results": [
+        {"model": "deconv", "batch": 16, "replicas": 4, "path": "trainer", "images_per_s": 30.0}]}))
+    assert lookup(read_rows(str(tmp_path)), "deconv", 16, 1, 32, cpu=True).images_per_s == 30.0
+    unknown = lookup(rows, "sbd", 16, 1, 64, cpu=True)
+    assert math.isnan(unknown.images_per_s) and "no CPU row in benchmarks/results measures sbd" in unknown.source
 
 
 def test_emit_slurm_names_every_task(tmp_path, capsys):
@@ -269,6 +295,20 @@ def test_jobs_spread_tasks_over_the_visible_gpus(tmp_path, monkeypatch):
     assert "visible 1" in open(log).read()
 
 
+def test_cpu_jobs_share_the_cores_and_record_their_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    sweep = load_sweep(str(write_sweep(tmp_path, base=QUICKSTART, steps=10, seeds=2, replicas=1)))
+    show = [sys.executable, "-c", "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"]
+    log = str(tmp_path / "env.log")
+    two, one = Runner(sweep, str(tmp_path / "out"), jobs=2), Runner(sweep, str(tmp_path / "out"))
+    assert (two.cpu_threads(None), one.cpu_threads(None), two.cpu_threads("0")) == (2, None, None)
+    assert two.execute(show, log, None) == 0 and one.execute(show, log, None) == 0
+    assert [line for line in open(log).read().splitlines() if line.startswith("threads")] == ["threads 2", "threads None"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting wins, and is what the task records
+    assert two.cpu_threads(None) == 1 and one.cpu_threads(None) == 1
+
+
 # -- a tiny real sweep: the smoke sweep, 2 seeds as replicas of one process per group, 12 steps ----------
 
 TINY = ["--set", "steps=12", "--set", "data.steps_per_epoch=6", "--set", "data.val_size=32",
@@ -374,3 +414,31 @@ def test_report_of_the_smoke_sweep(smoke):
     events = EventAccumulator(str(smoke / "runs" / "sbd" / "seeds_0-1" / "replica_0"), size_guidance={"images": 0})
     events.Reload()
     assert "report/traversals" in events.Tags()["images"]
+
+
+def test_cpu_study_in_miniature_reports_its_rows_and_geometry_and_a_seed_reruns_alone(tmp_path):
+    """configs/paper/cpu-study.yaml at the smoke test's size: six groups of two seeds trained as replicas, the
+    report's geometry of the circles rows, and one seed rerun alone with the report's printed commands gives
+    the replica's scores."""
+    from sbvae.cli.report import main as report_main
+
+    out = tmp_path / "study"
+    sweep_main(["run", CPU_STUDY, "--out", str(out), "--jobs", "2", "--set", "steps=8", "--set", "seeds=2", "--set", "preset=quick",
+                "--set", "data.steps_per_epoch=8", "--set", "data.val_size=32", "--set", "images.every_n_steps=0"])
+    report_main([str(out), "--no-tensorboard", "--geometry-points", "4"])
+    summary = json.load(open(out / "report" / "summary.json"))
+    rows = {row["name"]: row for row in summary["rows"]}
+    assert list(rows) == ["xy-sbd", "xy-deconv", "xy-holdout-sbd", "xy-holdout-deconv", "sprites-sbd", "sprites-deconv"]
+    assert all(row["scored"] == 2 and row["steps"] == [8] for row in rows.values())
+    assert rows["sprites-sbd"]["paper"]["row"] == "sbd" and rows["sprites-deconv"]["paper"]["row"] == "deconv"
+    pictures = {f["file"] for f in summary["figures"]}
+    assert {f"geometry-{g}.png" for g in ("xy-sbd", "xy-deconv", "xy-holdout-sbd", "xy-holdout-deconv")} <= pictures
+    assert "mig_histograms.png" in pictures and not any(p.startswith("geometry-sprites") for p in pictures)
+    seed = rows["xy-holdout-sbd"]["seeds"][1]
+    assert seed["folder"] == os.path.join("runs", "xy-holdout-sbd", "seeds_0-1", "replica_1") and seed["seed"] == 1
+    for command in seed["rerun"]:
+        assert subprocess.run(command, shell=True, cwd=tmp_path).returncode == 0, command
+    again = json.load(open(tmp_path / "runs" / "rerun" / "xy-holdout-sbd" / "seed_1" / "checkpoints" / "eval-quick-seed0.json"))
+    assert again["global_step"] == 8
+    assert again["metrics"]["mig"]["score"] == pytest.approx(seed["scores"]["mig"], abs=1e-6)
+    assert again["metrics"]["elbo"]["elbo"] == pytest.approx(seed["scores"]["elbo"], rel=1e-5)

@@ -102,6 +102,38 @@ def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config
     assert status["status"] == "completed" and status["global_step"] == 9 and status["started"] > first_start
 
 
+def as_a_gpu_run_saved_it(ckpt: dict) -> dict:
+    """A CPU checkpoint's Adam states as a CUDA run writes them: capturable, not fused."""
+    for state in ckpt["optimizer_states"]:
+        for group in state["param_groups"]:
+            group.update(capturable=True, fused=None)
+    return ckpt
+
+
+@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+def test_a_resume_trains_with_the_command_lines_lr_and_this_devices_adam(tmp_path, config_path, config, name):
+    """Lightning's restore brings back the saved lr and the saving device's Adam flags; the config and this device win."""
+    fit(config_path(config), tmp_path)
+    (run,) = run_dirs(tmp_path, name)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    saved = as_a_gpu_run_saved_it(torch.load(last, map_location="cpu", weights_only=False))
+    torch.save(saved, last)
+    run_probes.SEEN.clear()
+    fit(config_path(config), tmp_path, "--trainer.max_steps", "7", "--ckpt_path", last, "--model.init_args.lr", "1e-05",
+        "--trainer.callbacks+=run_probes.OptimizerSettings")
+    (seen,) = run_probes.SEEN
+    vae_group = seen["groups"][0][0]
+    assert vae_group["lr"] == 1e-05 and vae_group["capturable"] is False and vae_group["fused"] is True
+    assert all(step.device.type == "cpu" and step.dtype == torch.float32 and float(step) == 6 for step in seen["steps"])
+    if len(seen["groups"]) > 1:  # FactorVAE's discriminator keeps its own lr from the config
+        assert seen["groups"][1][0]["lr"] == saved["optimizer_states"][1]["param_groups"][0]["lr"]
+    # The one step at 1e-5 moved the weights by about 1e-5 (at the saved 1e-3, by about 1e-3).
+    after = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    moved = max((after[k] - v).abs().max().item() for k, v in saved["state_dict"].items() if k.startswith("encoder."))
+    assert 0 < moved < 1e-4
+    assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
+
+
 @pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
 def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys, config, name):
     fit(config_path(config), tmp_path)

@@ -61,7 +61,7 @@ def write_plan(sweep, out: str) -> None:
         json.dump(sweep.manifest(), f, indent=2)
 
 
-def print_plan(sweep, tasks, costs, out: str) -> None:
+def print_plan(sweep, tasks, costs, out: str, jobs: int = 1) -> None:
     from sbvae.sweep.commands import shown, train_command
     from sbvae.sweep.estimate import duration
 
@@ -87,6 +87,9 @@ def print_plan(sweep, tasks, costs, out: str) -> None:
     print(f"\nestimated device time: {duration(total)} for {sum(c.images for c in costs):,} training images, at")
     for source in sources:
         print(f"  {source}")
+    if any(c.cpu for c in costs):
+        print(f"CPU rows are one thread each at the benchmark's widths (narrower networks train faster); with --jobs {jobs} "
+              f"the CPU tasks take about {duration(sum(c.seconds for c in costs if c.cpu) / jobs)} of wall time.")
     print("(scoring adds about 15 s per run at the paper preset on a GPU)")
 
 
@@ -100,7 +103,7 @@ def cmd_run(args) -> int:
     out = args.out or default_out(sweep.name)
     tasks = select(sweep, args.only)
     if args.dry_run:
-        print_plan(sweep, tasks, estimate(sweep, tasks, results_folder(args.sweep)), out)
+        print_plan(sweep, tasks, estimate(sweep, tasks, results_folder(args.sweep)), out, args.jobs)
         return 0
     from sbvae.sweep.runner import Runner
 

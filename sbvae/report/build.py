@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from sbvae.report import figures as F
 from sbvae.report.collect import RunResult, collect, load_manifest, write_json
-from sbvae.report.tables import Row, markdown_table, rows, summary
+from sbvae.report.tables import Row, factor_vae_context, markdown_table, rows, summary
 from sbvae.report.targets import COLUMNS, load_targets
 
 HEADINGS = {"mig_histogram": "MIG histograms", "rate_distortion": "Rate-distortion", "latent_geometry": "Latent geometry",
@@ -214,11 +214,17 @@ def markdown(report: Report) -> str:
     sizes = sorted({r.evaluation.get("dataset", {}).get("image_size") for r in report.results if r.evaluation} - {None})
     if m.get("targets") and any(size != 64 for size in sizes):
         lines.append(f"- ELBO, NLL and KL are nats per image: these runs use {', '.join(f'{s} px' for s in sizes)} images, the paper "
-                     "64 px, so those three columns are not comparable with the paper's; MIG and FactorVAE are.")
+                     "64 px, so those three columns are not comparable with the paper's; MIG is.")
     if m.get("targets"):
         lines.append(f"- Paper numbers: table {m['targets']['table']} of {os.path.basename(m['targets'].get('file', 'targets.yaml'))} "
                      f"({m['targets']['data'].get('source', '')}).")
     lines += ["", "## Results", "", markdown_table(m, report.rows), ""]
+    context = factor_vae_context(report.rows)
+    if context:
+        lines += ["### The FactorVAE score in context", "",
+                  "disentanglement_lib's protocol (METRICS.md): a code that tells no factor apart scores chance; the "
+                  "quick preset's score moves by about ±0.05 between seeds, so it is a smoke check, not a result.", "",
+                  context, ""]
     if report.pictures:
         lines += ["## Figures", ""]
         for kind in CAPTIONS:
@@ -236,7 +242,17 @@ def markdown(report: Report) -> str:
     for r in report.results:
         cells = [f"{r.scores[c]:.4g}" if c in r.scores else "–" for c in columns]
         lines.append(row([r.group, str(r.seed), r.status, f"{r.global_step:,}", *cells, os.path.relpath(r.folder, report.folder)]))
-    return "\n".join(lines) + "\n"
+    refused = m.get("refused") or []
+    if refused:
+        lines += ["", "## Runs not pooled", "", f"{len(refused)} run folder(s) found but left out of every row:", ""]
+        lines += [f"- {r['folder']} (seed {r['seed']}): {r['reason']}" for r in refused]
+    lines += ["", "## Rerun one seed", "",
+              "Each seed trains alone (replica k of a replica set is the single run of seed base + k) and is scored "
+              "as here with these commands; summary.json holds them for every seed.", ""]
+    for group in dict.fromkeys(r.group for r in report.results):
+        first = next(r for r in report.results if r.group == group and r.rerun)
+        lines += [f"{group}, seed {first.seed}:", "", "```bash", *first.rerun, "```", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def build_report(folder: str, out: str | None = None, device: str = "cpu", tensorboard: bool = True,

@@ -1,8 +1,9 @@
 """Everything a report needs from a sweep folder, read as data: the manifest, run states, scores, devices.
 
 A folder written by ``sbvae-sweep run`` has ``sweep.json``.  Any other folder of sbvae-train runs
-(``runs/NAME/version_K``) is read as one group per NAME, each version a run, with the scores of the
-``eval-<preset>-seed0.json`` files sbvae-eval wrote beside the checkpoints.
+(``runs/NAME/version_K``) is read as groups of runs that share a config (all but the seed) and a step
+count, each seed counted once, with the scores of the ``eval-<preset>-seed0.json`` files sbvae-eval
+wrote beside the checkpoints; runs it will not pool are listed with the reason.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 
 from sbvae import runs as runs_layout
 from sbvae.errors import SBVAEError
-from sbvae.sweep.commands import checkpoint_path, eval_path
+from sbvae.sweep.commands import checkpoint_path, eval_path, rerun_commands, shown, TRAIN
 from sbvae.sweep.state import read_json, read_record, sweep_run_state
 
 
@@ -32,6 +33,7 @@ class RunResult:
     evaluation: dict[str, Any] | None = None  # the sbvae-eval JSON
     device: str | None = None  # where it trained
     stale_step: int | None = None  # the step of scores left out because the checkpoint has moved on since
+    rerun: list[str] = field(default_factory=list)  # the commands that train and score this seed alone
 
     @property
     def checkpoint(self) -> str | None:
@@ -64,38 +66,114 @@ def load_manifest(folder: str) -> dict[str, Any]:
     return manifest
 
 
-def manifest_from_runs(folder: str) -> dict[str, Any]:
-    """One group per parent folder of runs (runs/NAME/version_K -> NAME), the seed from each run's config.yaml.
+# Keys of a resolved sbvae-train config that say where a run writes and how it is resumed, not what it
+# trains: two runs that differ only here (and in the seed) are seeds of one experiment.
+NOT_DEFINING = ("seed_everything", "ckpt_path", "replicas", "last_checkpoint", "trainer.logger", "trainer.max_steps",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary")
 
-    A replica-parallel run counts as its replicas (runs/NAME/version_K/replica_R, in group NAME), each with
-    the seed its status.json records; the set's own folder holds no model of its own."""
+
+def definition(config: dict[str, Any]) -> dict[str, Any]:
+    """What defines a run: its resolved config (nested dicts, dotted paths) without the NOT_DEFINING keys."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif not any(prefix == k or prefix.startswith(k + ".") for k in NOT_DEFINING):
+            flat[prefix] = value
+
+    walk("", config)
+    return flat
+
+
+@dataclass
+class FoundRun:
+    folder: str  # relative to the folder searched
+    parent: str  # runs/NAME/version_K -> NAME
+    seed: int | None
+    steps: int | None
+    config: dict[str, Any] | None  # its definition(); None without a readable config.yaml
+
+
+def _found_run(folder: str, run: str) -> FoundRun:
+    rel = os.path.relpath(run, folder)
+    replica = runs_layout.REPLICA_FOLDER.fullmatch(os.path.basename(rel))
+    parent = (os.path.dirname(os.path.dirname(rel) if replica else rel)
+              or os.path.basename(os.path.abspath(folder))).replace(os.sep, "/")
+    status = runs_layout.read_status(run) or {}
+    config_file = os.path.join(os.path.dirname(run) if replica else run, "config.yaml")  # a replica's is its set's
+    config = None
+    if os.path.isfile(config_file):
+        with open(config_file) as f:
+            config = yaml.safe_load(f) or {}
+    seed = status.get("seed") if replica else (config or {}).get("seed_everything")
+    # A completed run trained to its global step; any other stopped on the way to the steps it was asked for.
+    steps = status.get("global_step") if status.get("status") == "completed" else \
+        ((config or {}).get("trainer") or {}).get("max_steps", status.get("global_step"))
+    return FoundRun(rel, parent, seed, steps, definition(config) if config is not None else None)
+
+
+def _labels(keys: list[tuple], runs: dict[tuple, list[FoundRun]]) -> dict[tuple, str]:
+    """A row name per group: its folders' names, and where several groups share them, what sets them apart."""
+    names = {key: "+".join(sorted({r.parent for r in runs[key]})) for key in keys}
+    labels = {}
+    for key in keys:
+        twins = [k for k in keys if names[k] == names[key]]
+        if len(twins) == 1:
+            labels[key] = names[key]
+            continue
+        configs = [{c: json.loads(v) for c, v in k[0]} for k in twins]
+        differ = sorted({c for conf in configs for c in conf if len({repr(x.get(c)) for x in configs}) > 1})
+        mine = {c: json.loads(v) for c, v in key[0]}
+        parts = [f"{c.rsplit('.', 1)[-1]}={mine.get(c)}" for c in differ[:2]] + (["..."] if len(differ) > 2 else [])
+        if len({k[1] for k in twins}) > 1:
+            parts.append(f"{key[1]} steps")
+        labels[key] = f"{names[key]} [{', '.join(parts)}]"
+    return labels
+
+
+def manifest_from_runs(folder: str) -> dict[str, Any]:
+    """The runs found under a folder, grouped by what defines them: the resolved config minus the seed
+    (and minus where it writes, see NOT_DEFINING), plus the steps it trained.  Each seed counts once per
+    group; runs that cannot be pooled are listed under ``refused`` with the reason.
+
+    A replica-parallel run counts as its replicas (runs/NAME/version_K/replica_R), each with the seed its
+    status.json records and its set's config; the set's own folder holds no model of its own."""
     found = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(folder, "**", "status.json"), recursive=True))
     found = [run for run in found if not runs_layout.replica_dirs(run)]
-    groups: dict[str, list] = {}
+    groups: dict[tuple, list[FoundRun]] = {}
+    seen: dict[tuple, dict[int, str]] = {}
+    refused = []
     presets = Counter()
-    for run in found:
-        rel = os.path.relpath(run, folder)
-        replica = runs_layout.REPLICA_FOLDER.fullmatch(os.path.basename(rel))
-        parent = (os.path.dirname(os.path.dirname(rel) if replica else rel)
-                  or os.path.basename(os.path.abspath(folder))).replace(os.sep, "/")
-        config = os.path.join(run, "config.yaml")
-        seed = None
-        if replica:
-            seed = (runs_layout.read_status(run) or {}).get("seed")
-        elif os.path.isfile(config):
-            with open(config) as f:
-                seed = (yaml.safe_load(f) or {}).get("seed_everything")
-        runs = groups.setdefault(parent, [])
-        runs.append({"seed": seed if seed is not None else len(runs), "folder": rel})
-        for path in glob.glob(os.path.join(run, "checkpoints", "eval-*-seed0.json")):
-            presets[os.path.basename(path).split("-")[1]] += 1
+    for path in found:
+        run = _found_run(folder, path)
+        for file in glob.glob(os.path.join(path, "checkpoints", "eval-*-seed0.json")):
+            presets[os.path.basename(file).split("-")[1]] += 1
+        if run.config is None:
+            refused.append({"folder": run.folder, "seed": run.seed, "reason": "no config.yaml, so what it trained is unknown"})
+            continue
+        if run.seed is None:
+            refused.append({"folder": run.folder, "seed": None, "reason": "no seed in its config.yaml or status.json"})
+            continue
+        key = (tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in run.config.items())), run.steps)
+        first = seen.setdefault(key, {}).get(run.seed)
+        if first is not None:
+            refused.append({"folder": run.folder, "seed": run.seed,
+                            "reason": f"seed {run.seed} of the same config and steps is already counted from {first}"})
+            continue
+        seen[key][run.seed] = run.folder
+        groups.setdefault(key, []).append(run)
+    keys = sorted(groups, key=lambda k: (groups[k][0].folder, k[1] or 0))
+    labels = _labels(keys, groups)
     return {
         "name": os.path.basename(os.path.abspath(folder)), "description": "sbvae-train runs found under this folder",
         "steps": None, "paper_steps": None, "metrics": [], "preset": presets.most_common(1)[0][0] if presets else "paper",
-        "pool": [], "targets": None, "figures": None,
-        "groups": [{"name": name, "config": None, "overrides": {}, "axes": {}, "values": {},
-                    "tasks": [{"name": f"{name}/{r['folder']}", "seeds": [r["seed"]], "folder": r["folder"], "runs": [r]} for r in runs]}
-                   for name, runs in groups.items()],
+        "pool": [], "targets": None, "figures": None, "refused": refused,
+        "groups": [{"name": labels[key], "config": None, "overrides": {}, "axes": {}, "values": {}, "steps": key[1],
+                    "tasks": [{"name": f"{labels[key]}/{r.folder}", "seeds": [r.seed], "folder": r.folder,
+                               "runs": [{"seed": r.seed, "folder": r.folder}]} for r in groups[key]]}
+                   for key in keys],
     }
 
 
@@ -104,7 +182,8 @@ def collect(folder: str, manifest: dict[str, Any]) -> list[RunResult]:
     results = []
     for group in manifest["groups"]:
         for task in group["tasks"]:
-            device = read_record(folder, task["name"]).get("device")
+            record = read_record(folder, task["name"])
+            device = record.get("device")
             for run in task["runs"]:
                 run_folder = os.path.join(os.path.abspath(folder), run["folder"])
                 state = sweep_run_state(folder, task["name"], run["folder"])
@@ -116,8 +195,23 @@ def collect(folder: str, manifest: dict[str, Any]) -> list[RunResult]:
                                    scores_of(evaluation) if evaluation else {}, evaluation, device, stale)
                 if result.device is None and evaluation:
                     result.device = evaluation.get("device")
+                if group.get("config"):
+                    result.rerun = rerun_commands(manifest, group, run["seed"], record.get("threads"))
+                else:
+                    result.rerun = plain_rerun(folder, run["folder"], run["seed"], manifest["preset"])
                 results.append(result)
     return results
+
+
+def plain_rerun(folder: str, run_folder: str, seed: int, preset: str) -> list[str]:
+    """An sbvae-train run's seed trained alone from its config.yaml (a replica's: its set's), then scored."""
+    run = os.path.join(folder, run_folder)
+    replica = runs_layout.REPLICA_FOLDER.fullmatch(os.path.basename(run_folder))
+    config = os.path.join(os.path.dirname(run) if replica else run, "config.yaml")
+    version = f"rerun-seed_{seed}"
+    train = TRAIN + ["fit", "--config", config, "--seed_everything", str(seed), "--replicas", "1",
+                     "--ckpt_path", "null", "--trainer.logger.init_args.version", version]
+    return [shown(train), f"sbvae-eval --ckpt <the new run folder, .../{version}> --preset {preset}"]
 
 
 def write_json(path: str, data: Any) -> None:

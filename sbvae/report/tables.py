@@ -106,6 +106,8 @@ def markdown_table(manifest: dict[str, Any], table_rows: list[Row]) -> str:
     header = ["row", "source", "seeds scored / run", "diverged", "steps"] + [COLUMNS[c] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     paper_steps = (manifest.get("targets") or {}).get("data", {}).get("steps") or manifest.get("paper_steps")
+    caveats = (manifest.get("targets") or {}).get("data", {}).get("caveats", {})
+    marked = [c for c in columns if c in caveats and any((r.paper or {}).get(c) for r in table_rows)]
     for row in table_rows:
         counts = row.counts
         steps = ", ".join(f"{s:,}" for s in row.steps) or "–"
@@ -115,9 +117,39 @@ def markdown_table(manifest: dict[str, Any], table_rows: list[Row]) -> str:
         if row.paper:
             label = row.paper.get("label") or row.paper_key
             cells = ["", f"paper: {label}", "–", "–", f"{paper_steps:,}" if paper_steps else "–"]
-            cells += [fmt_paper(row.paper.get(c)) for c in columns]
+            cells += [fmt_paper(row.paper.get(c)) + (" †" if c in marked and row.paper.get(c) else "") for c in columns]
             lines.append("| " + " | ".join(cells) + " |")
+    for c in marked:
+        lines += ["", f"† {COLUMNS[c]}: {caveats[c]}."]
     return "\n".join(lines)
+
+
+def factor_vae_context(table_rows: list[Row]) -> str:
+    """Each row's FactorVAE score beside what it means: chance for the dataset's factor count, the active
+    dimensions it voted with, and the eval accuracy of each factor (means over the scored seeds)."""
+    lines = []
+    for row in table_rows:
+        results = [r.evaluation["metrics"]["factor_vae"] for r in row.scored
+                   if "factor_vae" in ((r.evaluation or {}).get("metrics") or {})]
+        if not results:
+            continue
+        names = next((r.evaluation["metrics"].get("mig", {}).get("factor_names") for r in row.scored
+                      if (r.evaluation or {}).get("metrics", {}).get("mig")), None)
+        per_factor = [x.get("per_factor_accuracy") for x in results if x.get("per_factor_accuracy")]
+        k = len(per_factor[0]) if per_factor else None
+        chance = f"{1 / k:.3f}" if k else "–"
+        active = stat([float(x["num_active_dims"]) for x in results if "num_active_dims" in x])
+        accuracy = "–"
+        if per_factor:
+            names = names if names and len(names) == k else [f"factor {i}" for i in range(k)]
+            accuracy = ", ".join(f"{n} {sum(p[i] for p in per_factor) / len(per_factor):.2f}" for i, n in enumerate(names))
+        score = row.stats.get("factor_vae")
+        lines.append(f"| {row.name} | {fmt('factor_vae', score.mean, score.std) if score else '–'} | {chance} | "
+                     f"{fmt('latents_used', active.mean, active.std) if active else '–'} | {accuracy} |")
+    if not lines:
+        return ""
+    return "\n".join(["| row | FactorVAE | chance (1 / factors) | active dimensions | eval accuracy per factor |",
+                      "|---|---|---|---|---|", *lines])
 
 
 def summary(manifest: dict[str, Any], table_rows: list[Row], folder: str) -> dict[str, Any]:
@@ -142,8 +174,9 @@ def summary(manifest: dict[str, Any], table_rows: list[Row], folder: str) -> dic
                 "stats": {c: s.as_dict() for c, s in row.stats.items()},
                 "paper": {"row": row.paper_key, **row.paper} if row.paper else None,
                 "seeds": [{"seed": r.seed, "status": r.status, "global_step": r.global_step, "scores": r.scores,
-                           "folder": os.path.relpath(r.folder, folder)} for r in row.runs],
+                           "folder": os.path.relpath(r.folder, folder), "rerun": r.rerun} for r in row.runs],
             }
             for row in table_rows
         ],
+        "refused": manifest.get("refused", []),
     }

@@ -13,7 +13,8 @@ COLUMNS = {"elbo": "ELBO", "nll": "NLL", "kl": "KL", "latents_used": "latents us
 
 
 def load_targets(path: str) -> dict[str, dict[str, Any]]:
-    """{table name: {"source", "steps", "rows": {row: {"label", column: [mean, std] | null}}}}, checked."""
+    """{table name: {"source", "steps", "rows": {row: {"label", column: [mean, std] | null}}, "caveats": {column:
+    why its paper numbers are not comparable}}}, checked; the file's top-level ``caveats`` apply to every table."""
     if not os.path.isfile(path):
         raise SBVAEError(f"targets file {path} does not exist; put targets.yaml beside the sweep file or name it with targets_file.")
     with open(path) as f:
@@ -21,6 +22,9 @@ def load_targets(path: str) -> dict[str, dict[str, Any]]:
     tables = raw.get("tables") if isinstance(raw, dict) else None
     if not isinstance(tables, dict) or not tables:
         raise SBVAEError(f"targets file {path} needs a mapping 'tables: {{NAME: {{rows: ...}}}}'.")
+    caveats = raw.get("caveats") or {}
+    if not isinstance(caveats, dict) or set(caveats) - set(COLUMNS) or not all(isinstance(v, str) for v in caveats.values()):
+        raise SBVAEError(f"targets file {path}: caveats must map columns ({', '.join(COLUMNS)}) to a sentence, got {caveats!r}.")
     for name, table in tables.items():
         rows = table.get("rows") if isinstance(table, dict) else None
         if not isinstance(rows, dict) or not rows:
@@ -34,6 +38,7 @@ def load_targets(path: str) -> dict[str, dict[str, Any]]:
                 ok = value is None or (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value))
                 if not ok:
                     raise SBVAEError(f"targets file {path}: {name}/{row_name}.{column} must be [mean, std] or null, got {value!r}.")
+        table["caveats"] = dict(caveats)  # columns whose paper numbers are printed but not comparable, and why
     return tables
 
 

@@ -24,25 +24,45 @@ def cli_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def train_command(sweep: Sweep, group: Group, task: Task, out: str, resume: str | None = None) -> list[str]:
-    """sbvae-train fit for one task: seeds seeds[0].. as replicas (``--replicas`` only when more than one)."""
-    cmd = TRAIN + ["fit", "--config", group.config]
-    for key, value in group.overrides.items():
+def fit_command(config: str, overrides: dict[str, Any], seed: int, steps: int, save_dir: str, name: str,
+                version: str) -> list[str]:
+    """sbvae-train fit of one config from ``seed`` to ``steps``, logging to save_dir/name/version."""
+    cmd = TRAIN + ["fit", "--config", config]
+    for key, value in overrides.items():
         cmd += [f"--{key}", cli_value(value)]
-    cmd += [
-        "--seed_everything", str(task.seeds[0]),
-        "--trainer.max_steps", str(sweep.steps),
+    return cmd + [
+        "--seed_everything", str(seed),
+        "--trainer.max_steps", str(steps),
         "--trainer.enable_progress_bar", "false",
         # A fixed version folder, so a resumed task writes where it started instead of version_K+1.
-        "--trainer.logger.init_args.save_dir", os.path.join(os.path.abspath(out), "runs"),
-        "--trainer.logger.init_args.name", group.name,
-        "--trainer.logger.init_args.version", task.block,
+        "--trainer.logger.init_args.save_dir", save_dir,
+        "--trainer.logger.init_args.name", name,
+        "--trainer.logger.init_args.version", version,
     ]
+
+
+def train_command(sweep: Sweep, group: Group, task: Task, out: str, resume: str | None = None) -> list[str]:
+    """sbvae-train fit for one task: seeds seeds[0].. as replicas (``--replicas`` only when more than one)."""
+    cmd = fit_command(group.config, group.overrides, task.seeds[0], sweep.steps, os.path.join(os.path.abspath(out), "runs"),
+                      group.name, task.block)
     if len(task.seeds) > 1:
         cmd += ["--replicas", str(len(task.seeds))]
     if resume:
         cmd += ["--ckpt_path", resume]
     return cmd
+
+
+def rerun_commands(manifest: dict[str, Any], group: dict[str, Any], seed: int, threads: int | None = None) -> list[str]:
+    """The two commands that train one seed of a sweep's group alone (not as a replica: replica k is the
+    single run of seed base + k) into runs/rerun/ and score it as the sweep did; shown as a user types them."""
+    folder = os.path.join("runs", "rerun")
+    train = fit_command(group["config"], group["overrides"], seed, manifest["steps"], folder, group["name"], f"seed_{seed}")
+    ckpt = checkpoint_path(os.path.join(folder, group["name"], f"seed_{seed}"))
+    score = EVALUATE + ["--ckpt", ckpt, "--metrics", ",".join(manifest["metrics"]), "--preset", manifest["preset"],
+                        "--seed", "0", "--output", os.path.join(os.path.dirname(ckpt), f"eval-{manifest['preset']}-seed0.json")]
+    # The CPU's convolutions sum in an order that depends on the thread count: keep the sweep's.
+    prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return [prefix + shown(train), prefix + shown(score)]
 
 
 def eval_path(sweep: Sweep | dict, run_folder: str) -> str:

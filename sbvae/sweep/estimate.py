@@ -2,7 +2,8 @@
 
 The rows read are those of ``benchmarks/results/*.json`` files with a ``results`` list of
 {"model", "batch" (or "batch_size"), "replicas", "path", "images_per_s"}; ``throughput-*.json`` files
-(sbvae-train's real loop on a GPU) come first; files measured on a CPU are skipped.  A row is matched by model kind (sbd, deconv,
+(sbvae-train's real loop on a GPU) come first; rows measured on a CPU estimate only groups that train on
+the CPU (``trainer.accelerator: cpu``), and those only from CPU rows.  A row is matched by model kind (sbd, deconv,
 coordconv, factorvae-sbd, ...), then batch, then replica count; its images/s are scaled by the pixel
 count from the benchmark's image size (64 px unless the file says otherwise) to the run's.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,7 @@ class TaskCost:
     kind: str
     images: int
     throughput: Throughput
+    cpu: bool = False  # trained on the CPU (trainer.accelerator cpu)
 
     @property
     def seconds(self) -> float:
@@ -76,8 +79,8 @@ def read_rows(folder: str | None) -> list[dict[str, Any]]:
             continue
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             continue
-        if str(data.get("device", "")).lower().startswith("cpu"):
-            continue  # the estimate is of accelerator time; a CPU measurement would overstate it a hundredfold
+        # A CPU measurement estimates only CPU runs: for a GPU's it would overstate the time a hundredfold.
+        cpu = str(data.get("device", "")).lower().startswith("cpu")
         for row in data["results"]:
             if not isinstance(row, dict) or not isinstance(row.get("images_per_s"), (int, float)) or "model" not in row:
                 continue
@@ -89,20 +92,26 @@ def read_rows(folder: str | None) -> list[dict[str, Any]]:
                 "images_per_s": float(row["images_per_s"]),
                 "image_size": row.get("image_size", data.get("image_size", 64)),
                 "source": f"{os.path.basename(path)} ({data.get('device', 'unknown device')})",
+                "cpu": cpu,
             })
     return rows
 
 
-def lookup(rows: list[dict[str, Any]], kind: str, batch: int, replicas: int, image_size: int) -> Throughput:
-    """The closest measured row: same kind, then the same batch, replica count and the trainer path preferred."""
-    same = [r for r in rows if r["kind"] == kind]
+def lookup(rows: list[dict[str, Any]], kind: str, batch: int, replicas: int, image_size: int, cpu: bool = False) -> Throughput:
+    """The closest measured row of the device kind (CPU or accelerator): same model kind, then the same batch,
+    image size, replica count and the trainer path preferred."""
+    same = [r for r in rows if r["kind"] == kind and r.get("cpu", False) == cpu]
+    if not same and cpu:
+        return Throughput(math.nan, f"no CPU row in benchmarks/results measures {kind}, so its time is unknown "
+                                    f"(python benchmarks/throughput.py --device cpu --quick --models {kind} measures one)")
     if not same:
         scale = (64 / image_size) ** 2
         note = f", scaled x{scale:g} for {image_size} px" if scale != 1 else ""
         return Throughput(DEFAULT_IMAGES_PER_S * scale, f"{DEFAULT_SOURCE} matches {kind}{note}")
 
     def distance(row):
-        return (row["batch"] != batch, abs((row["replicas"] or 1) - replicas), row["path"] not in (None, "trainer"))
+        return (row["batch"] != batch, row["image_size"] != image_size, abs((row["replicas"] or 1) - replicas),
+                row["path"] not in (None, "trainer"))
 
     best = min(same, key=distance)  # rows keep file order on ties: throughput-*.json first
     scale = (best["image_size"] / image_size) ** 2
@@ -126,10 +135,11 @@ def group_settings(group: Group) -> dict[str, Any]:
     with open(group.config) as f:
         config = yaml.safe_load(f) or {}
     value = {key: group.overrides.get(key, _nested(config, key)) for key in
-             ("model.class_path", "model.init_args.decoder", "data.batch_size", "data.image_size")}
+             ("model.class_path", "model.init_args.decoder", "data.batch_size", "data.image_size", "trainer.accelerator")}
     decoder = {"spatial_broadcast": "sbd", "deconv": "deconv", "coordconv": "coordconv"}.get(value["model.init_args.decoder"] or "spatial_broadcast", "sbd")
     factor = "factorvae-" if "FactorVAE" in str(value["model.class_path"]) else ""
-    return {"kind": factor + decoder, "batch": int(value["data.batch_size"] or 16), "image_size": int(value["data.image_size"] or 64)}
+    return {"kind": factor + decoder, "batch": int(value["data.batch_size"] or 16), "image_size": int(value["data.image_size"] or 64),
+            "cpu": value["trainer.accelerator"] == "cpu"}
 
 
 def estimate(sweep: Sweep, tasks: list[Task], folder: str | None) -> list[TaskCost]:
@@ -139,12 +149,14 @@ def estimate(sweep: Sweep, tasks: list[Task], folder: str | None) -> list[TaskCo
     for task in tasks:
         settings = group_settings(groups[task.group])
         images = sweep.steps * settings["batch"] * len(task.seeds)
-        throughput = lookup(rows, settings["kind"], settings["batch"], len(task.seeds), settings["image_size"])
-        costs.append(TaskCost(task, settings["kind"], images, throughput))
+        throughput = lookup(rows, settings["kind"], settings["batch"], len(task.seeds), settings["image_size"], settings["cpu"])
+        costs.append(TaskCost(task, settings["kind"], images, throughput, settings["cpu"]))
     return costs
 
 
 def duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "unknown"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

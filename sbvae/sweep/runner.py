@@ -176,8 +176,8 @@ class Runner:
         self.say(task, f"training {seeds} to step {self.sweep.steps} {how} on {device} "
                        f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); log {log}")
         record = {"task": task.name, "settings": settings_of(group), "command": shown(cmd), "device": device,
-                  "hostname": socket.gethostname(), "gpu": gpu, "started": time.time(), "steps": self.sweep.steps,
-                  "resumed_from": resume}
+                  "hostname": socket.gethostname(), "gpu": gpu, "threads": self.cpu_threads(gpu), "started": time.time(),
+                  "steps": self.sweep.steps, "resumed_from": resume}
         S.write_record(self.out, task.name, {**record, "returncode": None})
         start = time.perf_counter()
         returncode = self.execute(cmd, log, gpu)
@@ -220,11 +220,22 @@ class Runner:
     def log_path(self, task: Task) -> str:
         return os.path.join(self.out, "logs", task.name.replace("/", "--") + ".log")
 
+    def cpu_threads(self, gpu: str | None) -> int | None:
+        """The CPU threads of a task's process: OMP_NUM_THREADS if set, else the cores shared out among
+        ``jobs`` CPU processes (each taking every core would slow them all); None: torch's default."""
+        if gpu is not None:
+            return None
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            return int(os.environ["OMP_NUM_THREADS"])
+        return max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
+
     def execute(self, cmd: list[str], log: str, gpu: str | None) -> int:
         os.makedirs(os.path.dirname(log), exist_ok=True)
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        elif self.cpu_threads(gpu):
+            env["OMP_NUM_THREADS"] = str(self.cpu_threads(gpu))
         with open(log, "a") as f:
             f.write(f"\n$ {shown(cmd)}\n")
             f.flush()
