@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sbvae import runs
+from sbvae.engine import engine_status
 from sbvae.errors import DivergenceError, Preempted, SBVAEError
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
@@ -285,7 +286,8 @@ class RunStatus(L.Callback):
 
     def _write(self, status: str, **extra) -> None:
         with self._lock:
-            runs.write_status(self._folder, status, self._trainer.global_step, self._started, **extra)
+            runs.write_status(self._folder, status, self._trainer.global_step, self._started,
+                              **engine_status(self._trainer.lightning_module), **extra)
 
     def _open(self, trainer: L.Trainer) -> None:
         # The logger's folder, not trainer.log_dir: that one is a collective broadcast, and this runs

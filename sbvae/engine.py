@@ -14,6 +14,7 @@ them from outside.  One ``Engine.step()`` is a whole optimisation step with no h
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import lightning
@@ -55,13 +56,17 @@ class Engine:
             on the CPU the draw's forty-odd small operations, run once per block, cost a fifth as much.
             Blocks start at multiples of ``draw_ahead``, so a resumed run draws exactly as an unbroken one.
             The step counter is read on the host each step: free on the CPU, where ``draw_ahead_for`` picks it.
+        fallback: in graph mode, go on with eager steps (one warning, ``self.fallback`` says why) when the
+            capture raises, or when the first replayed step gives a non-finite loss where the eager step's is
+            finite or disagrees with the eager computation of the same step beyond float rounding; without
+            it (``step_mode: graph`` asked for explicitly), such a failure stops the run.
     """
 
     def __init__(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                  draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int, mode: str,
                  start_step: int, device: torch.device, autocast_dtype: torch.dtype | None = None,
                  backward: Callable[[torch.Tensor], None] | None = None, max_loss: float | None = None,
-                 replicas: int | None = None, draw_ahead: int = 1):
+                 replicas: int | None = None, draw_ahead: int = 1, fallback: bool = False):
         if mode not in ("graph", "eager"):
             raise ValueError(f"unknown engine mode {mode!r}: 'graph' or 'eager'.")
         if draw_ahead < 1 or (draw_ahead > 1 and mode == "graph"):
@@ -75,8 +80,12 @@ class Engine:
         self.step_counter = torch.tensor(start_step, dtype=torch.int64, device=device)
         self.bad_step = torch.full((replicas,) if replicas else (), -1, dtype=torch.int64, device=device)
         self.bad_values: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None  # this step's terms, stacked: one buffer that every step writes
         self.terms: dict[str, torch.Tensor] = {}
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self.fallback_allowed = fallback
+        self.fallback: str | None = None  # why a graph engine went eager, once it has
+        self._runner = graph_runner() if mode == "graph" else None
+        self._graph = None  # the runner's captured step
         self._calls = 0
         self.draw_ahead = draw_ahead
         _lay_out_state_like_weights(optimizers)
@@ -131,12 +140,13 @@ class Engine:
         first_time = bad & (self.bad_step < 0)
         values = torch.stack([v.detach().float() for v in terms.values()])  # [V] or [V, R]
         if self.bad_values is None:  # allocated in the first (eager) step, before any capture
-            self.bad_values = torch.zeros_like(values)
-        # In place: a captured graph writes the buffer it was captured with; a new tensor each step would
-        # leave the host reading a warm-up step's values.
+            self.bad_values, self._values = torch.zeros_like(values), torch.zeros_like(values)
+        # In place: a captured graph writes the buffers it was captured with, and so does every eager step,
+        # so the host reads the latest step's terms (and the first bad step's) whichever ran it.
         self.bad_values.copy_(torch.where(first_time, values, self.bad_values))
+        self._values.copy_(values)
         self.bad_step.copy_(torch.where(first_time, step, self.bad_step))
-        self.terms = dict(zip(terms, values.unbind()))
+        self.terms = dict(zip(terms, self._values.unbind()))
         self.step_counter.add_(1)
 
     def _inputs(self, step: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -198,20 +208,16 @@ class Engine:
         """One optimisation step; returns this step's terms as device scalars (no synchronisation)."""
         if self.mode == "eager" or self._calls < WARMUP_STEPS:
             self._eager_step()
+        elif self._graph is None:
+            self._capture_and_check()
         else:
-            if self._graph is None:
-                self._capture()
-            self._graph.replay()
+            self._runner.replay(self._graph)
         self._calls += 1
         return self.terms
 
     def _eager_step(self) -> None:
         if self.mode == "graph":  # warm-up on a side stream, as capture requires
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._run_and_clear()
-            torch.cuda.current_stream().wait_stream(side)
+            self._runner.warm_up(self._run_and_clear)
         else:
             self._run_and_clear()
 
@@ -223,12 +229,78 @@ class Engine:
     def _capture(self) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)  # backward inside the graph allocates the static gradients
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._program()
-        # Outside the graph no gradient is visible: a Lightning optimizer.step() after a replay is a no-op.
-        for p in self._params():
-            p.grad = None
+        try:
+            self._graph = self._runner.capture(self._program)
+        finally:
+            # Outside the graph no gradient is visible: a Lightning optimizer.step() after a replay is a no-op.
+            for p in self._params():
+                p.grad = None
+
+    def _capture_and_check(self) -> None:
+        """Capture, then run the first replayed step beside an eager computation of the same step."""
+        try:
+            self._capture()
+        except Exception as error:  # noqa: BLE001 - any failure to capture means: train eagerly
+            self._graph = None
+            return self._fall_back(f"could not be captured ({type(error).__name__}: {_first_line(error)})")
+        start = self._state()
+        self._eager_step()
+        eager_values = self._values.clone()
+        eager_params = [p.detach().clone() for p in self._params()]
+        self._set_state(start)
+        try:
+            self._runner.replay(self._graph)
+            cause = self._disagreement(eager_values, eager_params, start[: len(eager_params)])
+        except Exception as error:  # noqa: BLE001
+            cause = f"failed on its first replay ({type(error).__name__}: {_first_line(error)})"
+        if cause is not None:
+            self._set_state(start)  # the replay's update is undone; the step runs again, eagerly
+            self._fall_back(cause)
+
+    def _state(self) -> list[torch.Tensor]:
+        """Copies of everything a step changes: weights, optimiser state, counters, the divergence record."""
+        live = self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
+        return [t.detach().clone() for t in live]
+
+    def _set_state(self, saved: list[torch.Tensor]) -> None:
+        live = self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
+        with torch.no_grad():
+            for now, old in zip(live, saved, strict=True):
+                now.copy_(old)
+
+    def _disagreement(self, eager_values: torch.Tensor, eager_params: list[torch.Tensor],
+                      before: list[torch.Tensor]) -> str | None:
+        """Why the replayed step cannot be trusted, or None: a non-finite term where the eager one is
+        finite, terms apart by more than float rounding, or weights updated differently."""
+        graph_values = self._values
+        names = list(self.terms)
+        finite = torch.isfinite(eager_values)
+        broken = finite & ~torch.isfinite(graph_values)
+        if bool(broken.any()):
+            name = names[int(broken.flatten(1).any(1).nonzero()[0]) if broken.ndim > 1 else int(broken.nonzero()[0])]
+            return f"gave a non-finite {name} where the eager step's is finite"
+        rtol = 2e-2 if self.autocast_dtype is not None else 1e-3
+        apart = finite & ((graph_values - eager_values).abs() > 1e-5 + rtol * eager_values.abs())
+        if bool(apart.any()):
+            i = int(apart.flatten(1).any(1).nonzero()[0]) if apart.ndim > 1 else int(apart.nonzero()[0])
+            return (f"disagreed with the eager step ({names[i]} {graph_values[i].tolist()} against "
+                    f"{eager_values[i].tolist()})")
+        moved = max(float((e - b).abs().max()) for e, b in zip(eager_params, before))
+        off = max(float((p.detach() - e).abs().max()) for p, e in zip(self._params(), eager_params))
+        if off > 0.1 * moved + 1e-7:
+            return f"disagreed with the eager step (weights {off:.3g} apart after an update of {moved:.3g})"
+        return None
+
+    def _fall_back(self, cause: str) -> None:
+        """Eager from this step on, with the same keyed numbers; or stop, when graph mode was asked for."""
+        step = int(self.step_counter)
+        if not self.fallback_allowed:
+            raise SBVAEError(f"the CUDA graph step {cause} at step {step}; use step_mode auto (which then trains "
+                             "eagerly) or eager.")
+        self.fallback = f"the CUDA graph step {cause} at step {step}"
+        warnings.warn(f"step_mode auto: {self.fallback}; training goes on with eager steps.", stacklevel=3)
+        self.mode, self._graph = "eager", None
+        self._eager_step()
 
     # -- divergence, read by the host -----------------------------------------------------------
     def first_bad_step(self) -> tuple[int, dict[str, float]] | None:
@@ -239,6 +311,33 @@ class Engine:
         return step, dict(zip(self.terms, self.bad_values.tolist()))
 
 
+class CudaGraphRunner:
+    """How a graph engine warms up, captures and replays its step on CUDA (tests give the engine a stand-in)."""
+
+    def warm_up(self, run: Callable[[], None]) -> None:
+        side = torch.cuda.Stream()  # capture requires the warm-up on a side stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def capture(self, program: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            program()
+        return graph
+
+    def replay(self, graph: torch.cuda.CUDAGraph) -> None:
+        graph.replay()
+
+
+graph_runner: Callable[[], CudaGraphRunner] = CudaGraphRunner
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
 def normalised_device(device) -> torch.device:
     """``cuda`` as ``cuda:<current index>``: tensors report their device with its index, and
     ``torch.device("cuda") == torch.device("cuda:0")`` is False, so an unindexed device would miss every
@@ -247,6 +346,14 @@ def normalised_device(device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def engine_status(module) -> dict:
+    """What status.json says of a module's training step: its mode and, after a fallback, why."""
+    engine = getattr(module, "engine", None)
+    if engine is None:
+        return {}
+    return {"step_mode": engine.mode, **({"graph_fallback": engine.fallback} if engine.fallback else {})}
 
 
 def _nothing_to_check() -> None:
@@ -297,6 +404,7 @@ def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torc
     trainer = module.trainer
     # A DDP step all-reduces gradients; replica sets spread over processes share nothing, so each may graph.
     averaged = trainer.world_size > 1 and not options.get("replicas")
+    fallback = step_mode == "auto"  # auto never trains worse than eager: a failed capture falls back to it
     step_mode = resolved_step_mode(step_mode, module.device, averaged, getattr(trainer.datamodule, "data", None))
     bf16 = str(trainer.precision).startswith("bf16")
     optimizers = [o.optimizer for o in _lightning_optimizers(module)]
@@ -304,7 +412,7 @@ def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torc
     return Engine(module, optimizers, draw_batch, seed=seed, rank=rank,
                   mode=step_mode, start_step=module.global_step, device=module.device,
                   autocast_dtype=torch.bfloat16 if bf16 else None,
-                  draw_ahead=draw_ahead_for(module.device, step_mode, seed), **options)
+                  draw_ahead=draw_ahead_for(module.device, step_mode, seed), fallback=fallback, **options)
 
 
 def resolved_step_mode(step_mode: str, device: torch.device, averaged: bool, data) -> str:

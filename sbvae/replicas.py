@@ -28,7 +28,7 @@ from torch.func import functional_call, stack_module_state
 from torch.utils.tensorboard import SummaryWriter
 
 from sbvae.callbacks import Heartbeat, ImageLogger, exception_status
-from sbvae.engine import Engine, counted_step, engine_for
+from sbvae.engine import Engine, counted_step, engine_for, engine_status
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.module import VAE, adam, refuse_fp16, wants_channels_last
@@ -391,7 +391,8 @@ class ReplicaOutputs(L.Callback):
         folder = self.folder(trainer, k)
         with self._lock:
             os.makedirs(folder, exist_ok=True)
-            runs.write_status(folder, status, trainer.global_step, self.started, seed=module.seeds[k], **extra)
+            runs.write_status(folder, status, trainer.global_step, self.started, seed=module.seeds[k],
+                              **engine_status(module), **extra)
             self._states[k] = status
 
     def _beat(self) -> None:
@@ -400,7 +401,7 @@ class ReplicaOutputs(L.Callback):
             with self._lock:
                 if self._states.get(k) == "running":
                     runs.write_status(self.folder(self._trainer, k), "running", self._trainer.global_step,
-                                      self.started, seed=self._module.seeds[k])
+                                      self.started, seed=self._module.seeds[k], **engine_status(self._module))
 
     def _diverged(self, module: ReplicaSet) -> dict[int, int]:
         """Replica -> the step it diverged at: from the engine, or before it exists from the resumed files."""

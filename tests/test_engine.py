@@ -13,6 +13,7 @@ import torch
 from sbvae import keyed
 from sbvae.data import GroundTruthDataModule
 from sbvae.engine import Engine, draw_ahead_for
+from sbvae.errors import SBVAEError
 from sbvae.factorvae import FactorVAE
 from sbvae.module import VAE
 from test_training import TINY, final_weights, fit, run_dirs
@@ -414,3 +415,117 @@ def test_the_cpu_draws_are_the_accelerator_draws():
         for shape in ((len(keys.reshape(-1)) * 5,), (len(keys.reshape(-1)) * 3, 2)):
             assert torch.equal(host._bits(shape), device_like._bits(shape))
         assert torch.equal(host.normal((len(keys.reshape(-1)) * 4,)), device_like.normal((len(keys.reshape(-1)) * 4,)))
+
+
+# -- graph mode on the CPU, simulated: what step_mode auto does when a capture or its first replay fails ----------
+
+class StandInGraph:
+    """A CUDA graph runner for the CPU: capturing keeps the step's program, replaying runs it; ``fail`` makes
+    the capture raise ("capture"), or the replays give a NaN loss ("nan") or a wrong update ("wrong")."""
+
+    def __init__(self, fail=None, model=None):
+        self.fail, self.model, self.replays = fail, model, 0
+
+    def warm_up(self, run):
+        run()
+
+    def capture(self, program):
+        if self.fail == "capture":
+            raise RuntimeError("operation not permitted when stream is capturing\nsecond line")
+
+        def graph():  # a captured backward writes its static gradients afresh on each replay: no accumulation
+            program()
+            for p in self.model.parameters():
+                p.grad = None
+        return graph
+
+    def replay(self, program):
+        self.replays += 1
+        if self.fail == "nan":
+            real = self.model.loss_terms
+            self.model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * float("nan")}
+            try:
+                program()
+            finally:
+                self.model.loss_terms = real
+            return
+        program()
+        if self.fail == "wrong":  # e.g. a replay that read a stale input: one weight updated twice
+            with torch.no_grad():
+                next(self.model.parameters()).add_(1e-2)
+
+
+def graphed_run(monkeypatch, fail=None, steps=7, fallback=True, replicas=False):
+    """Weights and per-step losses of a simulated graph engine (capture at the 4th step), and the engine."""
+    import sbvae.engine as engine_module
+
+    torch.manual_seed(0)
+    model = VAE(**SMALL)
+    runner = StandInGraph(fail, model)
+    monkeypatch.setattr(engine_module, "graph_runner", lambda: runner)
+    dm = tiny_data()
+    optimizers = [model.configure_optimizers()]
+    engine = Engine(model, optimizers, lambda step: dm.training_batch(5, 0, step, torch.device("cpu")), seed=5, rank=0,
+                    mode="graph", start_step=0, device=torch.device("cpu"), fallback=fallback)
+    model.engine = engine
+    losses = [float(engine.step()["loss"]) for _ in range(steps)]
+    return snapshot(model), losses, engine, runner
+
+
+def eager_run(steps=7):
+    torch.manual_seed(0)
+    model = VAE(**SMALL)
+    engine, _ = make_engine(model, tiny_data())
+    losses = [float(engine.step()["loss"]) for _ in range(steps)]
+    return snapshot(model), losses
+
+
+def test_a_working_graph_step_is_checked_once_and_kept(monkeypatch):
+    weights, losses, engine, runner = graphed_run(monkeypatch)
+    eager_weights, eager_losses = eager_run()
+    assert engine.mode == "graph" and engine.fallback is None and runner.replays == 4  # steps 3..6
+    assert losses == eager_losses and all(torch.equal(weights[k], eager_weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("fail, cause", [
+    ("capture", "could not be captured (RuntimeError: operation not permitted when stream is capturing)"),
+    ("nan", "gave a non-finite loss where the eager step's is finite"),
+    ("wrong", "disagreed with the eager step (weights"),
+])
+def test_a_failed_capture_or_first_replay_goes_on_eagerly_from_the_same_step(monkeypatch, fail, cause):
+    with pytest.warns(UserWarning, match="step_mode auto: the CUDA graph step") as warned:
+        weights, losses, engine, runner = graphed_run(monkeypatch, fail)
+    eager_weights, eager_losses = eager_run()
+    assert engine.mode == "eager" and engine.fallback.startswith(f"the CUDA graph step {cause}")
+    assert engine.fallback.endswith("at step 3") and len(warned) == 1
+    assert runner.replays == (0 if fail == "capture" else 1)  # the first replay only, then eager steps
+    # The failed step is undone and run again eagerly: the run is the eager run, bit for bit.
+    assert losses == eager_losses and all(torch.equal(weights[k], eager_weights[k]) for k in weights)
+
+
+def test_step_mode_graph_asked_for_stops_on_a_failed_capture(monkeypatch):
+    with pytest.raises(SBVAEError, match="the CUDA graph step could not be captured .* at step 3; use step_mode auto"):
+        graphed_run(monkeypatch, "capture", fallback=False)
+
+
+def test_a_trainer_whose_capture_fails_records_the_fallback_in_its_status(tmp_path, config_path, monkeypatch):
+    """Through sbvae-train (auto on a "CUDA" device, simulated): one warning, the run completes eagerly and
+    status.json says why; the run equals an eager one."""
+    import sbvae.engine as engine_module
+
+    real = engine_module.resolved_step_mode
+    monkeypatch.setattr(engine_module, "resolved_step_mode", lambda mode, *a: "graph" if mode == "auto" else real(mode, *a))
+    monkeypatch.setattr(engine_module, "draw_ahead_for", lambda *a: 1)
+    monkeypatch.setattr(engine_module, "graph_runner", lambda: StandInGraph("capture"))
+    with pytest.warns(UserWarning, match="could not be captured"):
+        fit(config_path("quickstart.yaml"), tmp_path / "auto")
+    (run,) = run_dirs(tmp_path / "auto")
+    status = json.load(open(os.path.join(run, "status.json")))
+    assert status["status"] == "completed" and status["step_mode"] == "eager"
+    assert status["graph_fallback"].startswith("the CUDA graph step could not be captured (RuntimeError")
+    assert status["graph_fallback"].endswith("at step 3")
+    monkeypatch.setattr(engine_module, "resolved_step_mode", real)
+    fit(config_path("quickstart.yaml"), tmp_path / "eager", "--model.init_args.step_mode", "eager")
+    assert final_weights(run).keys() == final_weights(run_dirs(tmp_path / "eager")[0]).keys()
+    for name, value in final_weights(run_dirs(tmp_path / "eager")[0]).items():
+        assert torch.equal(final_weights(run)[name], value), name

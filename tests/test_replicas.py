@@ -433,3 +433,32 @@ def test_a_resume_in_the_wrong_mode_is_refused_before_the_run_is_touched(tmp_pat
         assert exit_info.value.code == 2
         assert says in capsys.readouterr().err
     assert {run: listing(run) for run in (replica_run, single_run)} == before
+
+
+@pytest.mark.parametrize("fail", ["capture", "wrong"])
+def test_the_vmapped_replica_program_falls_back_to_eager_steps_like_a_single_run(monkeypatch, fail):
+    """step_mode auto on the replica program (simulated graph on the CPU): a failed capture or a wrong first
+    replay goes on eagerly from the same step, and every replica ends where the eager replica run does."""
+    import sbvae.engine as engine_module
+    from test_engine import StandInGraph
+
+    dm = tiny_data()
+
+    def run(mode):
+        torch.manual_seed(0)
+        replicas = ReplicaSet(VAE(**SMALL), [0, 1, 2], vectorize=True)
+        monkeypatch.setattr(engine_module, "graph_runner", lambda: StandInGraph(fail, replicas))
+        seeds = torch.tensor(replicas.seeds)
+        engine = Engine(replicas, [replicas.configure_optimizers()], lambda s: dm.training_batch(seeds, 0, s, "cpu"),
+                        seed=seeds, rank=0, mode=mode, start_step=0, device=torch.device("cpu"),
+                        max_loss=replicas.model_hparams["max_loss"], replicas=3, fallback=True)
+        losses = [engine.step()["loss"].clone() for _ in range(6)]
+        return engine, losses, [replicas.replica_state_dict(k) for k in range(3)]
+
+    with pytest.warns(UserWarning, match="step_mode auto: the CUDA graph step"):
+        graphed, graphed_losses, graphed_weights = run("graph")
+    eager, eager_losses, eager_weights = run("eager")
+    assert graphed.mode == "eager" and graphed.fallback.endswith("at step 3")
+    assert all(torch.equal(a, b) for a, b in zip(graphed_losses, eager_losses))
+    for mine, theirs in zip(graphed_weights, eager_weights):
+        assert all(torch.equal(mine[name], theirs[name]) for name in theirs)
