@@ -434,6 +434,8 @@ def test_cpu_study_in_miniature_reports_its_rows_and_geometry_and_a_seed_reruns_
     pictures = {f["file"] for f in summary["figures"]}
     assert {f"geometry-{g}.png" for g in ("xy-sbd", "xy-deconv", "xy-holdout-sbd", "xy-holdout-deconv")} <= pictures
     assert "mig_histograms.png" in pictures and not any(p.startswith("geometry-sprites") for p in pictures)
+    # SBD and DeConv side by side, one line per dataset (with and without the hold-out), as the paper's Figure 7.
+    assert "geometry-side-by-side.png" in pictures
     seed = rows["xy-holdout-sbd"]["seeds"][1]
     assert seed["folder"] == os.path.join("runs", "xy-holdout-sbd", "seeds_0-1", "replica_1") and seed["seed"] == 1
     for command in seed["rerun"]:

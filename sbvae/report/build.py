@@ -1,6 +1,7 @@
 """Building a report: tables, figures, report.md, summary.json, and the figures in TensorBoard."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ def rate_distortion(report: Report, models: Models) -> None:
 def latent_geometry(report: Report, models: Models, points: int) -> None:
     from sbvae.report.probes import geometry_factors, latent_geometry as geometry
 
+    same_data: dict[str, list] = {}
     for row in report.rows:
         reps = representatives(row)
         if not reps:
@@ -177,6 +179,13 @@ def latent_geometry(report: Report, models: Models, points: int) -> None:
             entries.append((f"{row.name}: {describe(run, what)}", geometry(model, datamodule.data, points)))
         fig = F.latent_geometry(entries)
         _figure(report, models, "latent_geometry", f"{row.name}: latent geometry", f"geometry-{slug(row.name)}.png", fig, chosen[0][1])
+        dataset = (chosen[0][1].evaluation or {}).get("dataset") or {"name": data.name}
+        same_data.setdefault(json.dumps({k: dataset.get(k) for k in ("dataset", "dataset_options", "name", "image_size")},
+                                        sort_keys=True), []).extend(entries)
+    lines = [entries for entries in same_data.values() if len({title.split(":")[0] for title, _ in entries}) > 1]
+    if lines:  # rows trained on the same data (SBD and DeConv, say) side by side, one line per dataset
+        _figure(report, models, "latent_geometry", "latent geometry side by side", "geometry-side-by-side.png",
+                F.latent_geometry_lines(lines))
 
 
 def applicable(report: Report) -> list[str]:

@@ -113,16 +113,15 @@ def _grid_lines(ax, xy: np.ndarray, heldout: np.ndarray) -> None:
         ax.scatter(xy[..., 0][heldout], xy[..., 1][heldout], color="black", s=11, zorder=4, label="held out")
 
 
-def latent_geometry(entries: list[tuple[str, Geometry]]) -> Figure:
-    """Figures 7, 8, 13-22: the factor grid (left), then its embedding in each run's two most informative latents."""
-    fig, axes = plt.subplots(1, len(entries) + 1, figsize=(3.6 * (len(entries) + 1), 3.6), squeeze=False)
+def _geometry_panels(axes, entries: list[tuple[str, Geometry]]) -> None:
+    """The factor grid in the first axes, then each entry's embedding in its two most informative latents."""
     first = entries[0][1]
-    ax = axes[0][0]
+    ax = axes[0]
     _grid_lines(ax, first.factor_values, first.heldout)
     ax.set_xlabel(first.factor_names[0])
     ax.set_ylabel(first.factor_names[1])
     ax.set_title("factor grid" + (" (black: held out)" if first.heldout.any() else ""), fontsize=9)
-    for ax, (title, g) in zip(axes[0][1:], entries):
+    for ax, (title, g) in zip(axes[1:], entries):
         _grid_lines(ax, g.codes, g.heldout)
         if g.blank is not None:
             ax.plot([g.blank[0]], [g.blank[1]], marker="*", color="black", markersize=14, linestyle="none", label="blank image")
@@ -131,6 +130,21 @@ def latent_geometry(entries: list[tuple[str, Geometry]]) -> Figure:
         ax.set_title(title, fontsize=9)
         if g.heldout.any() or g.blank is not None:
             ax.legend(fontsize=7)
+
+
+def latent_geometry(entries: list[tuple[str, Geometry]]) -> Figure:
+    """Figures 7, 8, 13-22: the factor grid (left), then its embedding in each run's two most informative latents."""
+    return latent_geometry_lines([entries])
+
+
+def latent_geometry_lines(lines: list[list[tuple[str, Geometry]]]) -> Figure:
+    """One line of panels per dataset (as latent_geometry), e.g. SBD's and DeConv's seeds side by side."""
+    width = max(len(entries) for entries in lines) + 1
+    fig, axes = plt.subplots(len(lines), width, figsize=(3.6 * width, 3.6 * len(lines)), squeeze=False)
+    for row, entries in zip(axes, lines):
+        _geometry_panels(row, entries)
+        for ax in row[len(entries) + 1:]:
+            ax.axis("off")
     fig.tight_layout()
     return fig
 
