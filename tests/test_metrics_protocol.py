@@ -295,7 +295,8 @@ def test_factor_vae_single_vote_and_collapsed_codes():
                                   num_variance_estimate=20)
     assert not warned[0].filename.endswith("factor_vae.py")  # it points at the caller, not at the metric's own line
     assert none.as_dict() == {"score": 0.0, "train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0,
-                              "active_dims": [], "train_votes": [[], [], []], "eval_votes": [[], [], []]}
+                              "active_dims": [], "train_votes": [[], [], []], "eval_votes": [[], [], []],
+                              "chance": 1 / 3, "per_factor_accuracy": [0.0, 0.0, 0.0]}
     assert none.train_votes.dtype == torch.long
     with pytest.raises(ValueError, match="batch_size must be at least 2"):
         M.factor_vae_score(FactorData(SIZES), identity, batch_size=1)
@@ -510,8 +511,10 @@ def test_results_as_dict_and_scalars():
     assert result.scalars() == {"score": 0.5, "factor_0": 0.25, "factor_1": 0.75}
     sap = M.SAPResult(score=np.float64(0.25), score_matrix=np.zeros((1, 1)))
     assert sap.scalars() == {"score": 0.25} and sap.as_dict() == {"score": 0.25, "score_matrix": [[0.0]]}
-    fv = M.FactorVAEResult(1.0, 0.5, 1.0, 2, [0, 3], torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
-    assert fv.scalars() == {"score": 1.0, "train_accuracy": 0.5, "eval_accuracy": 1.0, "num_active_dims": 2.0}
+    fv = M.FactorVAEResult(1.0, 0.5, 1.0, 2, [0, 3], torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long),
+                           0.5, [1.0, 1.0])
+    assert fv.scalars() == {"score": 1.0, "train_accuracy": 0.5, "eval_accuracy": 1.0, "num_active_dims": 2.0, "chance": 0.5}
+    assert fv.as_dict()["per_factor_accuracy"] == [1.0, 1.0]
     assert fv.as_dict()["eval_votes"] == [[1, 1]] and fv.as_dict()["active_dims"] == [0, 3]
     nested = M.DCIResult(0.0, 0.0, 0.0, 0.0, 0.0, {"a": (np.int64(1), torch.tensor(2.0))})
     assert nested.as_dict()["importance_matrix"] == {"a": [1, 2.0]}
