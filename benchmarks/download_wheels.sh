@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks/wheels}"
 mkdir -p "$out"
+rm -f "$out"/*.whl  # one version of each: two would make the offline install ambiguous
 # The GPU machine's Python is 3.12 on manylinux x86-64; these are pure-Python wheels, so any pip can fetch them.
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d "$out" "jsonargparse>=4.27" docstring-parser typeshed-client
-rm -f "$out"/sbvae-*.whl
 python3 -m pip wheel --quiet --no-deps -w "$out" .
 rm -rf build sbvae.egg-info
 ls -1 "$out"

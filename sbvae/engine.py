@@ -323,8 +323,15 @@ class CudaGraphRunner:
 
     def capture(self, program: Callable[[], None]) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            program()
+        before = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph):
+                program()
+        except Exception:
+            # A failed capture_end() leaves torch.cuda.graph's capture stream current; the eager steps that
+            # follow must run on the stream they ran on before.
+            torch.cuda.set_stream(before)
+            raise
         return graph
 
     def replay(self, graph: torch.cuda.CUDAGraph) -> None:

@@ -267,7 +267,7 @@ def test_plain_runs_pool_by_config_and_steps_and_count_each_seed_once(tmp_path):
     runs = tmp_path / "runs"
     plain_run(runs / "a" / "version_0", 0, steps=120, mig=0.50)                       # sbd, 120 steps
     plain_run(runs / "a" / "version_1", 0, steps=20, replicas=(0.10, 0.20))           # sbd, 20 steps, seeds 0, 1
-    plain_run(runs / "a" / "version_2", 0, steps=120, mig=0.90, save_dir="elsewhere")  # seed 0 again: refused
+    plain_run(runs / "a" / "version_2", 0, steps=120, save_dir="elsewhere")  # seed 0 again, never scored: refused
     plain_run(runs / "a" / "version_3", 1, steps=120, mig=0.30)                       # sbd, 120 steps, seed 1
     plain_run(runs / "a" / "version_4", 0, steps=120, decoder="deconv", mig=0.05)      # another config
     plain_run(runs / "b" / "version_0", 1, steps=120, decoder="deconv", mig=0.07, save_dir="other")  # pools with it

@@ -298,15 +298,15 @@ def test_jobs_spread_tasks_over_the_visible_gpus(tmp_path, monkeypatch):
 
 
 def test_cpu_jobs_share_the_cores_and_record_their_threads(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     sweep = load_sweep(str(write_sweep(tmp_path, base=QUICKSTART, steps=10, seeds=2, replicas=1)))
     show = [sys.executable, "-c", "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"]
     log = str(tmp_path / "env.log")
     two, one = Runner(sweep, str(tmp_path / "out"), jobs=2), Runner(sweep, str(tmp_path / "out"))
-    assert (two.cpu_threads(None), one.cpu_threads(None), two.cpu_threads("0")) == (2, None, None)
+    assert (two.cpu_threads(None), one.cpu_threads(None), two.cpu_threads("0")) == (2, 4, None)
     assert two.execute(show, log, None) == 0 and one.execute(show, log, None) == 0
-    assert [line for line in open(log).read().splitlines() if line.startswith("threads")] == ["threads 2", "threads None"]
+    assert [line for line in open(log).read().splitlines() if line.startswith("threads")] == ["threads 2", "threads 4"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting wins, and is what the task records
     assert two.cpu_threads(None) == 1 and one.cpu_threads(None) == 1
 

@@ -130,25 +130,31 @@ def _labels(keys: list[tuple], runs: dict[tuple, list[FoundRun]]) -> dict[tuple,
         if len({k[1] for k in twins}) > 1:
             parts.append(f"{key[1]} steps")
         labels[key] = f"{names[key]} [{', '.join(parts)}]"
+    seen: Counter = Counter()
+    for key in keys:  # configs that differ only past the two keys shown would share a name: number them
+        seen[labels[key]] += 1
+        if seen[labels[key]] > 1:
+            labels[key] = f"{labels[key]} #{seen[labels[key]]}"
     return labels
 
 
 def manifest_from_runs(folder: str) -> dict[str, Any]:
     """The runs found under a folder, grouped by what defines them: the resolved config minus the seed
     (and minus where it writes, see NOT_DEFINING), plus the steps it trained.  Each seed counts once per
-    group; runs that cannot be pooled are listed under ``refused`` with the reason.
+    group (a completed, scored run before another, then the newest); runs that cannot be pooled are listed
+    under ``refused`` with the reason.
 
     A replica-parallel run counts as its replicas (runs/NAME/version_K/replica_R), each with the seed its
     status.json records and its set's config; the set's own folder holds no model of its own."""
     found = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(folder, "**", "status.json"), recursive=True))
     found = [run for run in found if not runs_layout.replica_dirs(run)]
-    groups: dict[tuple, list[FoundRun]] = {}
-    seen: dict[tuple, dict[int, str]] = {}
+    candidates: dict[tuple, dict[int, list[tuple[tuple, FoundRun]]]] = {}
     refused = []
     presets = Counter()
     for path in found:
         run = _found_run(folder, path)
-        for file in glob.glob(os.path.join(path, "checkpoints", "eval-*-seed0.json")):
+        scores = glob.glob(os.path.join(path, "checkpoints", "eval-*-seed0.json"))
+        for file in scores:
             presets[os.path.basename(file).split("-")[1]] += 1
         if run.config is None:
             refused.append({"folder": run.folder, "seed": run.seed, "reason": "no config.yaml, so what it trained is unknown"})
@@ -157,13 +163,20 @@ def manifest_from_runs(folder: str) -> dict[str, Any]:
             refused.append({"folder": run.folder, "seed": None, "reason": "no seed in its config.yaml or status.json"})
             continue
         key = (tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in run.config.items())), run.steps)
-        first = seen.setdefault(key, {}).get(run.seed)
-        if first is not None:
-            refused.append({"folder": run.folder, "seed": run.seed,
-                            "reason": f"seed {run.seed} of the same config and steps is already counted from {first}"})
-            continue
-        seen[key][run.seed] = run.folder
-        groups.setdefault(key, []).append(run)
+        status = runs_layout.read_status(path) or {}
+        # Of two runs of one seed, the one counted: completed, then scored, then the newest (a rerun after a failure).
+        rank = (status.get("status") == "completed", bool(scores), os.path.getmtime(os.path.join(path, runs_layout.STATUS_FILE)))
+        candidates.setdefault(key, {}).setdefault(run.seed, []).append((rank, run))
+    groups: dict[tuple, list[FoundRun]] = {}
+    for key, seeds in candidates.items():
+        for seed, options in seeds.items():
+            options.sort(key=lambda o: o[0], reverse=True)
+            kept = options[0][1]
+            groups.setdefault(key, []).append(kept)
+            refused += [{"folder": run.folder, "seed": seed,
+                         "reason": f"seed {seed} of the same config and steps is already counted from {kept.folder}"}
+                        for _, run in options[1:]]
+        groups[key].sort(key=lambda r: r.folder)
     keys = sorted(groups, key=lambda k: (groups[k][0].folder, k[1] or 0))
     labels = _labels(keys, groups)
     return {

@@ -221,13 +221,15 @@ class Runner:
         return os.path.join(self.out, "logs", task.name.replace("/", "--") + ".log")
 
     def cpu_threads(self, gpu: str | None) -> int | None:
-        """The CPU threads of a task's process: OMP_NUM_THREADS if set, else the cores shared out among
-        ``jobs`` CPU processes (each taking every core would slow them all); None: torch's default."""
+        """The CPU threads of a task's process, set and recorded (a rerun needs the same count: the CPU's
+        sums depend on it): OMP_NUM_THREADS if set, else this process's cores shared out among ``jobs``
+        CPU processes (each taking every core would slow them all); None on a GPU."""
         if gpu is not None:
             return None
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():
             return int(os.environ["OMP_NUM_THREADS"])
-        return max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.jobs)
 
     def execute(self, cmd: list[str], log: str, gpu: str | None) -> int:
         os.makedirs(os.path.dirname(log), exist_ok=True)
