@@ -100,13 +100,13 @@ class Check:
 # -- the stages ------------------------------------------------------------------------------------------
 
 def install(check: Check) -> dict:
-    wheels = sorted(glob.glob(os.path.join(check.wheels, "*.whl")))
-    found = {w: any(os.path.basename(w).lower().startswith(p + "-") for p in PACKAGES) for w in wheels}
-    missing = [p for p in PACKAGES if not any(os.path.basename(w).lower().startswith(p + "-") for w in wheels)]
+    package = lambda wheel: os.path.basename(wheel).lower().split("-")[0]
+    wheels = [w for w in sorted(glob.glob(os.path.join(check.wheels, "*.whl"))) if package(w) in PACKAGES]
+    missing = [p for p in PACKAGES if p not in {package(w) for w in wheels}]
     if missing and not check.plan:
         return {"ok": False, "error": f"no wheel of {', '.join(missing)} in {check.wheels}: run bash benchmarks/download_wheels.sh"}
     rc = check.run(check.python("-m", "pip", "install", "--no-index", "--no-deps", "--target", check.site,
-                                *(w for w in wheels if found[w]) or ["<wheels>"]), LIMITS["install"])
+                                *wheels or ["<wheels>"]), LIMITS["install"])
     probe = ("import json, os, platform, subprocess, torch, lightning, sbvae, jsonargparse; "
              "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None; "
              "smi = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total', '--format=csv,noheader'], "

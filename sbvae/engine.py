@@ -241,7 +241,6 @@ class Engine:
         try:
             self._capture()
         except Exception as error:  # noqa: BLE001 - any failure to capture means: train eagerly
-            self._graph = None
             return self._fall_back(f"could not be captured ({type(error).__name__}: {_first_line(error)})")
         start = self._state()
         self._eager_step()
@@ -257,15 +256,16 @@ class Engine:
             self._set_state(start)  # the replay's update is undone; the step runs again, eagerly
             self._fall_back(cause)
 
+    def _live_state(self) -> list[torch.Tensor]:
+        """Everything a step changes: weights, optimiser state, counters, the divergence record, the terms."""
+        return self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
+
     def _state(self) -> list[torch.Tensor]:
-        """Copies of everything a step changes: weights, optimiser state, counters, the divergence record."""
-        live = self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
-        return [t.detach().clone() for t in live]
+        return [t.detach().clone() for t in self._live_state()]
 
     def _set_state(self, saved: list[torch.Tensor]) -> None:
-        live = self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
         with torch.no_grad():
-            for now, old in zip(live, saved, strict=True):
+            for now, old in zip(self._live_state(), saved, strict=True):
                 now.copy_(old)
 
     def _disagreement(self, eager_values: torch.Tensor, eager_params: list[torch.Tensor],
@@ -276,13 +276,13 @@ class Engine:
         names = list(self.terms)
         finite = torch.isfinite(eager_values)
         broken = finite & ~torch.isfinite(graph_values)
+        first_term = lambda mask: int(mask.reshape(len(mask), -1).any(1).nonzero()[0])  # [V] or [V, R] -> a term
         if bool(broken.any()):
-            name = names[int(broken.flatten(1).any(1).nonzero()[0]) if broken.ndim > 1 else int(broken.nonzero()[0])]
-            return f"gave a non-finite {name} where the eager step's is finite"
+            return f"gave a non-finite {names[first_term(broken)]} where the eager step's is finite"
         rtol = 2e-2 if self.autocast_dtype is not None else 1e-3
         apart = finite & ((graph_values - eager_values).abs() > 1e-5 + rtol * eager_values.abs())
         if bool(apart.any()):
-            i = int(apart.flatten(1).any(1).nonzero()[0]) if apart.ndim > 1 else int(apart.nonzero()[0])
+            i = first_term(apart)
             return (f"disagreed with the eager step ({names[i]} {graph_values[i].tolist()} against "
                     f"{eager_values[i].tolist()})")
         moved = max(float((e - b).abs().max()) for e, b in zip(eager_params, before))

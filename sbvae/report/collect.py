@@ -94,6 +94,7 @@ class FoundRun:
     seed: int | None
     steps: int | None
     config: dict[str, Any] | None  # its definition(); None without a readable config.yaml
+    status: dict[str, Any]  # its status.json
 
 
 def _found_run(folder: str, run: str) -> FoundRun:
@@ -111,7 +112,7 @@ def _found_run(folder: str, run: str) -> FoundRun:
     # A completed run trained to its global step; any other stopped on the way to the steps it was asked for.
     steps = status.get("global_step") if status.get("status") == "completed" else \
         ((config or {}).get("trainer") or {}).get("max_steps", status.get("global_step"))
-    return FoundRun(rel, parent, seed, steps, definition(config) if config is not None else None)
+    return FoundRun(rel, parent, seed, steps, definition(config) if config is not None else None, status)
 
 
 def _labels(keys: list[tuple], runs: dict[tuple, list[FoundRun]]) -> dict[tuple, str]:
@@ -163,9 +164,8 @@ def manifest_from_runs(folder: str) -> dict[str, Any]:
             refused.append({"folder": run.folder, "seed": None, "reason": "no seed in its config.yaml or status.json"})
             continue
         key = (tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in run.config.items())), run.steps)
-        status = runs_layout.read_status(path) or {}
         # Of two runs of one seed, the one counted: completed, then scored, then the newest (a rerun after a failure).
-        rank = (status.get("status") == "completed", bool(scores), os.path.getmtime(os.path.join(path, runs_layout.STATUS_FILE)))
+        rank = (run.status.get("status") == "completed", bool(scores), os.path.getmtime(os.path.join(path, runs_layout.STATUS_FILE)))
         candidates.setdefault(key, {}).setdefault(run.seed, []).append((rank, run))
     groups: dict[tuple, list[FoundRun]] = {}
     for key, seeds in candidates.items():
