@@ -12,6 +12,9 @@ Rows:
   and 5,000 eval votes, 10,000 variance images: 970,000 images). On CPU the default is
   a reduced preset (500 / 250 votes, 2,000 variance images) with the paper time
   extrapolated linearly in images encoded (the cost is render + encode).
+- ``irs``, ``unsupervised``, ``downstream (<predictor>)`` (codes only): disentanglement_lib's other metrics on
+  10,000 precomputed codes at the paper preset's sizes (the downstream task fits at 10, 100, 1,000 and
+  10,000 training codes and tests on 5,000 more); ``udr (codes only)``: 15 models' codes of 1,000 points.
 The representation is the paper's encoder (``sbvae.nets.ConvEncoder``, Table 1: 4 x
 Conv(k4, s2, 64), FC 256, 10 latents; randomly initialised, means standardised so all
 10 dimensions are active: the timing does not depend on the weights) on colored sprites rendered procedurally on the device.
@@ -27,7 +30,7 @@ import time
 
 import torch
 
-from sbvae.metrics import compute_mig, factor_vae_score, mig
+from sbvae.metrics import compute_mig, factor_vae_score, irs_from_codes, mig, udr_from_codes, unsupervised_from_codes
 
 PAPER_FV = dict(batch_size=64, num_train=10_000, num_eval=5_000, num_variance_estimate=10_000)
 REDUCED_FV = dict(batch_size=64, num_train=500, num_eval=250, num_variance_estimate=2_000)
@@ -115,18 +118,26 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
-def bench(device: torch.device, chunk_size: int, cpu_full: bool) -> dict:
-    data, data_name = make_data()
-    channels = 3 if not hasattr(data, "channels") else data.channels
-    represent, enc_name = make_encoder(channels, device)
-    gen = torch.Generator().manual_seed(0)
-    factors = torch.stack([torch.randint(0, s, (10_000,), generator=gen) for s in DSPRITES_SIZES], 1).to(device)
-    codes = torch.randn(10_000, 10, generator=gen).to(device)
-    mig(codes, factors)  # warm-up (kernels, allocator)
+def codes_only_rows(codes: torch.Tensor, factors: torch.Tensor, gen: torch.Generator) -> list[dict]:
+    """disentanglement_lib's other metrics on precomputed codes, at the paper preset's sizes."""
     rows = []
-    sec = sorted(timed(lambda: mig(codes, factors), device)[1] for _ in range(5))[2]  # median of 5
-    rows.append(dict(metric="mig (codes only)", sizes="N=10000, D=10, dSprites factors", images=0, seconds=sec))
+    for name, fn in (("irs", irs_from_codes), ("unsupervised", unsupervised_from_codes)):
+        res, sec = timed(lambda: fn(codes, factors), codes.device)
+        rows.append(dict(metric=f"{name} (codes only)", sizes="N=10000, D=10, dSprites factors", images=0, seconds=sec,
+                         score=res.score))
+    # 15 models of one group: a shared signal, each model's dimensions permuted and noised.
+    signal = torch.randn(1_000, 10, generator=gen, dtype=torch.float64)
+    means = [(signal[:, torch.randperm(10, generator=gen)] + 0.3 * torch.randn(1_000, 10, generator=gen,
+              dtype=torch.float64)).numpy() for _ in range(15)]
+    kls = [torch.ones(10).numpy() for _ in range(15)]
+    res, sec = timed(lambda: udr_from_codes(means, kls), codes.device)
+    rows.append(dict(metric="udr (codes only)", sizes="15 models, N=1000, D=10, lasso", images=0, seconds=sec,
+                     score=res.score))
+    return rows
 
+
+def end_to_end_rows(data, represent, device: torch.device, chunk_size: int, cpu_full: bool) -> list[dict]:
+    rows = []
     compute_mig(data, represent, num_points=chunk_size, chunk_size=chunk_size, device=device)  # warm-up
     res, sec = timed(lambda: compute_mig(data, represent, num_points=10_000, chunk_size=chunk_size, device=device), device)
     rows.append(dict(metric="mig (end to end)", sizes="N=10000", images=10_000, seconds=sec, score=res.score))
@@ -138,6 +149,24 @@ def bench(device: torch.device, chunk_size: int, cpu_full: bool) -> dict:
     if preset is not PAPER_FV:
         row["paper_preset_seconds_extrapolated"] = sec * fv_images(PAPER_FV) / fv_images(preset)
     rows.append(row)
+    return rows
+
+
+def bench(device: torch.device, chunk_size: int, cpu_full: bool, codes_only: bool = False) -> dict:
+    data, data_name = make_data()
+    channels = 3 if not hasattr(data, "channels") else data.channels
+    represent, enc_name = make_encoder(channels, device)
+    gen = torch.Generator().manual_seed(0)
+    factors = torch.stack([torch.randint(0, s, (10_000,), generator=gen) for s in DSPRITES_SIZES], 1).to(device)
+    codes = torch.randn(10_000, 10, generator=gen).to(device)
+    mig(codes, factors)  # warm-up (kernels, allocator)
+    rows = []
+    sec = sorted(timed(lambda: mig(codes, factors), device)[1] for _ in range(5))[2]  # median of 5
+    rows.append(dict(metric="mig (codes only)", sizes="N=10000, D=10, dSprites factors", images=0, seconds=sec))
+
+    rows += codes_only_rows(codes.cpu(), factors.cpu(), gen)
+    if not codes_only:
+        rows += end_to_end_rows(data, represent, device, chunk_size, cpu_full)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return dict(
@@ -157,6 +186,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--chunk-size", type=int, default=1024, help="images rendered and encoded per call")
     parser.add_argument("--cpu-full", action="store_true", help="run the FactorVAE paper preset on CPU too")
+    parser.add_argument("--codes-only", action="store_true", help="only the rows on precomputed codes (seconds)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
@@ -167,7 +197,7 @@ def main() -> None:
             raise SystemExit("--device cuda: no CUDA device is available.")
     os.makedirs(args.out, exist_ok=True)
     for device in devices:
-        report = bench(device, args.chunk_size, args.cpu_full)
+        report = bench(device, args.chunk_size, args.cpu_full, args.codes_only)
         print(f"\n{report['device']} ({report['device_name']}, {report['threads']} threads, torch {report['torch']}, "
               f"chunk {report['chunk_size']})\n  data: {report['data']}\n  encoder: {report['encoder']}")
         print(f"  {'metric':<20} {'sizes':<60} {'images':>8} {'seconds':>9} {'img/s':>8}  paper preset s")
@@ -176,7 +206,7 @@ def main() -> None:
             paper = r.get("paper_preset_seconds_extrapolated")
             paper = f"~{paper:.0f} (extrapolated)" if paper else ("measured" if r["metric"] == "factor_vae" else "")
             print(f"  {r['metric']:<20} {r['sizes']:<60} {r['images']:>8} {r['seconds']:>9.3f} {rate}  {paper}")
-        path = os.path.join(args.out, f"metrics-{device.type}.json")
+        path = os.path.join(args.out, f"metrics-{device.type}{'-codes' if args.codes_only else ''}.json")
         with open(path, "w") as fh:
             json.dump(report, fh, indent=2)
         print(f"  wrote {path}")

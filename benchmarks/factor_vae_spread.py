@@ -10,7 +10,7 @@ import statistics
 
 import torch
 
-from sbvae.cli.evaluate import load_checkpoint
+from sbvae.loading import model_from_checkpoint
 from sbvae.evaluation import score
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, dm = load_checkpoint(args.ckpt, torch.device("cpu"))[:2]
+    model, dm = model_from_checkpoint(args.ckpt, torch.device("cpu"))[:2]
     scores = [score(model, dm.data, ["factor_vae"], args.preset, seed)["factor_vae"].score for seed in range(args.seeds)]
     result = {"checkpoint": args.ckpt, "preset": args.preset, "seeds": list(range(args.seeds)), "scores": scores,
               "mean": statistics.mean(scores), "std": statistics.stdev(scores), "min": min(scores), "max": max(scores)}

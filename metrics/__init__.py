@@ -14,6 +14,7 @@ from sbvae.metrics.beta_vae import BetaVAEResult, beta_vae_score
 from sbvae.metrics.dci import DCIResult, completeness, dci, dci_from_codes, disentanglement
 from sbvae.metrics.elbo import ELBOResult, evaluate_elbo
 from sbvae.metrics.factor_vae import FactorVAEResult, factor_vae_score
+from sbvae.metrics.irs import IRSResult, irs, irs_from_codes
 from sbvae.metrics.latents_used import LatentsUsedResult, latents_used
 from sbvae.metrics.mig import MIGResult, compute_mig, discretize, entropy, mig, mutual_information
 from sbvae.metrics.modularity import (
@@ -24,6 +25,14 @@ from sbvae.metrics.modularity import (
     modularity_explicitness_from_codes,
 )
 from sbvae.metrics.sap import SAPResult, sap, sap_from_codes
+from sbvae.metrics.unsupervised import (
+    UnsupervisedResult,
+    gaussian_total_correlation,
+    gaussian_wasserstein_correlation,
+    unsupervised,
+    unsupervised_from_codes,
+)
+from sbvae.metrics.udr import UDRModelResult, UDRResult, udr, udr_from_codes
 from sbvae.metrics.utils import MetricError, MetricResult, check_ground_truth, encode_factors, sample_codes
 
 __all__ = [
@@ -31,12 +40,16 @@ __all__ = [
     "DCIResult",
     "ELBOResult",
     "FactorVAEResult",
+    "IRSResult",
     "LatentsUsedResult",
     "MIGResult",
     "MetricError",
     "MetricResult",
     "ModularityResult",
     "SAPResult",
+    "UDRModelResult",
+    "UDRResult",
+    "UnsupervisedResult",
     "beta_vae_score",
     "check_ground_truth",
     "completeness",
@@ -50,6 +63,10 @@ __all__ = [
     "evaluate_elbo",
     "explicitness",
     "factor_vae_score",
+    "gaussian_total_correlation",
+    "gaussian_wasserstein_correlation",
+    "irs",
+    "irs_from_codes",
     "latents_used",
     "mig",
     "modularity",
@@ -59,4 +76,8 @@ __all__ = [
     "sample_codes",
     "sap",
     "sap_from_codes",
+    "udr",
+    "udr_from_codes",
+    "unsupervised",
+    "unsupervised_from_codes",
 ]

@@ -340,18 +340,19 @@ class MetricsCallback(L.Callback):
     Runs on the global-zero process only and writes straight to TensorBoard, so DDP ranks never wait on it.
 
     Args:
-        metrics: names from ``sbvae.evaluation.METRICS`` (e.g. ["mig", "factor_vae"]).
+        metrics: names from ``sbvae.evaluation.METRICS`` (e.g. ["mig", "irs"]); not UDR, which ranks a group of seeds.
         every_n_steps: interval in optimiser steps (0: only at the end of fit).
         preset: "quick" (small sizes, cheap) or "paper" (disentanglement_lib's sizes).
         seed: the evaluation seed (the same points every time, so curves are comparable).
     """
 
     def __init__(self, metrics: list[str] = ["mig"], every_n_steps: int = 10000, preset: str = "quick", seed: int = 0):
-        from sbvae.evaluation import PRESETS, parse_metrics
+        from sbvae.evaluation import PRESETS, parse_metrics, refuse_group_metrics
 
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
         self.metrics, self.every_n_steps, self.preset, self.seed = parse_metrics(metrics), every_n_steps, preset, seed
+        refuse_group_metrics(self.metrics, "the one model MetricsCallback watches")
         self._scored_step = -1
 
     @rank_zero_only

@@ -152,7 +152,10 @@ class Engine:
     def _inputs(self, step: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The images and the model's random inputs of ``step`` (a scalar, or a 1-D tensor of steps)."""
         x = self.draw_batch(step)
-        return x, self.model.step_randomness(x.shape[0], lambda purpose: keyed.stream(purpose, self.seed, self.rank, step))
+        inputs = self.model.step_randomness(x.shape[0], lambda purpose: keyed.stream(purpose, self.seed, self.rank, step))
+        if getattr(self.model, "uses_step", False):
+            inputs["step"] = step_rows(step, _seed_count(self.seed), x.shape[0])
+        return x, inputs
 
     def _inputs_from_block(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """This step's chunk of the block of ``draw_ahead`` steps holding it, drawn when first needed."""
@@ -449,6 +452,13 @@ def draw_ahead_for(device: torch.device, mode: str, seed) -> int:
     if torch.device(device).type != "cpu" or mode != "eager":
         return 1
     return max(1, CPU_BATCHES_PER_DRAW // _seed_count(seed))
+
+
+def step_rows(step: torch.Tensor, seeds: int, rows: int) -> torch.Tensor:
+    """Each batch row's training step, laid out as the draws are (seed-major, then step): an input that
+    replicas and draw-ahead blocks split along the batch exactly like the images."""
+    steps = step.reshape(1, -1, 1)
+    return steps.expand(seeds, steps.shape[1], rows // (seeds * steps.shape[1])).reshape(-1)
 
 
 def _seed_count(seed) -> int:

@@ -26,6 +26,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "dci": {"num_train": 10_000, "num_test": 5_000},
         "sap": {"num_train": 10_000, "num_test": 5_000},
         "modularity": {"num_train": 10_000, "num_test": 5_000},
+        "irs": {"num_train": 10_000, "diff_quantile": 0.99, "num_bins": 20},
+        "unsupervised": {"num_train": 10_000, "num_bins": 20},
+        "udr": {"num_data_points": 1_000, "batch_size": 10, "correlation": "lasso"},
     },
     "quick": {
         "elbo": {"num_images": 1_000},
@@ -35,6 +38,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "dci": {"num_train": 500, "num_test": 250, "gbt_kwargs": {"n_estimators": 10}},
         "sap": {"num_train": 500, "num_test": 250},
         "modularity": {"num_train": 500, "num_test": 250},
+        "irs": {"num_train": 2_000, "diff_quantile": 0.99, "num_bins": 20},
+        "unsupervised": {"num_train": 2_000, "num_bins": 20},
+        "udr": {"num_data_points": 500, "batch_size": 10, "correlation": "lasso"},
     },
 }
 
@@ -59,6 +65,13 @@ METRICS: dict[str, Callable[..., Any]] = {
     "dci": _on_codes(M.dci),
     "sap": _on_codes(M.sap),
     "modularity": _on_codes(M.modularity_explicitness),
+    "irs": _on_codes(M.irs),
+    "unsupervised": _on_codes(M.unsupervised),
+}
+# Metrics of a group of models (the seeds of one config), not of one model: sbvae-eval scores them over
+# the replicas of a replica run, and each replica's record keeps its own share.
+GROUP_METRICS: dict[str, Callable[..., Any]] = {
+    "udr": lambda models, data, **params: M.udr(data, [m.encode for m in models], **params),
 }
 NEEDS_FACTORS = set(METRICS) - {"elbo"}
 DEFAULT_METRICS = ("mig", "factor_vae")
@@ -66,10 +79,19 @@ DEFAULT_METRICS = ("mig", "factor_vae")
 
 def parse_metrics(names: str | list[str]) -> list[str]:
     chosen = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-    unknown = [n for n in chosen if n not in METRICS]
+    known = [*METRICS, *GROUP_METRICS]
+    unknown = [n for n in chosen if n not in known]
     if unknown or not chosen:
-        raise SBVAEError(f"unknown metric(s) {unknown}: choose from {', '.join(METRICS)} (comma-separated).")
+        raise SBVAEError(f"unknown metric(s) {unknown}: choose from {', '.join(known)} (comma-separated).")
     return chosen
+
+
+def refuse_group_metrics(names: list[str], where: str) -> None:
+    """One model cannot be ranked against its group: say where the group metrics work."""
+    group = [n for n in names if n in GROUP_METRICS]
+    if group:
+        raise SBVAEError(f"{', '.join(group)} ranks the seeds of one group against each other, not {where}: train "
+                         "with --replicas 2 or more and score the run folder with sbvae-eval --ckpt RUN --metrics udr.")
 
 
 # Images each metric encodes for its parameters: the length of its progress bar.
@@ -81,6 +103,8 @@ IMAGES: dict[str, Callable[..., int]] = {
     "dci": lambda num_train, num_test, **_: num_train + num_test,
     "sap": lambda num_train, num_test, **_: num_train + num_test,
     "modularity": lambda num_train, num_test, **_: num_train + num_test,
+    "irs": lambda num_train, **_: num_train,
+    "unsupervised": lambda num_train, **_: num_train,
 }
 
 
@@ -108,6 +132,7 @@ def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, d
     if preset not in PRESETS:
         raise SBVAEError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
     names = parse_metrics(names)
+    refuse_group_metrics(names, "a single model")
     if not getattr(data, "has_ground_truth", True) and NEEDS_FACTORS & set(names):
         raise SBVAEError(
             f"dataset {type(data).__name__} has no ground-truth factors, so disentanglement metrics cannot be "
@@ -127,6 +152,32 @@ def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, d
     finally:
         model.train(was_training)
     return results
+
+
+def score_group(models: list, data, names: list[str], preset: str = "paper", seed: int = 0, device=None,
+                progress: bool = False) -> list[dict[str, M.MetricResult]]:
+    """The group metrics among ``names`` over ``models`` (the seeds of one group, on the same images), split
+    into each model's results: model k's UDR is its own rank within the group."""
+    chosen = [n for n in parse_metrics(names) if n in GROUP_METRICS]
+    if chosen and len(models) < 2:
+        refuse_group_metrics(chosen, "a run of one seed")
+    per_model: list[dict[str, M.MetricResult]] = [{} for _ in models]
+    for name in chosen:
+        params = PRESETS[preset][name]
+        was_training = [m.training for m in models]
+        for m in models:
+            m.eval()
+        try:
+            with tqdm(total=params["num_data_points"] * len(models), desc=f"{name:<12}", unit="img", unit_scale=True,
+                      file=sys.stderr, disable=not progress, leave=True) as bar:
+                group = GROUP_METRICS[name]([_Counting(m, bar) for m in models], data, seed=seed,
+                                            device=device or next(models[0].parameters()).device, **params)
+        finally:
+            for m, mode in zip(models, was_training):
+                m.train(mode)
+        for k, results in enumerate(per_model):
+            results[name] = group.for_model(k)
+    return per_model
 
 
 def records(results: dict[str, M.MetricResult], preset: str, seed: int) -> dict[str, dict]:

@@ -66,6 +66,8 @@ class VAE(L.LightningModule):
 
     # Summed for backward and checked for divergence (FactorVAE adds its discriminator's loss).
     backward_terms: tuple[str, ...] = ("loss",)
+    # Whether ``loss_terms`` takes ``step`` [B], the training step counter per row (an annealed objective).
+    uses_step: bool = False
 
     def __init__(
         self,
@@ -126,10 +128,8 @@ class VAE(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.represent(x)
 
-    def per_image_terms(
-        self, x: torch.Tensor, noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """NLL [B], KL [B], the latent sample z and the log-variance, for one batch of images.
+    def posterior_terms(self, x: torch.Tensor, noise: torch.Tensor) -> objectives.PosteriorTerms:
+        """NLL [B], KL [B], the latent sample z and the posterior's mean and log-variance, for one batch.
 
         ``noise`` (standard normal, [B, latent_dim]) is the posterior sample's noise.
         The posterior and the losses are kept in float32 under mixed precision: the KL's
@@ -145,7 +145,14 @@ class VAE(L.LightningModule):
         z = objectives.reparameterize(mean, logvar, noise)
         output = self.decode(z).float()
         nll = objectives.reconstruction_nll(output, x.float(), self.hparams.likelihood, self.hparams.gaussian_variance)
-        return nll, objectives.gaussian_kl(mean, logvar), z, logvar
+        return objectives.PosteriorTerms(nll, objectives.gaussian_kl(mean, logvar), z, mean, logvar)
+
+    def per_image_terms(
+        self, x: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """NLL [B], KL [B], the latent sample z and the log-variance (``posterior_terms`` without the mean)."""
+        terms = self.posterior_terms(x, noise)
+        return terms.nll, terms.kl, terms.z, terms.logvar
 
     def evaluation_noise(self, rows: torch.Tensor) -> torch.Tensor:
         """The posterior sample's noise for evaluation rows: a function of the row number alone.
@@ -162,8 +169,12 @@ class VAE(L.LightningModule):
         ``loss`` is optimised; ``elbo`` (NLL + KL), ``nll`` and ``kl`` are reported.  The one place
         the objective is assembled: training, the fast path, replicas and the benchmark call it.
         """
-        nll, kl, _, _ = self.per_image_terms(x, noise)
-        return vars(objectives.beta_vae_loss(nll, kl, self.hparams.beta))
+        return self.objective(self.posterior_terms(x, noise))
+
+    def objective(self, terms: objectives.PosteriorTerms, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The batch-mean terms of this model's objective (beta-VAE here); ``step``: the steps done before
+        this one, for objectives that change during training (``uses_step``)."""
+        return vars(objectives.beta_vae_loss(terms.nll, terms.kl, self.hparams.beta))
 
     def step_randomness(self, batch_size: int, draw) -> dict[str, torch.Tensor]:
         """The random inputs of ``loss_terms`` for one step, from ``draw(purpose) -> KeyedRandom``."""
@@ -224,16 +235,17 @@ class VAE(L.LightningModule):
                 or (trainer.max_steps > 0 and done >= trainer.max_steps)):
             self.sync_divergence()
 
-    def log_terms(self, stage: str, terms: objectives.ELBOTerms, batch_size: int) -> None:
+    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Epoch means of the evaluation terms, reduced across processes."""
-        for name in ("loss", "elbo", "nll", "kl"):
-            self.log(f"{stage}/{name}", getattr(terms, name), on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
 
     def _evaluation_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, rows = batch
-        nll, kl, _, logvar = self.per_image_terms(x, self.evaluation_noise(rows))
-        self.log_terms(stage, objectives.beta_vae_loss(nll, kl, self.hparams.beta), x.shape[0])
-        std_sum = torch.exp(0.5 * logvar.double()).sum(0)
+        terms = self.posterior_terms(x, self.evaluation_noise(rows))
+        step = torch.tensor(self.global_step, device=x.device)  # an annealed objective at the steps trained
+        self.log_terms(stage, self.objective(terms, step), x.shape[0])
+        std_sum = torch.exp(0.5 * terms.logvar.double()).sum(0)
         self._posterior_std_sum = std_sum if self._posterior_std_sum is None else self._posterior_std_sum + std_sum
         self._posterior_count += x.shape[0]
 

@@ -39,6 +39,7 @@ HEARTBEAT_SECONDS = 60.0
 # so five silent minutes mean the process is gone or frozen.
 STALE_AFTER_SECONDS = 300.0
 REPLICA_FOLDER = re.compile(r"replica_(\d+)")
+BEST_CHECKPOINT = re.compile(r"best-step=(\d+)(-v\d+)?\.ckpt")  # ModelCheckpoint's name for the best by val/elbo
 
 
 @contextlib.contextmanager
@@ -104,6 +105,42 @@ def checkpoints_to_score(path: str | os.PathLike) -> list[str]:
         raise SBVAEError(f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT} (nor replica_*/{CHECKPOINTS}/{LAST_CHECKPOINT}): "
                          "pass a run folder written by sbvae-train, or a checkpoint file.")
     return found
+
+
+def checkpoint_to_load(path: str | os.PathLike, replica: int | None = None, which: str = "last") -> str:
+    """The checkpoint ``sbvae.load(path)`` builds: the file itself, or a run folder's last.ckpt (``which="best"``:
+    its best by val/elbo); a replica-parallel run's folder takes ``replica=K``, as its folder replica_K would."""
+    path = str(path)
+    if which not in ("last", "best"):
+        raise SBVAEError(f"which={which!r} names no checkpoint of a run folder: use 'last' or 'best'.")
+    if os.path.isfile(path):
+        if replica is not None:
+            raise SBVAEError(f"{path} is a checkpoint file, not a replica-parallel run folder: leave out replica={replica}.")
+        return path
+    if not os.path.isdir(path):
+        raise SBVAEError(f"{path} does not exist: pass a checkpoint file or a run folder runs/NAME/version_K written by sbvae-train.")
+    replicas = replica_dirs(path)
+    if replicas and replica is None:
+        raise SBVAEError(f"{path} is a replica-parallel run of {len(replicas)} replicas: pass replica=K (one of "
+                         f"{', '.join(os.path.basename(r).removeprefix('replica_') for r in replicas)}), or its folder replica_K.")
+    if replica is not None:
+        folder = os.path.join(path, f"replica_{replica}")
+        if folder not in replicas:
+            raise SBVAEError(f"{path} holds no replica_{replica}: pass a replica it holds "
+                             f"({', '.join(os.path.basename(r) for r in replicas) or 'it is a single run: leave out replica'}).")
+        path = folder
+    if which == "last":
+        found = last_checkpoint(path)
+        if not os.path.isfile(found):
+            raise SBVAEError(f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT}: pass a run folder written by sbvae-train, or a checkpoint file.")
+        return found
+    folder = checkpoint_dir(path)
+    best = [(int(m.group(1)), name) for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+            if (m := BEST_CHECKPOINT.fullmatch(name))]
+    if not best:
+        raise SBVAEError(f"{path} kept no best checkpoint ({CHECKPOINTS}/best-step=N.ckpt; checkpoint.save_top_k was 0): "
+                         "use which='last'.")
+    return os.path.join(folder, max(best)[1])
 
 
 def eval_output(ckpt_path: str | os.PathLike, preset: str, seed: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.utils import make_grid
 
+from sbvae.errors import SBVAEError
 from sbvae.objectives import mean_image
 
 
@@ -52,3 +53,34 @@ def traversal_grid(
     pictures = _images(model, z.reshape(-1, mean.shape[0]))
     return make_grid(pictures, nrow=steps, padding=2, pad_value=1.0)
 
+
+
+@torch.no_grad()
+def traverse(
+    model,
+    image: torch.Tensor,
+    latents: int | list[int] | torch.Tensor | None = None,
+    steps: int = 9,
+    limit: float = 2.0,
+) -> torch.Tensor:
+    """The traversal of one image [C, H, W] as a [3, H', W'] grid: ``traversal_grid`` with its rows chosen for you.
+
+    ``latents`` are the rows' latents, in order; an int n takes the n most informative (smallest posterior
+    variance on ``image``); None takes them all, most informative first.  To rank them over many images
+    instead, pass ``latents=latent_order(model, images)``.
+    """
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3:
+        raise SBVAEError(f"traverse takes one image [C, H, W], got a tensor of shape {tuple(image.shape)}: pass images[i].")
+    image = image.to(next(model.parameters()).device)
+    ranked = latent_order(model, image.unsqueeze(0))
+    if latents is None or isinstance(latents, int):
+        order = ranked[:latents] if latents is not None else ranked
+    else:
+        order = torch.as_tensor(latents, dtype=torch.long).reshape(-1).cpu()
+        if len(order) == 0 or int(order.min()) < 0 or int(order.max()) >= len(ranked):
+            raise SBVAEError(f"latents {order.tolist()} must be indices of the model's {len(ranked)} latents (0 to {len(ranked) - 1}).")
+    if len(order) == 0:
+        raise SBVAEError(f"latents={latents} leaves no row to draw: ask for at least one latent.")
+    return traversal_grid(model, image, order, steps=steps, limit=limit)

@@ -10,7 +10,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sbvae import metrics as M
-from sbvae.cli.evaluate import load_checkpoint, main as evaluate, table
+from sbvae.cli.evaluate import main as evaluate, table
+from sbvae.loading import model_from_checkpoint
 from sbvae.cli.train import build_cli
 from sbvae.evaluation import scalars, score
 from test_training import fit, run_dirs
@@ -48,7 +49,7 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     elbo = a["metrics"]["elbo"]
     assert elbo["elbo"] == pytest.approx(elbo["nll"] + elbo["kl"], rel=1e-12) and elbo["num_images"] == 1000
     # The numbers are the library's for the checkpoint's weights and data at the quick sizes and seed 3.
-    model, dm, _ = load_checkpoint(checkpoint, torch.device("cpu"))
+    model, dm, _ = model_from_checkpoint(checkpoint, torch.device("cpu"))
     for name, result in score(model, dm.data, ["elbo", "mig", "factor_vae"], "quick", seed=3).items():
         assert a["metrics"][name]["score"] == result.score, name
     assert fvae["num_active_dims"] == 0 and fvae["score"] == 0.0  # collapsed codes, as the progress bar shows
@@ -165,7 +166,7 @@ def test_sbvae_train_test_scores_the_checkpoint_on_the_test_set(checkpoint, tmp_
     cli = build_cli(["test", "--config", config, "--data.image_size", "16", "--data.batch_size", "8",
                      "--data.val_size", "13", "--trainer.enable_progress_bar", "false",
                      "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", checkpoint])
-    model, dm = load_checkpoint(checkpoint, torch.device("cpu"))[0], cli.datamodule
+    model, dm = model_from_checkpoint(checkpoint, torch.device("cpu"))[0], cli.datamodule
     factors, rows = dm.validation_factors(1), torch.arange(13, 26)  # the test set: rows after validation's
     with torch.no_grad():
         nll, kl, _, logvar = model.per_image_terms(dm.render_fixed(factors, rows), model.evaluation_noise(rows))
@@ -195,7 +196,7 @@ def test_eval_on_the_held_out_split(holdout_checkpoint, tmp_path):
     # just under ln 16; the training split, over all 32 x cells, would be near ln 32.
     entropy = record["metrics"]["mig"]["factor_entropy"]
     assert all(math.log(16) - 0.02 < h <= math.log(16) + 1e-12 for h in entropy), entropy
-    model, dm, _ = load_checkpoint(holdout_checkpoint, torch.device("cpu"), {"split": "heldout"})
+    model, dm, _ = model_from_checkpoint(holdout_checkpoint, torch.device("cpu"), {"split": "heldout"})
     assert record["metrics"]["elbo"]["elbo"] == pytest.approx(score(model, dm.data, ["elbo"], "quick")["elbo"].elbo, rel=1e-12)
-    train = score(model, load_checkpoint(holdout_checkpoint, torch.device("cpu"))[1].data, ["elbo"], "quick")["elbo"]
+    train = score(model, model_from_checkpoint(holdout_checkpoint, torch.device("cpu"))[1].data, ["elbo"], "quick")["elbo"]
     assert train.elbo != record["metrics"]["elbo"]["elbo"]

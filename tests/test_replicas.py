@@ -160,7 +160,8 @@ def test_replica_checkpoint_writes_report_a_full_disk_as_an_os_error(monkeypatch
     import contextlib
     import errno
     import pathlib
-    from sbvae import replicas as module, runs
+    from sbvae import runs
+    from sbvae.replicas import outputs as module
 
     @contextlib.contextmanager
     def full_disk(final):
@@ -462,3 +463,37 @@ def test_the_vmapped_replica_program_falls_back_to_eager_steps_like_a_single_run
     assert all(torch.equal(a, b) for a, b in zip(graphed_losses, eager_losses))
     for mine, theirs in zip(graphed_weights, eager_weights):
         assert all(torch.equal(mine[name], theirs[name]) for name in theirs)
+
+
+def test_a_replica_continued_as_a_single_run_keeps_its_seed(tmp_path, config_path, capsys):
+    """Every checkpoint records its run's seeds. Replica 1 of a --seed_everything 4 set, continued alone under
+    the config's seed_everything 0, still draws seed 5's streams, so it ends where the single run of seed 5
+    ends; a command-line seed that contradicts its checkpoint is refused before anything is written."""
+    fit(config_path("quickstart.yaml"), tmp_path / "set", "--replicas", "2", "--seed_everything", "4")
+    (run,) = run_dirs(tmp_path / "set")
+    replica = os.path.join(run, "replica_1", "checkpoints", "last.ckpt")
+    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)
+    assert load(os.path.join(run, "checkpoints", "last.ckpt"))["sbvae_seeds"] == {"seed_everything": 4, "data": 4}
+    assert load(replica)["sbvae_seeds"] == {"seed_everything": 5, "data": 5}
+    for flag in ("--seed_everything", "--data.seed"):
+        with pytest.raises(SystemExit) as exit_info:
+            fit(config_path("quickstart.yaml"), tmp_path / "set", "--ckpt_path", replica, flag, "0", "--trainer.max_steps", "9")
+        assert exit_info.value.code == 2
+        assert f"--ckpt_path {replica} continues a run trained with {flag} 5: drop {flag} 0" in capsys.readouterr().err
+    assert load(replica)["global_step"] == 6
+
+    fit(config_path("quickstart.yaml"), tmp_path / "set", "--ckpt_path", replica, "--trainer.max_steps", "9")
+    fit(config_path("quickstart.yaml"), tmp_path / "single", "--seed_everything", "5", "--trainer.max_steps", "9")
+    (single,) = run_dirs(tmp_path / "single")
+    continued, alone = load(replica), load(os.path.join(single, "checkpoints", "last.ckpt"))
+    assert continued["global_step"] == 9 and continued["sbvae_seeds"] == alone["sbvae_seeds"] == {"seed_everything": 5, "data": 5}
+    for name, value in alone["state_dict"].items():
+        torch.testing.assert_close(continued["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_set_takes_the_training_step_when_its_model_does():
+    class StepVAE(VAE):
+        uses_step = True
+
+    assert ReplicaSet(VAE(**SMALL), [0, 1]).uses_step is False
+    assert ReplicaSet(StepVAE(**SMALL), [0, 1]).uses_step is True

@@ -13,7 +13,7 @@ from sbvae.report import figures as F
 from sbvae.report.build import beta_axis, build_report, rate_distortion_series
 from sbvae.report.collect import load_manifest
 from sbvae.report.probes import latent_geometry, traversal
-from sbvae.report.targets import load_targets
+from sbvae.paper import load_targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = os.path.join(ROOT, "configs", "paper", "targets.yaml")

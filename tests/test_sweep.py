@@ -192,7 +192,7 @@ def test_emit_slurm_names_every_task(tmp_path, capsys):
                                          if f.endswith(".yaml") and f != "targets.yaml"))
 def test_paper_sweep_files_load_and_match_their_targets(name):
     from sbvae.report.tables import row_name
-    from sbvae.report.targets import target_row
+    from sbvae.paper import target_row
 
     sweep = load_sweep(os.path.join(CONFIGS, "paper", name))
     assert sweep.groups and all(os.path.isfile(g.config) for g in sweep.groups)

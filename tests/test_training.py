@@ -11,7 +11,7 @@ import run_probes
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sbvae.cli.evaluate import load_checkpoint
+from sbvae.loading import model_from_checkpoint
 from sbvae.cli.train import main
 from sbvae.evaluation import score, scalars
 from sbvae.module import VAE
@@ -186,7 +186,7 @@ def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
     assert [e.step for e in events.Images("reconstructions")] == [3, 6]
     assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars("train/loss"))
     # The last scores are those sbvae-eval gives the saved weights at the callback's preset and seed.
-    model, dm, _ = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"), torch.device("cpu"))
+    model, dm, _ = model_from_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"), torch.device("cpu"))
     expected = scalars(score(model, dm.data, ["mig", "elbo"], "quick", seed=0))
     for name in ("mig", "elbo", "elbo/kl", "mig/posX"):
         assert events.Scalars(f"metrics/{name}")[-1].value == pytest.approx(expected[name], rel=1e-6), name

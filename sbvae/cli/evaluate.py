@@ -2,6 +2,7 @@
 
     sbvae-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --metrics mig,factor_vae --preset paper
     sbvae-eval --ckpt runs/quickstart/version_0        # a run folder: its last.ckpt, or every replica's
+    sbvae-eval --ckpt runs/sprites-vae-sbd/version_0 --metrics mig,udr   # a replica run: UDR ranks its seeds
 
 The model and its dataset are rebuilt from the checkpoint alone.  The scores
 are printed as a table, written as JSON beside each checkpoint (each metric
@@ -21,30 +22,19 @@ import yaml
 
 from sbvae import runs
 from sbvae.errors import SBVAEError
-from sbvae.evaluation import DEFAULT_METRICS, METRICS, PRESETS, parse_metrics, records, scalars, score
+from sbvae.evaluation import (
+    DEFAULT_METRICS,
+    GROUP_METRICS,
+    METRICS,
+    PRESETS,
+    parse_metrics,
+    records,
+    scalars,
+    score,
+    score_group,
+)
+from sbvae.loading import model_from_checkpoint
 from sbvae.metrics import MetricResult
-
-
-def _arguments(hparams: dict) -> dict:
-    """Constructor arguments from saved hyperparameters, without LightningCLI's private keys (_class_path, ...)."""
-    return {k: v for k, v in hparams.items() if not k.startswith("_")}
-
-
-def load_checkpoint(path: str, device: torch.device, dataset_options: dict | None = None):
-    """(model, datamodule, raw checkpoint dict) from an sbvae checkpoint; ``dataset_options`` override the saved ones."""
-    from sbvae.data import GroundTruthDataModule
-
-    ckpt = runs.load_checkpoint(path)
-    model_class = runs.model_class(ckpt, path)
-    if "datamodule_hyper_parameters" not in ckpt:
-        raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
-    model = model_class(**_arguments(ckpt["hyper_parameters"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device).eval()
-    data_args = _arguments(ckpt["datamodule_hyper_parameters"])
-    data_args["dataset_options"] = {**(data_args.get("dataset_options") or {}), **(dataset_options or {})}
-    datamodule = GroundTruthDataModule(**data_args)
-    return model, datamodule, ckpt
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,7 +75,7 @@ def parse_options(items: list[str]) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by sbvae-train, or a run folder (every replica's last.ckpt)")
-    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from: {', '.join(METRICS)}")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from: {', '.join([*METRICS, *GROUP_METRICS])} (udr: a replica run's folder)")
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="paper: disentanglement_lib sizes; quick: smoke-test sizes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside each checkpoint)")
@@ -97,12 +87,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torch.device, options: dict) -> None:
-    """Score one checkpoint: print the table, write the JSON, add the scores to its TensorBoard run."""
-    model, datamodule, ckpt = load_checkpoint(path, device, options)
+def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torch.device, options: dict,
+             group_results: dict[str, MetricResult] | None = None) -> None:
+    """Score one checkpoint: print the table, write the JSON, add the scores to its TensorBoard run.
+    ``group_results``: this checkpoint's share of the group metrics, scored over its run's replicas."""
+    model, datamodule, ckpt = model_from_checkpoint(path, device, options)
     start = time.perf_counter()
-    results = score(model, datamodule.data, names, preset=args.preset, seed=args.seed, device=device,
-                    progress=not args.no_progress)
+    single = [n for n in names if n not in GROUP_METRICS]
+    results = score(model, datamodule.data, single, preset=args.preset, seed=args.seed, device=device,
+                    progress=not args.no_progress) if single else {}
+    results.update(group_results or {})
     seconds = time.perf_counter() - start
     print(table(results))
     record = {
@@ -126,6 +120,21 @@ def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torc
         print(f"added eval/* scalars to the TensorBoard run {run_dir}")
 
 
+def group_shares(paths: list[str], args: argparse.Namespace, names: list[str], device: torch.device,
+                 options: dict) -> list[dict[str, MetricResult]]:
+    """The group metrics (UDR) over every checkpoint of the run at once, split into each one's share."""
+    if not any(n in GROUP_METRICS for n in names):
+        return [{} for _ in paths]
+    loaded = [model_from_checkpoint(path, device, options) for path in paths]
+    steps = {ckpt.get("global_step") for _, _, ckpt in loaded}
+    if len(steps) > 1:
+        raise SBVAEError(f"{args.ckpt}'s replicas stand at different steps {sorted(steps)}: resume the run until they "
+                         "finish, then score them together.")
+    print(f"scoring {', '.join(n for n in names if n in GROUP_METRICS)} over the {len(paths)} checkpoints of {args.ckpt}")
+    return score_group([model for model, _, _ in loaded], loaded[0][1].data, names, preset=args.preset, seed=args.seed,
+                       device=device, progress=not args.no_progress)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
@@ -136,10 +145,11 @@ def main(argv=None) -> None:
         if args.output and len(paths) > 1:
             raise SBVAEError(f"--output names one file but {args.ckpt} holds {len(paths)} replicas: leave --output out "
                              "to write each replica's JSON beside its checkpoint.")
-        for path in paths:
+        shares = group_shares(paths, args, names, device, options)
+        for path, share in zip(paths, shares):
             if len(paths) > 1:
                 print(f"\n{path}")
-            evaluate(path, args, names, device, options)
+            evaluate(path, args, names, device, options, share)
     except (SBVAEError, ValueError) as error:
         print(f"sbvae-eval: {error}", file=sys.stderr)
         sys.exit(2)

@@ -18,6 +18,7 @@ from sbvae import runs
 from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
 from sbvae.data import GroundTruthDataModule
 from sbvae.errors import DivergenceError, Preempted, SBVAEError
+from sbvae.seeds import RecordSeeds, recorded_seeds
 
 
 # The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
@@ -51,6 +52,10 @@ class ConciseArgumentParser(LightningArgumentParser):
 
 
 class SBVAECLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        self.command_line = sys.argv[1:] if args is None else args  # what the user typed, beside the config files
+        super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser) -> None:
         # The model's image geometry always follows the data; users set it once, on the data.
         parser.link_arguments("data.image_size", "model.init_args.image_size")
@@ -139,6 +144,7 @@ class SBVAECLI(LightningCLI):
         checkpoint = runs.load_checkpoint(path)  # refuses a file that would run code, before anything else
         if subcommand == "fit":
             check_replicas_match(path, settings.get("replicas", 1))  # before the run folder is touched
+            keep_checkpoint_seeds(settings, path, checkpoint, self.command_line)
             continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0))
 
 
@@ -149,10 +155,37 @@ def check_replicas_match(ckpt_path: str, replicas: int) -> None:
     held = len(runs.replica_dirs(run)) if run is not None else 0
     if held and replicas != held:
         raise SBVAEError(f"{run} is a replica-parallel run of {held} replicas: resume it with --replicas {held} (or "
-                         f"one replica as a single run: --ckpt_path {os.path.join(run, 'replica_K', runs.CHECKPOINTS, runs.LAST_CHECKPOINT)} "
-                         "--seed_everything its seed).")
+                         f"one replica as a single run: --ckpt_path {os.path.join(run, 'replica_K', runs.CHECKPOINTS, runs.LAST_CHECKPOINT)}).")
     if not held and replicas > 1:
         raise SBVAEError(f"{ckpt_path} is a single run's checkpoint: resume it without --replicas.")
+
+
+def keep_checkpoint_seeds(settings, ckpt_path: str, checkpoint: dict, command_line) -> None:
+    """A resume draws the streams its checkpoint drew: the checkpoint's seeds replace the config's (a replica
+    continued alone keeps seed base + k), and a seed typed on the command line that contradicts them is refused."""
+    recorded = recorded_seeds(checkpoint)
+    for flag, key, value in (("--seed_everything", "seed_everything", recorded["seed_everything"]),
+                             ("--data.seed", "data.seed", recorded["data"])):
+        if value is None:  # a checkpoint from before seeds were recorded, or an unseeded run
+            continue
+        if typed(command_line, flag) and settings[key] != value:
+            raise SBVAEError(f"--ckpt_path {ckpt_path} continues a run trained with {flag} {value}: drop {flag} "
+                             f"{settings[key]} to keep its streams, or leave out --ckpt_path to start a new run.")
+        settings[key] = value
+
+
+def typed(command_line, flag: str) -> bool:
+    """Whether ``flag`` was given on the command line (or, for a programmatic call, in its dict of settings)."""
+    if isinstance(command_line, (list, tuple)):
+        return any(str(a) == flag or str(a).startswith(flag + "=") for a in command_line)
+    if isinstance(command_line, dict):
+        settings = command_line.get("fit", command_line)
+        for part in flag.removeprefix("--").split("."):
+            if not isinstance(settings, dict) or part not in settings:
+                return False
+            settings = settings[part]
+        return True
+    return False
 
 
 def processes_requested(trainer_config) -> int:
@@ -201,7 +234,7 @@ def build_cli(args=None, run: bool = True) -> SBVAECLI:
         run=run,
         auto_configure_optimizers=False,
         trainer_defaults={
-            "callbacks": [RunStatus()],
+            "callbacks": [RunStatus(), RecordSeeds()],
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
         },
         save_config_kwargs={"overwrite": True},

@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 from sbvae.report import figures as F
 from sbvae.report.collect import RunResult, collect, load_manifest, write_json
-from sbvae.report.tables import Row, factor_vae_context, markdown_table, rows, summary
-from sbvae.report.targets import COLUMNS, load_targets
+from sbvae.report.tables import REPORT_COLUMNS, Row, factor_vae_context, markdown_table, rows, summary
+from sbvae.paper import load_targets
 
 HEADINGS = {"mig_histogram": "MIG histograms", "rate_distortion": "Rate-distortion", "latent_geometry": "Latent geometry",
             "traversals": "Traversals"}
@@ -243,10 +243,10 @@ def markdown(report: Report) -> str:
                 lines += [f"![{p.title}]({p.file})" for p in pics] + [""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
-    columns = [c for c in COLUMNS if any(c in r.scores for r in report.results)]
+    columns = [c for c in REPORT_COLUMNS if any(c in r.scores for r in report.results)]
     row = lambda cells: "| " + " | ".join(cells) + " |"  # one cell per column, none empty when no score is
     lines += ["## Runs", "", f"Folders are relative to the sweep folder {report.shown_folder}.", "",
-              row(["group", "seed", "status", "step", *(COLUMNS[c] for c in columns), "folder"]),
+              row(["group", "seed", "status", "step", *(REPORT_COLUMNS[c] for c in columns), "folder"]),
               "|" + "---|" * (len(columns) + 5)]
     for r in report.results:
         cells = [f"{r.scores[c]:.4g}" if c in r.scores else "–" for c in columns]

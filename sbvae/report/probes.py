@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sbvae.loading import validation_images
 from sbvae.visualize import latent_order, traversal_grid
 
 PRESENCE = "presence"  # the circles' blank-image factor (Figure 22): not a geometry axis
@@ -18,16 +19,10 @@ PRESENCE = "presence"  # the circles' blank-image factor (Figure 22): not a geom
 
 def load_run(checkpoint: str, device: str = "cpu"):
     """(model, datamodule) of a checkpoint; the one place the report loads models."""
-    from sbvae.cli.evaluate import load_checkpoint
+    from sbvae.loading import model_from_checkpoint
 
-    model, datamodule, _ = load_checkpoint(checkpoint, torch.device(device))
+    model, datamodule, _ = model_from_checkpoint(checkpoint, device)
     return model, datamodule
-
-
-def validation_images(datamodule, n: int, device) -> torch.Tensor:
-    """The first ``n`` validation images: the same on every run of a sweep (fixed val_seed)."""
-    factors = datamodule.validation_factors()[:n].to(device)
-    return datamodule.render_fixed(factors, torch.arange(len(factors)))
 
 
 @dataclass

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbvae.report.collect import RunResult
-from sbvae.report.targets import COLUMNS, target_row
+from sbvae.paper import COLUMNS, target_row
 
+# The paper's columns, then every other metric sbvae-eval can score, in the order a table prints them.
+REPORT_COLUMNS = {**COLUMNS, "beta_vae": "BetaVAE", "dci": "DCI", "sap": "SAP", "modularity": "modularity",
+                  "irs": "IRS", "downstream": "downstream", "unsupervised": "Gaussian TC", "udr": "UDR"}
 # Printed precision per column, as the paper prints them (ELBO 329 (4.1), KL 24.4 (0.54), MIG 0.147 (0.057)).
 DIGITS = {"elbo": 1, "nll": 1, "kl": 2, "latents_used": 2, "mig": 3, "factor_vae": 3}
 
@@ -102,8 +105,8 @@ def fmt_paper(value: list[float] | None) -> str:
 
 def markdown_table(manifest: dict[str, Any], table_rows: list[Row]) -> str:
     """Our row (mean ± std over scored seeds) and, under it, the paper's row where the targets have one."""
-    columns = [c for c in COLUMNS if any(c in r.stats or (r.paper or {}).get(c) for r in table_rows)]
-    header = ["row", "source", "seeds scored / run", "diverged", "steps"] + [COLUMNS[c] for c in columns]
+    columns = [c for c in REPORT_COLUMNS if any(c in r.stats or (r.paper or {}).get(c) for r in table_rows)]
+    header = ["row", "source", "seeds scored / run", "diverged", "steps"] + [REPORT_COLUMNS[c] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     paper_steps = (manifest.get("targets") or {}).get("data", {}).get("steps") or manifest.get("paper_steps")
     caveats = (manifest.get("targets") or {}).get("data", {}).get("caveats", {})

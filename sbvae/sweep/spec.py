@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from sbvae.errors import SBVAEError
+from sbvae.paper import load_targets
 
 KEYS = ("name", "description", "base", "steps", "paper_steps", "seeds", "replicas", "metrics", "preset",
         "overrides", "grid", "pool", "targets", "targets_file", "figures")
@@ -280,8 +281,6 @@ def _targets(where: str, folder: str, raw: dict[str, Any]) -> dict[str, Any] | N
     if not isinstance(table, str) or not isinstance(rows, dict):
         raise _error(where, f"targets must name a table of the targets file, or be {{table: NAME, rows: {{row: target row}}}}, got {spec!r}.")
     path = os.path.normpath(os.path.join(folder, raw.get("targets_file") or "targets.yaml"))
-    from sbvae.report.targets import load_targets
-
     tables = load_targets(path)
     if table not in tables:
         raise _error(where, f"targets table {table!r} is not in {path}; it has {', '.join(tables)}.")

@@ -1,4 +1,8 @@
-"""The paper's numbers, read from configs/paper/targets.yaml (data, not code, so a table is one edit away)."""
+"""The paper's numbers, read from configs/paper/targets.yaml (data, not code, so a table is one edit away).
+
+Sweeps check a sweep file's targets against them and reports print them beside the measured rows; both read
+them here, so neither imports the other for them.
+"""
 from __future__ import annotations
 
 import os
@@ -8,7 +12,7 @@ import yaml
 
 from sbvae.errors import SBVAEError
 
-# The report's metric columns, in the paper's order (Tables 5-10), with their printed names.
+# The metric columns of the paper's tables, in its order (Tables 5-10), with their printed names.
 COLUMNS = {"elbo": "ELBO", "nll": "NLL", "kl": "KL", "latents_used": "latents used", "mig": "MIG", "factor_vae": "FactorVAE"}
 
 

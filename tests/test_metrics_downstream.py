@@ -1,0 +1,203 @@
+"""Downstream task (disentanglement_lib's downstream_task): oracles, chance, invariances, sampling order, errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sbvae.metrics.downstream import DownstreamResult, downstream, downstream_from_codes
+from sbvae.metrics.utils import MetricError, make_generator, sample_train_test
+from metric_fakes import FactorData, identity, noise
+
+QUICK_TREES = {"n_estimators": 10}  # DL's trees use 100; 10 keep the file fast and change no oracle below
+BOTH = [("logistic_regression", None), ("boosted_trees", QUICK_TREES)]
+
+
+def noisy_identity(scale=0.6, seed=3):
+    """The factor row plus Gaussian noise: informative but not separable, so accuracies sit strictly inside (0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda x: x.flatten(1) + scale * torch.randn(x.shape[0], x.shape[1], generator=gen, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- a case derivable by hand
+# Factor 0: the sign of a 1-D code (train interleaved so each of the 5 unshuffled folds holds both classes).
+# Factor 1: a single class (3) in training, so the single-class rule predicts 3 everywhere.
+TINY_X = np.array([-1.0, 1.0, -1.5, 1.5, -2.0, 2.0, -1.2, 1.2, -1.8, 1.8])[:, None]
+TINY_Y = np.stack([(TINY_X[:, 0] > 0).astype(int), np.full(10, 3)], axis=1)
+TINY_XT = np.array([-3.0, -0.5, 0.5, 3.0])[:, None]
+TINY_YT = np.array([[0, 3], [0, 0], [1, 0], [0, 3]])  # the 3.0 point is mislabelled 0; factor 1 is 3 half the time
+
+
+@pytest.mark.parametrize("predictor", ["logistic_regression", "boosted_trees"])
+def test_tiny_case_by_hand(predictor):
+    # The symmetric training set puts either model's boundary at 0: test predictions 0, 0, 1, 1 for factor 0
+    # (3 of 4 right); factor 1 predicts 3, right for 2 of 4 test points.
+    r = downstream_from_codes(TINY_X, TINY_Y, TINY_XT, TINY_YT, predictor=predictor)
+    assert r.num_train == (10,) and r.num_test == 4 and r.predictor == predictor
+    np.testing.assert_array_equal(r.train_accuracy[10], [1.0, 1.0])
+    np.testing.assert_array_equal(r.test_accuracy[10], [0.75, 0.5])
+    assert r.mean_test_accuracy[10] == r.score == 0.625 and r.min_test_accuracy[10] == 0.5
+    assert r.mean_train_accuracy[10] == r.min_train_accuracy[10] == 1.0
+    assert r.single_class == {10: (1,)}
+
+
+def test_single_class_is_what_sklearn_refuses():
+    """Why the rule exists: both of DL's scikit-learn models raise on a one-class target (DL would crash)."""
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    for model in (LogisticRegression(), GradientBoostingClassifier()):
+        with pytest.raises(ValueError):
+            model.fit(TINY_X, TINY_Y[:, 1])
+
+
+# ---------------------------------------------------------------- oracles on fake data
+@pytest.mark.parametrize("predictor, kwargs, sizes", [
+    ("logistic_regression", None, (3, 6)),  # linear logits cannot carve 10 ordered classes from one dim within C <= 1e4
+    ("boosted_trees", QUICK_TREES, (3, 6, 10)),
+])
+def test_identity_is_perfect(predictor, kwargs, sizes):
+    r = downstream(FactorData(sizes), identity, num_train=(200,), num_test=500, predictor=predictor, predictor_kwargs=kwargs)
+    np.testing.assert_array_equal(r.train_accuracy[200], np.ones(len(sizes)))
+    np.testing.assert_array_equal(r.test_accuracy[200], np.ones(len(sizes)))
+    assert r.score == 1.0 and r.single_class == {200: ()}
+
+
+@pytest.mark.parametrize("predictor, kwargs", BOTH)
+def test_noise_scores_chance(predictor, kwargs):
+    # Codes independent of the factors: any classifier is right with probability sum_c P(pred=c) / K = 1/K on
+    # uniform factors, so the mean over (3, 6, 10) is (1/3 + 1/6 + 1/10) / 3 = 0.2 (sd of the mean ~0.006 at 2000).
+    r = downstream(FactorData((3, 6, 10)), noise(6), num_train=(100,), num_test=2000, predictor=predictor,
+                   predictor_kwargs=kwargs)
+    assert r.score == pytest.approx(0.2, abs=0.03)
+    np.testing.assert_allclose(r.test_accuracy[100], [1 / 3, 1 / 6, 1 / 10], atol=0.05)
+
+
+def test_dl_downstream_task_case():
+    """DL's downstream_task_test: DummyData (10 factors of 5 values, images of pure noise), boosted trees,
+    num_train=[1000], num_test=1000, asserting 1000:mean_test_accuracy in [0, 0.3]; chance is exactly 1/5."""
+    r = downstream(FactorData((5,) * 10), noise(10), num_train=(1000,), num_test=1000, predictor="boosted_trees",
+                   predictor_kwargs=QUICK_TREES)
+    assert 0.0 <= r.mean_test_accuracy[1000] <= 0.3
+    assert r.mean_test_accuracy[1000] == pytest.approx(0.2, abs=0.02)
+
+
+def test_accuracy_grows_with_training_size():
+    r = downstream(FactorData((10, 10)), noisy_identity(0.6), num_train=(10, 100, 1000), num_test=1000)
+    tests = [r.mean_test_accuracy[n] for n in (10, 100, 1000)]
+    assert tests[0] < tests[1] < tests[2]
+    # Ten points show at most ten of the ten classes once each: little to learn from, far below the 1000-point fit.
+    assert tests[2] - tests[0] > 0.15
+    assert r.score == tests[2]
+
+
+# ---------------------------------------------------------------- invariances
+def _split(seed, n_train=300, n_test=600):
+    data = FactorData((3, 6, 10))
+    (z, y), (zt, yt), _ = sample_train_test(data, noisy_identity(0.5, seed), seed, n_train, n_test)
+    extra = torch.randn(z.shape[0] + zt.shape[0], 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z, zt = torch.cat([z, extra[: z.shape[0]]], 1), torch.cat([zt, extra[z.shape[0]:]], 1)
+    return z.numpy(), y.numpy(), zt.numpy(), yt.numpy()
+
+
+def test_logistic_regression_ignores_permutation_and_sign():
+    # L2-penalised logistic regression is invariant to permuting and negating code dimensions (the penalty is);
+    # not to rescaling them (DL does not standardise: scaling by s acts like C * s^2).
+    z, y, zt, yt = _split(0)
+    perm, sign = np.array([4, 2, 0, 3, 1]), np.array([1.0, -1.0, -1.0, 1.0, -1.0])
+    a = downstream_from_codes(z, y, zt, yt)
+    b = downstream_from_codes(z[:, perm] * sign, y, zt[:, perm] * sign, yt)
+    assert 0.4 < a.score < 0.99  # informative but not saturated, so a broken invariance would show
+    np.testing.assert_allclose(b.test_accuracy[300], a.test_accuracy[300], atol=2 / 600)
+    np.testing.assert_allclose(b.train_accuracy[300], a.train_accuracy[300], atol=2 / 300)
+
+
+def test_boosted_trees_ignore_permutation_and_scale():
+    # Trees see only the order of each dimension's values: positive rescaling and permutation change nothing.
+    z, y, zt, yt = _split(1)
+    perm, scale = np.array([3, 0, 4, 1, 2]), np.array([10.0, 0.1, 3.0, 1e3, 0.5])
+    a = downstream_from_codes(z, y, zt, yt, predictor="boosted_trees", predictor_kwargs=QUICK_TREES)
+    b = downstream_from_codes(z[:, perm] * scale, y, zt[:, perm] * scale, yt, predictor="boosted_trees",
+                              predictor_kwargs=QUICK_TREES)
+    assert 0.4 < a.score < 0.99
+    np.testing.assert_allclose(b.test_accuracy[300], a.test_accuracy[300], atol=2 / 600)
+    np.testing.assert_array_equal(b.train_accuracy[300], a.train_accuracy[300])
+
+
+# ---------------------------------------------------------------- protocol: sampling order, seeds, result
+def test_fresh_sets_per_size_in_dl_order():
+    """Each size draws n training codes, then num_test test codes, then the trees' seed, from one stream."""
+    data, rep = FactorData((3, 6, 10)), noisy_identity(0.5)
+    r = downstream(data, rep, seed=7, num_train=(20, 50), num_test=100, predictor="boosted_trees",
+                   predictor_kwargs=QUICK_TREES)
+    gen, rep = make_generator(7), noisy_identity(0.5)
+    for n in (20, 50):
+        train, test, random_state = sample_train_test(data, rep, gen, n, 100)
+        one = downstream_from_codes(*train, *test, predictor="boosted_trees", random_state=random_state,
+                                    predictor_kwargs=QUICK_TREES)
+        np.testing.assert_array_equal(r.test_accuracy[n], one.test_accuracy[n])
+        np.testing.assert_array_equal(r.train_accuracy[n], one.train_accuracy[n])
+
+
+def test_both_predictors_see_the_same_codes():
+    seen = {}
+
+    def recorder(key):
+        def represent(x):
+            seen.setdefault(key, []).append(x.clone())
+            return x.flatten(1)
+        return represent
+
+    data = FactorData((3, 6))
+    downstream(data, recorder("lr"), seed=2, num_train=(10, 30), num_test=40)
+    downstream(data, recorder("gbt"), seed=2, num_train=(10, 30), num_test=40, predictor="boosted_trees",
+               predictor_kwargs=QUICK_TREES)
+    lr, gbt = torch.cat(seen["lr"]), torch.cat(seen["gbt"])
+    assert lr.shape[0] == 10 + 40 + 30 + 40  # fresh train and test sets for every size
+    assert torch.equal(lr, gbt)
+
+
+def test_result_scalars_and_json():
+    r = downstream(FactorData((3, 6)), identity, num_train=(10, 40), num_test=50)
+    assert isinstance(r, DownstreamResult)
+    s = r.scalars()
+    assert list(s) == ["score", "test_accuracy_10", "test_accuracy_40", "train_accuracy_10", "train_accuracy_40"]
+    assert s["score"] == r.mean_test_accuracy[40] and s["test_accuracy_10"] == r.mean_test_accuracy[10]
+    assert s["train_accuracy_10"] == pytest.approx(np.mean(r.train_accuracy[10]))
+    assert r.min_test_accuracy[10] == pytest.approx(np.min(r.test_accuracy[10]))
+    d = json.loads(json.dumps(r.as_dict()))
+    assert d["num_train"] == [10, 40] and d["mean_test_accuracy"]["40"] == r.score
+    assert len(d["test_accuracy"]["10"]) == 2
+
+
+def test_seed_reproducible_and_matters():
+    kwargs = dict(num_train=(20,), num_test=200)
+    a = downstream(FactorData((3, 6, 10)), noisy_identity(0.8), seed=0, **kwargs)
+    b = downstream(FactorData((3, 6, 10)), noisy_identity(0.8), seed=0, **kwargs)
+    c = downstream(FactorData((3, 6, 10)), noisy_identity(0.8), seed=1, **kwargs)
+    np.testing.assert_array_equal(a.test_accuracy[20], b.test_accuracy[20])
+    assert not np.array_equal(a.test_accuracy[20], c.test_accuracy[20])
+
+
+# ---------------------------------------------------------------- errors a user can fix
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(predictor="svm"), "choose one of"),
+    (dict(num_train=(4,)), "at least 5"),
+    (dict(num_train=(10, 10)), "distinct positive"),
+    (dict(num_train=(), num_test=10), "distinct positive"),
+    (dict(num_train=(10,), num_test=0), "distinct positive"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(MetricError, match=match):
+        downstream(FactorData((3, 6)), identity, **kwargs)
+
+
+def test_bad_codes():
+    with pytest.raises(MetricError, match="disagree"):
+        downstream_from_codes(TINY_X, TINY_Y, np.zeros((4, 2)), TINY_YT)
+    with pytest.raises(MetricError, match=r"\[N, D\]"):
+        downstream_from_codes(TINY_X[:5], TINY_Y, TINY_XT, TINY_YT)
+    with pytest.raises(MetricError, match="nan"):
+        downstream_from_codes(np.full_like(TINY_X, np.nan), TINY_Y, TINY_XT, TINY_YT)
+    with pytest.raises(MetricError, match="ground-truth"):
+        downstream(FactorData((3, 6), has_ground_truth=False), identity, num_train=(10,), num_test=10)
