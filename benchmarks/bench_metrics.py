@@ -30,7 +30,15 @@ import time
 
 import torch
 
-from sbvae.metrics import compute_mig, factor_vae_score, irs_from_codes, mig, udr_from_codes, unsupervised_from_codes
+from sbvae.metrics import (
+    compute_mig,
+    downstream_from_codes,
+    factor_vae_score,
+    irs_from_codes,
+    mig,
+    udr_from_codes,
+    unsupervised_from_codes,
+)
 
 PAPER_FV = dict(batch_size=64, num_train=10_000, num_eval=5_000, num_variance_estimate=10_000)
 REDUCED_FV = dict(batch_size=64, num_train=500, num_eval=250, num_variance_estimate=2_000)
@@ -121,10 +129,18 @@ def timed(fn, device):
 def codes_only_rows(codes: torch.Tensor, factors: torch.Tensor, gen: torch.Generator) -> list[dict]:
     """disentanglement_lib's other metrics on precomputed codes, at the paper preset's sizes."""
     rows = []
-    for name, fn in (("irs", irs_from_codes), ("unsupervised", unsupervised_from_codes)):
-        res, sec = timed(lambda: fn(codes, factors), codes.device)
+    for name, fn in (("irs", lambda: irs_from_codes(codes, factors)), ("unsupervised", lambda: unsupervised_from_codes(codes))):
+        res, sec = timed(fn, codes.device)
         rows.append(dict(metric=f"{name} (codes only)", sizes="N=10000, D=10, dSprites factors", images=0, seconds=sec,
                          score=res.score))
+    # The downstream task at its four training sizes, each tested on 5,000 further codes (paper preset).
+    test_codes, test_factors = codes[:5_000], factors[:5_000]
+    for predictor in ("logistic_regression", "boosted_trees"):
+        start = time.perf_counter()
+        for n in (10, 100, 1_000, 10_000):
+            res = downstream_from_codes(codes[:n], factors[:n], test_codes, test_factors, predictor=predictor)
+        rows.append(dict(metric=f"downstream {predictor} (codes only)", sizes="train 10, 100, 1000, 10000; test 5000",
+                         images=0, seconds=time.perf_counter() - start, score=res.score))
     # 15 models of one group: a shared signal, each model's dimensions permuted and noised.
     signal = torch.randn(1_000, 10, generator=gen, dtype=torch.float64)
     means = [(signal[:, torch.randperm(10, generator=gen)] + 0.3 * torch.randn(1_000, 10, generator=gen,

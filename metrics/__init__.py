@@ -12,6 +12,7 @@ ValueError and an ``sbvae.errors.SBVAEError``) with the fix in one sentence.
 """
 from sbvae.metrics.beta_vae import BetaVAEResult, beta_vae_score
 from sbvae.metrics.dci import DCIResult, completeness, dci, dci_from_codes, disentanglement
+from sbvae.metrics.downstream import DownstreamResult, downstream, downstream_from_codes
 from sbvae.metrics.elbo import ELBOResult, evaluate_elbo
 from sbvae.metrics.factor_vae import FactorVAEResult, factor_vae_score
 from sbvae.metrics.irs import IRSResult, irs, irs_from_codes
@@ -38,6 +39,7 @@ from sbvae.metrics.utils import MetricError, MetricResult, check_ground_truth, e
 __all__ = [
     "BetaVAEResult",
     "DCIResult",
+    "DownstreamResult",
     "ELBOResult",
     "FactorVAEResult",
     "IRSResult",
@@ -57,6 +59,8 @@ __all__ = [
     "dci",
     "dci_from_codes",
     "disentanglement",
+    "downstream",
+    "downstream_from_codes",
     "discretize",
     "encode_factors",
     "entropy",

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sbvae import runs
-from sbvae.engine import engine_status
+from sbvae.trainer_step import engine_status
 from sbvae.errors import DivergenceError, Preempted, SBVAEError
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
@@ -346,7 +346,8 @@ class MetricsCallback(L.Callback):
         seed: the evaluation seed (the same points every time, so curves are comparable).
     """
 
-    def __init__(self, metrics: list[str] = ["mig"], every_n_steps: int = 10000, preset: str = "quick", seed: int = 0):
+    # A list default: LightningCLI shows it in --help; parse_metrics copies it, so it is never mutated.
+    def __init__(self, metrics: list[str] = ["mig"], every_n_steps: int = 10000, preset: str = "quick", seed: int = 0):  # noqa: B006
         from sbvae.evaluation import PRESETS, parse_metrics, refuse_group_metrics
 
         if preset not in PRESETS:

@@ -28,6 +28,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "modularity": {"num_train": 10_000, "num_test": 5_000},
         "irs": {"num_train": 10_000, "diff_quantile": 0.99, "num_bins": 20},
         "unsupervised": {"num_train": 10_000, "num_bins": 20},
+        "downstream": {"num_train": [10, 100, 1_000, 10_000], "num_test": 5_000, "predictor": "logistic_regression"},
+        "downstream_trees": {"num_train": [10, 100, 1_000, 10_000], "num_test": 5_000, "predictor": "boosted_trees"},
         "udr": {"num_data_points": 1_000, "batch_size": 10, "correlation": "lasso"},
     },
     "quick": {
@@ -40,6 +42,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "modularity": {"num_train": 500, "num_test": 250},
         "irs": {"num_train": 2_000, "diff_quantile": 0.99, "num_bins": 20},
         "unsupervised": {"num_train": 2_000, "num_bins": 20},
+        "downstream": {"num_train": [10, 100, 500], "num_test": 250, "predictor": "logistic_regression"},
+        "downstream_trees": {"num_train": [10, 100, 500], "num_test": 250, "predictor": "boosted_trees",
+                             "predictor_kwargs": {"n_estimators": 10}},
         "udr": {"num_data_points": 500, "batch_size": 10, "correlation": "lasso"},
     },
 }
@@ -67,6 +72,8 @@ METRICS: dict[str, Callable[..., Any]] = {
     "modularity": _on_codes(M.modularity_explicitness),
     "irs": _on_codes(M.irs),
     "unsupervised": _on_codes(M.unsupervised),
+    "downstream": _on_codes(M.downstream),
+    "downstream_trees": _on_codes(M.downstream),
 }
 # Metrics of a group of models (the seeds of one config), not of one model: sbvae-eval scores them over
 # the replicas of a replica run, and each replica's record keeps its own share.
@@ -105,6 +112,8 @@ IMAGES: dict[str, Callable[..., int]] = {
     "modularity": lambda num_train, num_test, **_: num_train + num_test,
     "irs": lambda num_train, **_: num_train,
     "unsupervised": lambda num_train, **_: num_train,
+    "downstream": lambda num_train, num_test, **_: sum(num_train) + len(num_train) * num_test,
+    "downstream_trees": lambda num_train, num_test, **_: sum(num_train) + len(num_train) * num_test,
 }
 
 

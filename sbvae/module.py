@@ -15,7 +15,8 @@ import lightning as L
 import torch
 
 from sbvae import keyed, objectives
-from sbvae.engine import Engine, counted_step, engine_for
+from sbvae.engine import Engine
+from sbvae.trainer_step import counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.nets import DECODERS, ConvEncoder

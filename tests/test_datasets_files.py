@@ -257,7 +257,7 @@ def test_every_dataset_declares_whether_its_render_is_device_pure(_data_dir, tmp
 
 
 def test_the_step_runs_eagerly_for_a_render_on_the_host(_data_dir, capsys):
-    from sbvae.engine import resolved_step_mode
+    from sbvae.trainer_step import resolved_step_mode
     from sbvae.errors import SBVAEError
 
     write_h5(_data_dir / "3dshapes.h5")

@@ -512,10 +512,11 @@ def test_a_trainer_whose_capture_fails_records_the_fallback_in_its_status(tmp_pa
     """Through sbvae-train (auto on a "CUDA" device, simulated): one warning, the run completes eagerly and
     status.json says why; the run equals an eager one."""
     import sbvae.engine as engine_module
+    import sbvae.trainer_step as trainer_step
 
-    real = engine_module.resolved_step_mode
-    monkeypatch.setattr(engine_module, "resolved_step_mode", lambda mode, *a: "graph" if mode == "auto" else real(mode, *a))
-    monkeypatch.setattr(engine_module, "draw_ahead_for", lambda *a: 1)
+    real = trainer_step.resolved_step_mode
+    monkeypatch.setattr(trainer_step, "resolved_step_mode", lambda mode, *a: "graph" if mode == "auto" else real(mode, *a))
+    monkeypatch.setattr(trainer_step, "draw_ahead_for", lambda *a: 1)
     monkeypatch.setattr(engine_module, "graph_runner", lambda: StandInGraph("capture"))
     with pytest.warns(UserWarning, match="could not be captured"):
         fit(config_path("quickstart.yaml"), tmp_path / "auto")
@@ -524,7 +525,7 @@ def test_a_trainer_whose_capture_fails_records_the_fallback_in_its_status(tmp_pa
     assert status["status"] == "completed" and status["step_mode"] == "eager"
     assert status["graph_fallback"].startswith("the CUDA graph step could not be captured (RuntimeError")
     assert status["graph_fallback"].endswith("at step 3")
-    monkeypatch.setattr(engine_module, "resolved_step_mode", real)
+    monkeypatch.setattr(trainer_step, "resolved_step_mode", real)
     fit(config_path("quickstart.yaml"), tmp_path / "eager", "--model.init_args.step_mode", "eager")
     assert final_weights(run).keys() == final_weights(run_dirs(tmp_path / "eager")[0]).keys()
     for name, value in final_weights(run_dirs(tmp_path / "eager")[0]).items():

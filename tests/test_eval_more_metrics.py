@@ -29,7 +29,8 @@ def replica_run(tmp_path_factory):
 
 def test_udr_over_a_replica_run_gives_each_replica_its_own_rank(replica_run, capsys):
     out, run = replica_run
-    evaluate(["--ckpt", run, "--metrics", "elbo,irs,unsupervised,udr", *QUICK])
+    evaluate(["--ckpt", run, "--metrics", "elbo,irs,unsupervised", *QUICK])
+    evaluate(["--ckpt", run, "--metrics", "udr", *QUICK])  # kept beside the first call's scores of the same step
     assert "scoring udr over the 3 checkpoints" in capsys.readouterr().out
     records = [json.load(open(os.path.join(run, f"replica_{k}", "checkpoints", "eval-quick-seed0.json"))) for k in range(3)]
     # The same group result, computed here from the three loaded replicas with the library's metric.
@@ -71,6 +72,28 @@ def test_metrics_callback_scores_the_new_single_model_metrics_and_refuses_udr(re
     codes, factors = M.sample_codes(dm.data, model.represent, PRESETS["quick"]["irs"]["num_train"], 0)
     assert results["irs"].score == pytest.approx(M.irs_from_codes(codes, factors).score, abs=1e-12)
     assert results["unsupervised"].score == pytest.approx(M.unsupervised_from_codes(codes).score, rel=1e-9)
-    MetricsCallback(metrics=["irs", "unsupervised"])  # accepted by name
+    params = PRESETS["quick"]["downstream_trees"]
+    trees = score(model, dm.data, ["downstream_trees"], "quick", seed=0)["downstream_trees"]
+    assert trees.score == M.downstream(dm.data, model.represent, seed=0, **params).score
+    assert trees.predictor == "boosted_trees" and sorted(trees.test_accuracy) == params["num_train"]
+    MetricsCallback(metrics=["irs", "unsupervised", "downstream"])  # accepted by name
     with pytest.raises(SBVAEError, match="ranks the seeds of one group"):
         MetricsCallback(metrics=["mig", "udr"])
+
+
+def test_a_sweep_scores_udr_once_over_each_task_folder_and_the_rest_per_run():
+    from sbvae import evaluation
+    from sbvae.sweep import commands
+    from sbvae.sweep.spec import load_sweep, select
+
+    assert set(commands.GROUP_METRICS) == set(evaluation.GROUP_METRICS)
+    sweep = load_sweep(os.path.join(ROOT, "configs", "paper", "locatello-grid.yaml"))
+    assert "udr" in sweep.metrics
+    task = select(sweep, None)[0]
+    run = task.runs()[0]
+    per_run = commands.eval_command(sweep, run, "/out")
+    metrics = per_run[per_run.index("--metrics") + 1].split(",")
+    assert "udr" not in metrics and {"mig", "irs", "downstream"} <= set(metrics)
+    group = commands.group_eval_command(sweep, task, "/out")
+    assert group[group.index("--metrics") + 1] == "udr" and group[group.index("--ckpt") + 1] == os.path.join("/out", task.folder)
+    assert "--output" not in group  # each replica's own record, beside its checkpoint

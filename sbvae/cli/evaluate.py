@@ -111,6 +111,7 @@ def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torc
         "metrics": records(results, args.preset, args.seed),
     }
     output = args.output or runs.eval_output(path, args.preset, args.seed)
+    record["metrics"] = {**earlier_scores(output, record), **record["metrics"]}
     with runs.atomic_path(output) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
     print(f"wrote {output}")
@@ -118,6 +119,18 @@ def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torc
     if run_dir:
         log_to_tensorboard(run_dir, results, ckpt.get("global_step", 0), args.preset)
         print(f"added eval/* scalars to the TensorBoard run {run_dir}")
+
+
+def earlier_scores(output: str, record: dict) -> dict:
+    """The metrics an earlier sbvae-eval wrote to ``output`` for this very checkpoint, step, preset and seed,
+    which a later call keeps beside its own (UDR scored over a run folder after each replica's MIG)."""
+    try:
+        with open(output) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    same = all(earlier.get(key) == record[key] for key in ("checkpoint", "global_step", "preset", "seed"))
+    return earlier.get("metrics", {}) if same and isinstance(earlier.get("metrics"), dict) else {}
 
 
 def group_shares(paths: list[str], args: argparse.Namespace, names: list[str], device: torch.device,

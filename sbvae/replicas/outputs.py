@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sbvae import runs
 from sbvae.callbacks import Heartbeat, ImageLogger, exception_status
-from sbvae.engine import engine_status
+from sbvae.trainer_step import engine_status
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.seeds import SEEDS_KEY, seeds_record
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from sbvae.engine import Engine, counted_step, engine_for
+from sbvae.engine import Engine
+from sbvae.trainer_step import counted_step, engine_for
 from sbvae.errors import SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.module import VAE, adam, refuse_fp16, wants_channels_last

@@ -15,6 +15,17 @@ from sbvae.sweep.spec import Group, Run, Sweep, Task
 
 TRAIN = [sys.executable, "-m", "sbvae.cli.train"]
 EVALUATE = [sys.executable, "-m", "sbvae.cli.evaluate"]
+# sbvae.evaluation.GROUP_METRICS (a test keeps them equal), named here without importing the metrics: they
+# rank a task's seeds against each other, so they score the task's folder once, after its runs.
+GROUP_METRICS = ("udr",)
+
+
+def single_metrics(metrics: list[str]) -> list[str]:
+    return [m for m in metrics if m not in GROUP_METRICS]
+
+
+def group_metrics(metrics: list[str]) -> list[str]:
+    return [m for m in metrics if m in GROUP_METRICS]
 
 
 def cli_value(value: Any) -> str:
@@ -58,7 +69,7 @@ def rerun_commands(manifest: dict[str, Any], group: dict[str, Any], seed: int, t
     folder = os.path.join("runs", "rerun")
     train = fit_command(group["config"], group["overrides"], seed, manifest["steps"], folder, group["name"], f"seed_{seed}")
     ckpt = checkpoint_path(os.path.join(folder, group["name"], f"seed_{seed}"))
-    score = EVALUATE + ["--ckpt", ckpt, "--metrics", ",".join(manifest["metrics"]), "--preset", manifest["preset"],
+    score = EVALUATE + ["--ckpt", ckpt, "--metrics", ",".join(single_metrics(manifest["metrics"])), "--preset", manifest["preset"],
                         "--seed", "0", "--output", os.path.join(os.path.dirname(ckpt), f"eval-{manifest['preset']}-seed0.json")]
     # The CPU's convolutions sum in an order that depends on the thread count: keep the sweep's.
     prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
@@ -77,8 +88,15 @@ def checkpoint_path(run_folder: str) -> str:
 
 def eval_command(sweep: Sweep, run: Run, out: str) -> list[str]:
     folder = os.path.join(os.path.abspath(out), run.folder)
-    return EVALUATE + ["--ckpt", checkpoint_path(folder), "--metrics", ",".join(sweep.metrics), "--preset", sweep.preset,
-                       "--seed", "0", "--output", eval_path(sweep, folder), "--device", "auto"]
+    return EVALUATE + ["--ckpt", checkpoint_path(folder), "--metrics", ",".join(single_metrics(sweep.metrics)),
+                       "--preset", sweep.preset, "--seed", "0", "--output", eval_path(sweep, folder), "--device", "auto"]
+
+
+def group_eval_command(sweep: Sweep, task: Task, out: str) -> list[str]:
+    """The group metrics over a task's replicas: sbvae-eval of the task's folder adds each replica's share
+    to the record its own scoring wrote."""
+    return EVALUATE + ["--ckpt", os.path.join(os.path.abspath(out), task.folder), "--metrics",
+                       ",".join(group_metrics(sweep.metrics)), "--preset", sweep.preset, "--seed", "0", "--device", "auto"]
 
 
 def shown(cmd: list[str]) -> str:

@@ -24,7 +24,16 @@ import yaml
 
 from sbvae.errors import SBVAEError
 from sbvae.sweep import state as S
-from sbvae.sweep.commands import checkpoint_path, eval_command, eval_path, shown, train_command
+from sbvae.sweep.commands import (
+    checkpoint_path,
+    eval_command,
+    eval_path,
+    group_eval_command,
+    group_metrics,
+    shown,
+    single_metrics,
+    train_command,
+)
 from sbvae.sweep.spec import Group, Sweep, Task
 
 
@@ -193,10 +202,10 @@ class Runner:
 
     def score(self, task: Task, states: list[S.RunState], gpu: str | None, outcome: TaskOutcome) -> None:
         for run, st in zip(task.runs(), states):
-            if st.status != "completed":
+            if st.status != "completed" or not single_metrics(self.sweep.metrics):
                 continue
             folder = os.path.join(self.out, run.folder)
-            if self.scores_current(folder, st.global_step):
+            if self.scores_current(folder, st.global_step, single_metrics(self.sweep.metrics)):
                 continue
             cmd = eval_command(self.sweep, run, self.out)
             returncode = self.execute(cmd, self.log_path(task), gpu)
@@ -207,15 +216,30 @@ class Runner:
                 self.say(task, f"sbvae-eval failed on seed {run.seed} ({last_line(self.log_path(task))})")
         if outcome.scored:
             self.say(task, f"scored {outcome.scored} run(s) with {', '.join(self.sweep.metrics)} ({self.sweep.preset} preset)")
+        self.score_group(task, states, gpu, outcome)
 
-    def scores_current(self, folder: str, step: int) -> bool:
-        """An eval JSON for this checkpoint's step, preset and metrics already exists."""
+    def score_group(self, task: Task, states: list[S.RunState], gpu: str | None, outcome: TaskOutcome) -> None:
+        """UDR over the task's seeds, once they all completed (a task of one seed has no group to rank)."""
+        group = group_metrics(self.sweep.metrics)
+        if not group or len(task.seeds) < 2 or any(st.status != "completed" for st in states):
+            return
+        if all(self.scores_current(os.path.join(self.out, run.folder), st.global_step, group)
+               for run, st in zip(task.runs(), states)):
+            return
+        if self.execute(group_eval_command(self.sweep, task, self.out), self.log_path(task), gpu) == 0:
+            self.say(task, f"scored {', '.join(group)} over its {len(task.seeds)} seeds")
+        else:
+            outcome.score_failures += 1
+            self.say(task, f"sbvae-eval of {', '.join(group)} failed ({last_line(self.log_path(task))})")
+
+    def scores_current(self, folder: str, step: int, metrics: list[str]) -> bool:
+        """An eval JSON for this checkpoint's step, preset and these metrics already exists."""
         try:
             record = S.read_json(eval_path(self.sweep, folder))
         except SBVAEError:
             return False
         return bool(record) and record.get("global_step") == step and record.get("preset") == self.sweep.preset \
-            and set(self.sweep.metrics) <= set(record.get("metrics", {}))
+            and set(metrics) <= set(record.get("metrics", {}))
 
     def log_path(self, task: Task) -> str:
         return os.path.join(self.out, "logs", task.name.replace("/", "--") + ".log")
