@@ -20,6 +20,7 @@ Conv(k4, s2, 64), FC 256, 10 latents; randomly initialised, means standardised s
 10 dimensions are active: the timing does not depend on the weights) on colored sprites rendered procedurally on the device.
 Writes benchmarks/results/metrics-<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,7 +96,9 @@ def make_encoder(channels: int, device: torch.device):
         for _ in range(4):
             layers += [torch.nn.Conv2d(prev, 64, 4, 2, 1), torch.nn.ReLU()]
             prev = 64
-        net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(64 * 16, 256), torch.nn.ReLU(), torch.nn.Linear(256, 20))
+        net = torch.nn.Sequential(
+            *layers, torch.nn.Flatten(), torch.nn.Linear(64 * 16, 256), torch.nn.ReLU(), torch.nn.Linear(256, 20)
+        )
         enc, name = (lambda x: net(x).chunk(2, 1)), "stand-in conv net (sbvae.nets.ConvEncoder missing)"
         enc.net = net
     module = enc if isinstance(enc, torch.nn.Module) else enc.net
@@ -129,39 +132,70 @@ def timed(fn, device):
 def codes_only_rows(codes: torch.Tensor, factors: torch.Tensor, gen: torch.Generator) -> list[dict]:
     """disentanglement_lib's other metrics on precomputed codes, at the paper preset's sizes."""
     rows = []
-    for name, fn in (("irs", lambda: irs_from_codes(codes, factors)), ("unsupervised", lambda: unsupervised_from_codes(codes))):
+    for name, fn in (
+        ("irs", lambda: irs_from_codes(codes, factors)),
+        ("unsupervised", lambda: unsupervised_from_codes(codes)),
+    ):
         res, sec = timed(fn, codes.device)
-        rows.append(dict(metric=f"{name} (codes only)", sizes="N=10000, D=10, dSprites factors", images=0, seconds=sec,
-                         score=res.score))
+        rows.append(
+            dict(
+                metric=f"{name} (codes only)",
+                sizes="N=10000, D=10, dSprites factors",
+                images=0,
+                seconds=sec,
+                score=res.score,
+            )
+        )
     # The downstream task at its four training sizes, each tested on 5,000 further codes (paper preset).
     test_codes, test_factors = codes[:5_000], factors[:5_000]
     for predictor in ("logistic_regression", "boosted_trees"):
         start = time.perf_counter()
         for n in (10, 100, 1_000, 10_000):
             res = downstream_from_codes(codes[:n], factors[:n], test_codes, test_factors, predictor=predictor)
-        rows.append(dict(metric=f"downstream {predictor} (codes only)", sizes="train 10, 100, 1000, 10000; test 5000",
-                         images=0, seconds=time.perf_counter() - start, score=res.score))
+        rows.append(
+            dict(
+                metric=f"downstream {predictor} (codes only)",
+                sizes="train 10, 100, 1000, 10000; test 5000",
+                images=0,
+                seconds=time.perf_counter() - start,
+                score=res.score,
+            )
+        )
     # 15 models of one group: a shared signal, each model's dimensions permuted and noised.
     signal = torch.randn(1_000, 10, generator=gen, dtype=torch.float64)
-    means = [(signal[:, torch.randperm(10, generator=gen)] + 0.3 * torch.randn(1_000, 10, generator=gen,
-              dtype=torch.float64)).numpy() for _ in range(15)]
+    means = [
+        (
+            signal[:, torch.randperm(10, generator=gen)]
+            + 0.3 * torch.randn(1_000, 10, generator=gen, dtype=torch.float64)
+        ).numpy()
+        for _ in range(15)
+    ]
     kls = [torch.ones(10).numpy() for _ in range(15)]
     res, sec = timed(lambda: udr_from_codes(means, kls), codes.device)
-    rows.append(dict(metric="udr (codes only)", sizes="15 models, N=1000, D=10, lasso", images=0, seconds=sec,
-                     score=res.score))
+    rows.append(
+        dict(metric="udr (codes only)", sizes="15 models, N=1000, D=10, lasso", images=0, seconds=sec, score=res.score)
+    )
     return rows
 
 
 def end_to_end_rows(data, represent, device: torch.device, chunk_size: int, cpu_full: bool) -> list[dict]:
     rows = []
     compute_mig(data, represent, num_points=chunk_size, chunk_size=chunk_size, device=device)  # warm-up
-    res, sec = timed(lambda: compute_mig(data, represent, num_points=10_000, chunk_size=chunk_size, device=device), device)
+    res, sec = timed(
+        lambda: compute_mig(data, represent, num_points=10_000, chunk_size=chunk_size, device=device), device
+    )
     rows.append(dict(metric="mig (end to end)", sizes="N=10000", images=10_000, seconds=sec, score=res.score))
 
     preset = PAPER_FV if (device.type == "cuda" or cpu_full) else REDUCED_FV
     res, sec = timed(lambda: factor_vae_score(data, represent, device=device, chunk_size=chunk_size, **preset), device)
-    row = dict(metric="factor_vae", sizes=", ".join(f"{k}={v}" for k, v in preset.items()), images=fv_images(preset),
-               seconds=sec, score=res.score, num_active_dims=res.num_active_dims)
+    row = dict(
+        metric="factor_vae",
+        sizes=", ".join(f"{k}={v}" for k, v in preset.items()),
+        images=fv_images(preset),
+        seconds=sec,
+        score=res.score,
+        num_active_dims=res.num_active_dims,
+    )
     if preset is not PAPER_FV:
         row["paper_preset_seconds_extrapolated"] = sec * fv_images(PAPER_FV) / fv_images(preset)
     rows.append(row)
@@ -214,8 +248,10 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     for device in devices:
         report = bench(device, args.chunk_size, args.cpu_full, args.codes_only)
-        print(f"\n{report['device']} ({report['device_name']}, {report['threads']} threads, torch {report['torch']}, "
-              f"chunk {report['chunk_size']})\n  data: {report['data']}\n  encoder: {report['encoder']}")
+        print(
+            f"\n{report['device']} ({report['device_name']}, {report['threads']} threads, torch {report['torch']}, "
+            f"chunk {report['chunk_size']})\n  data: {report['data']}\n  encoder: {report['encoder']}"
+        )
         print(f"  {'metric':<20} {'sizes':<60} {'images':>8} {'seconds':>9} {'img/s':>8}  paper preset s")
         for r in report["rows"]:
             rate = f"{r['images'] / r['seconds']:8.0f}" if r["images"] else f"{'-':>8}"

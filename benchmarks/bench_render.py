@@ -8,6 +8,7 @@ batch (robust to a shared, throttled machine) and the best and median ms per bat
 File-based datasets are included when their files are in the data directory.
 Writes benchmarks/results/render-<device>.json per device.  Not run by the tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
     print(f"batch {args.batch}, {args.size}x{args.size} px\n")
     header = f"{'dataset':<20}" + "".join(f"{d + ' img/s':>14}{'ms best':>9}{'ms median':>11}" for d in devices)
     print(header)
@@ -73,17 +76,35 @@ def main() -> None:
         cells = []
         for d in devices:
             t = bench(name, torch.device(d), args.batch, args.size, args.seconds)
-            cells.append(f"{'(no file)':>14}{'':>20}" if t is None
-                         else f"{args.batch / t[0]:>14,.0f}{1000 * t[0]:>9.2f}{1000 * t[1]:>11.2f}")
+            cells.append(
+                f"{'(no file)':>14}{'':>20}"
+                if t is None
+                else f"{args.batch / t[0]:>14,.0f}{1000 * t[0]:>9.2f}{1000 * t[1]:>11.2f}"
+            )
             if t is not None:
-                rows[d].append({"dataset": name, "images_per_second": args.batch / t[0], "ms_best": 1000 * t[0],
-                                "ms_median": 1000 * t[1]})
+                rows[d].append(
+                    {
+                        "dataset": name,
+                        "images_per_second": args.batch / t[0],
+                        "ms_best": 1000 * t[0],
+                        "ms_median": 1000 * t[1],
+                    }
+                )
         print(f"{name:<20}" + "".join(cells))
     os.makedirs(args.out, exist_ok=True)
     for d, measured in rows.items():
-        report = {"device": d, "device_name": torch.cuda.get_device_name() if d.startswith("cuda") else platform.processor() or platform.machine(),
-                  "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch, "image_size": args.size,
-                  "seconds_per_dataset": args.seconds, "rows": measured}
+        report = {
+            "device": d,
+            "device_name": torch.cuda.get_device_name()
+            if d.startswith("cuda")
+            else platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "batch": args.batch,
+            "image_size": args.size,
+            "seconds_per_dataset": args.seconds,
+            "rows": measured,
+        }
         path = os.path.join(args.out, f"render-{torch.device(d).type}.json")
         with open(path, "w") as fh:
             json.dump(report, fh, indent=2)

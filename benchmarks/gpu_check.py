@@ -21,6 +21,7 @@ RESULTS ends with at most 8 files: stages.json, environment.txt, log.txt, throug
 throughput-cuda-bf16.json, throughput-cuda-largest.json, graph-vs-eager.json, fig2-report.tar.gz.
 The script itself needs only the standard library: sbvae is not importable until the install stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("install", "pytest", "throughput", "graph-vs-eager", "fig2")
 # Seconds each stage may take at most (the budget left cuts it shorter); fig2 takes whatever is left.
 LIMITS = {"install": 45, "pytest": 120, "throughput": 200, "graph-vs-eager": 60, "fig2": 10_000}
-RESULT_FILES = ("stages.json", "environment.txt", "log.txt", "throughput-cuda.json", "throughput-cuda-bf16.json",
-                "throughput-cuda-largest.json", "graph-vs-eager.json", "fig2-report.tar.gz")
+RESULT_FILES = (
+    "stages.json",
+    "environment.txt",
+    "log.txt",
+    "throughput-cuda.json",
+    "throughput-cuda-bf16.json",
+    "throughput-cuda-largest.json",
+    "graph-vs-eager.json",
+    "fig2-report.tar.gz",
+)
 PACKAGES = ("sbvae", "jsonargparse", "docstring_parser", "typeshed_client")
 
 
@@ -49,7 +58,12 @@ class Check:
     """The state of one run of the check: where things go, the sizes for a GPU or a rehearsal, the clock."""
 
     def __init__(self, results: str, wheels: str, budget: float, rehearse: bool, plan: bool = False):
-        self.results, self.wheels, self.rehearse, self.plan = os.path.abspath(results), os.path.abspath(wheels), rehearse, plan
+        self.results, self.wheels, self.rehearse, self.plan = (
+            os.path.abspath(results),
+            os.path.abspath(wheels),
+            rehearse,
+            plan,
+        )
         self.work = tempfile.mkdtemp(prefix="sbvae-gpu-check-")
         self.site = os.path.join(self.work, "site")  # the fresh install folder
         self.deadline = time.monotonic() + budget
@@ -58,8 +72,11 @@ class Check:
 
     # -- running commands ---------------------------------------------------------------------------
     def env(self) -> dict:
-        env = dict(os.environ, PYTHONPATH=self.site + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   PYTHONDONTWRITEBYTECODE="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=self.site + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            PYTHONDONTWRITEBYTECODE="1",
+        )
         if self.rehearse:
             env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         return env
@@ -78,8 +95,9 @@ class Check:
             log.write(f"\n$ {' '.join(cmd)}   (timeout {timeout:.0f} s)\n")
             log.flush()
             # Its own process group, so a timeout also ends what it started (a sweep's sbvae-train processes).
-            child = subprocess.Popen(cmd, cwd=self.work, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                cmd, cwd=self.work, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
                 return child.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -99,30 +117,45 @@ class Check:
 
 # -- the stages ------------------------------------------------------------------------------------------
 
+
 def install(check: Check) -> dict:
     package = lambda wheel: os.path.basename(wheel).lower().split("-")[0]
     wheels = [w for w in sorted(glob.glob(os.path.join(check.wheels, "*.whl"))) if package(w) in PACKAGES]
     missing = [p for p in PACKAGES if p not in {package(w) for w in wheels}]
     if missing and not check.plan:
-        return {"ok": False, "error": f"no wheel of {', '.join(missing)} in {check.wheels}: run bash benchmarks/download_wheels.sh"}
-    rc = check.run(check.python("-m", "pip", "install", "--no-index", "--no-deps", "--target", check.site,
-                                *wheels or ["<wheels>"]), LIMITS["install"])
-    probe = ("import json, os, platform, subprocess, torch, lightning, sbvae, jsonargparse; "
-             "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None; "
-             "smi = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total', '--format=csv,noheader'], "
-             "capture_output=True, text=True).stdout.strip() if gpu else ''; "
-             "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__, 'cuda': torch.version.cuda, "
-             "'lightning': lightning.__version__, 'jsonargparse': jsonargparse.__version__, "
-             "'sbvae_from': os.path.dirname(sbvae.__file__), 'gpu': gpu, 'nvidia_smi': smi, 'cpus': os.cpu_count()}))")
+        return {
+            "ok": False,
+            "error": f"no wheel of {', '.join(missing)} in {check.wheels}: run bash benchmarks/download_wheels.sh",
+        }
+    rc = check.run(
+        check.python(
+            "-m", "pip", "install", "--no-index", "--no-deps", "--target", check.site, *wheels or ["<wheels>"]
+        ),
+        LIMITS["install"],
+    )
+    probe = (
+        "import json, os, platform, subprocess, torch, lightning, sbvae, jsonargparse; "
+        "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None; "
+        "smi = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total', '--format=csv,noheader'], "
+        "capture_output=True, text=True).stdout.strip() if gpu else ''; "
+        "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__, 'cuda': torch.version.cuda, "
+        "'lightning': lightning.__version__, 'jsonargparse': jsonargparse.__version__, "
+        "'sbvae_from': os.path.dirname(sbvae.__file__), 'gpu': gpu, 'nvidia_smi': smi, 'cpus': os.cpu_count()}))"
+    )
     out = os.path.join(check.results, "environment.txt")
     if check.plan:
         check.run(check.python("-c", "<versions, GPU and nvidia-smi>"), 30)
         return {"ok": True}
-    found_env = subprocess.run(check.python("-c", probe), cwd=check.work, env=check.env(), capture_output=True, text=True, timeout=60)
+    found_env = subprocess.run(
+        check.python("-c", probe), cwd=check.work, env=check.env(), capture_output=True, text=True, timeout=60
+    )
     with open(out, "w") as f:
         f.write(found_env.stdout + found_env.stderr)
     if rc != 0 or found_env.returncode != 0:
-        return {"ok": False, "error": f"pip exited {rc}, the import probe {found_env.returncode} (log.txt, environment.txt)"}
+        return {
+            "ok": False,
+            "error": f"pip exited {rc}, the import probe {found_env.returncode} (log.txt, environment.txt)",
+        }
     environment = json.loads(found_env.stdout)
     if not environment["sbvae_from"].startswith(check.site):
         return {"ok": False, "error": f"sbvae was imported from {environment['sbvae_from']}, not the fresh install"}
@@ -130,23 +163,50 @@ def install(check: Check) -> dict:
 
 
 def pytest(check: Check) -> dict:
-    rc = check.run(check.python("-m", "pytest", os.path.join(ROOT, "tests"), "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                                "--rootdir", ROOT), LIMITS["pytest"])
-    return {"ok": rc == 0, "returncode": rc, "summary": last_line_matching(check, ("passed", "failed", "skipped", "error"))}
+    rc = check.run(
+        check.python(
+            "-m", "pytest", os.path.join(ROOT, "tests"), "-m", "gpu", "-q", "-p", "no:cacheprovider", "--rootdir", ROOT
+        ),
+        LIMITS["pytest"],
+    )
+    return {
+        "ok": rc == 0,
+        "returncode": rc,
+        "summary": last_line_matching(check, ("passed", "failed", "skipped", "error")),
+    }
 
 
 def throughput(check: Check) -> dict:
     script = os.path.join(ROOT, "benchmarks", "throughput.py")
     # The SBD VAE: the model every owed figure names (10,000 img/s in the loop, 50,000 for 15 replicas).
-    sizes = (["--quick", "--models", "sbd", "--trainer-steps", "5", "--threads", "1"] if check.rehearse
-             else ["--models", "sbd", "--trainer-steps", "300"])
+    sizes = (
+        ["--quick", "--models", "sbd", "--trainer-steps", "5", "--threads", "1"]
+        if check.rehearse
+        else ["--models", "sbd", "--trainer-steps", "300"]
+    )
     fp32 = os.path.join(check.results, "throughput-cuda.json")
     replicas = "2" if check.rehearse else "15,32"
-    rcs = [check.run(check.python(script, "--device", check.device, *sizes, "--replicas", replicas, "--json", fp32),
-                     LIMITS["throughput"] * 0.5)]
-    rcs.append(check.run(check.python(script, "--device", check.device, *sizes, "--precision", "bf16-mixed",
-                                      "--json", os.path.join(check.results, "throughput-cuda-bf16.json")),
-                         LIMITS["throughput"] * 0.25))
+    rcs = [
+        check.run(
+            check.python(script, "--device", check.device, *sizes, "--replicas", replicas, "--json", fp32),
+            LIMITS["throughput"] * 0.5,
+        )
+    ]
+    rcs.append(
+        check.run(
+            check.python(
+                script,
+                "--device",
+                check.device,
+                *sizes,
+                "--precision",
+                "bf16-mixed",
+                "--json",
+                os.path.join(check.results, "throughput-cuda-bf16.json"),
+            ),
+            LIMITS["throughput"] * 0.25,
+        )
+    )
     largest = None
     if os.path.isfile(fp32):
         with open(fp32) as f:
@@ -155,9 +215,21 @@ def throughput(check: Check) -> dict:
         largest = largest or 3
     if largest:  # 90% of the predicted count: the line through two peaks is an estimate
         count = str(max(2, int(0.9 * largest)))
-        rcs.append(check.run(check.python(script, "--device", check.device, *sizes, "--replicas", count,
-                                          "--json", os.path.join(check.results, "throughput-cuda-largest.json")),
-                             LIMITS["throughput"] * 0.25))
+        rcs.append(
+            check.run(
+                check.python(
+                    script,
+                    "--device",
+                    check.device,
+                    *sizes,
+                    "--replicas",
+                    count,
+                    "--json",
+                    os.path.join(check.results, "throughput-cuda-largest.json"),
+                ),
+                LIMITS["throughput"] * 0.25,
+            )
+        )
     return {"ok": all(rc == 0 for rc in rcs), "returncodes": rcs, "largest_replicas_predicted": largest}
 
 
@@ -167,51 +239,102 @@ def graph_vs_eager(check: Check) -> dict:
     folders = {}
     for mode in (graph, "eager"):
         save = os.path.join(check.work, "graph-vs-eager", mode)
-        rc = check.run(check.python("-m", "sbvae.cli.train", "fit", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"),
-                                    "--trainer.accelerator", "cpu" if check.rehearse else "cuda",
-                                    "--trainer.max_steps", steps, "--trainer.log_every_n_steps", "1",
-                                    "--trainer.enable_progress_bar", "false", "--images.every_n_steps", "0",
-                                    "--model.init_args.step_mode", mode, "--seed_everything", "0",
-                                    "--trainer.logger.init_args.save_dir", save, "--trainer.logger.init_args.version", "run"),
-                       LIMITS["graph-vs-eager"] / 2)
+        rc = check.run(
+            check.python(
+                "-m",
+                "sbvae.cli.train",
+                "fit",
+                "--config",
+                os.path.join(ROOT, "configs", "quickstart.yaml"),
+                "--trainer.accelerator",
+                "cpu" if check.rehearse else "cuda",
+                "--trainer.max_steps",
+                steps,
+                "--trainer.log_every_n_steps",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--images.every_n_steps",
+                "0",
+                "--model.init_args.step_mode",
+                mode,
+                "--seed_everything",
+                "0",
+                "--trainer.logger.init_args.save_dir",
+                save,
+                "--trainer.logger.init_args.version",
+                "run",
+            ),
+            LIMITS["graph-vs-eager"] / 2,
+        )
         if rc != 0:
             return {"ok": False, "error": f"sbvae-train with step_mode {mode} exited {rc} (log.txt)"}
         folders[mode] = os.path.join(save, "quickstart", "run")
     if check.plan:
         return {"ok": True}
-    compare = ("import json, sys\n"
-               "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
-               "def curve(d):\n"
-               "    e = EventAccumulator(d, size_guidance={'scalars': 0}); e.Reload()\n"
-               "    return [s.value for s in e.Scalars('train/loss')]\n"
-               "def status(d):\n"
-               "    return json.load(open(d + '/status.json'))\n"
-               "g, e = (curve(d) for d in sys.argv[1:3])\n"
-               "rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(g, e)]\n"
-               "print(json.dumps({'steps': len(g), 'graph_status': status(sys.argv[1]), 'eager_status': status(sys.argv[2]),\n"
-               "  'max_relative_difference': max(rel), 'first_step_above_1e-3': next((i for i, r in enumerate(rel) if r > 1e-3), None),\n"
-               "  'final_loss': {'graph': g[-1], 'eager': e[-1]}, 'graph_loss': g[::10], 'eager_loss': e[::10]}, indent=2))\n")
-    out = subprocess.run(check.python("-c", compare, folders[graph], folders["eager"]), cwd=check.work, env=check.env(),
-                         capture_output=True, text=True, timeout=60)
+    compare = (
+        "import json, sys\n"
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
+        "def curve(d):\n"
+        "    e = EventAccumulator(d, size_guidance={'scalars': 0}); e.Reload()\n"
+        "    return [s.value for s in e.Scalars('train/loss')]\n"
+        "def status(d):\n"
+        "    return json.load(open(d + '/status.json'))\n"
+        "g, e = (curve(d) for d in sys.argv[1:3])\n"
+        "rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(g, e)]\n"
+        "print(json.dumps({'steps': len(g), 'graph_status': status(sys.argv[1]), 'eager_status': status(sys.argv[2]),\n"
+        "  'max_relative_difference': max(rel), 'first_step_above_1e-3': next((i for i, r in enumerate(rel) if r > 1e-3), None),\n"
+        "  'final_loss': {'graph': g[-1], 'eager': e[-1]}, 'graph_loss': g[::10], 'eager_loss': e[::10]}, indent=2))\n"
+    )
+    out = subprocess.run(
+        check.python("-c", compare, folders[graph], folders["eager"]),
+        cwd=check.work,
+        env=check.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         return {"ok": False, "error": out.stderr.strip().splitlines()[-1:]}
     with open(os.path.join(check.results, "graph-vs-eager.json"), "w") as f:
         f.write(out.stdout)
     result = json.loads(out.stdout)
-    return {"ok": True, "max_relative_difference": result["max_relative_difference"],
-            "graph_step_mode": result["graph_status"].get("step_mode"), "graph_fallback": result["graph_status"].get("graph_fallback")}
+    return {
+        "ok": True,
+        "max_relative_difference": result["max_relative_difference"],
+        "graph_step_mode": result["graph_status"].get("step_mode"),
+        "graph_fallback": result["graph_status"].get("graph_fallback"),
+    }
 
 
 def fig2(check: Check) -> dict:
     sweep = os.path.join(ROOT, "configs", "paper", "smoke.yaml" if check.rehearse else "fig2-vae-mig.yaml")
-    sizes = ["--set", "steps=8", "--set", "data.val_size=32", "--set", "data.steps_per_epoch=8"] if check.rehearse \
-        else ["--set", "steps=2000", "--set", "replicas=15", "--set", "data.steps_per_epoch=1000", "--set", "data.val_size=1024"]
+    sizes = (
+        ["--set", "steps=8", "--set", "data.val_size=32", "--set", "data.steps_per_epoch=8"]
+        if check.rehearse
+        else [
+            "--set",
+            "steps=2000",
+            "--set",
+            "replicas=15",
+            "--set",
+            "data.steps_per_epoch=1000",
+            "--set",
+            "data.val_size=1024",
+        ]
+    )
     out = os.path.join(check.work, "fig2")
-    rc = check.run(check.python("-m", "sbvae.cli.sweep", "run", sweep, "--out", out, "--set", "metrics=[elbo,mig]", *sizes),
-                   max(1.0, check.left() - 45))
+    rc = check.run(
+        check.python("-m", "sbvae.cli.sweep", "run", sweep, "--out", out, "--set", "metrics=[elbo,mig]", *sizes),
+        max(1.0, check.left() - 45),
+    )
     report = os.path.join(out, "report")
-    rc_report = check.run(check.python("-m", "sbvae.cli.report", out, "--no-tensorboard",
-                                       "--device", "cpu" if check.rehearse else "cuda"), max(1.0, check.left() - 5))
+    rc_report = check.run(
+        check.python(
+            "-m", "sbvae.cli.report", out, "--no-tensorboard", "--device", "cpu" if check.rehearse else "cuda"
+        ),
+        max(1.0, check.left() - 5),
+    )
     if check.plan:
         return {"ok": True}
     if os.path.isdir(report):
@@ -220,11 +343,21 @@ def fig2(check: Check) -> dict:
             for name in ("sweep.json", "tasks"):
                 if os.path.exists(os.path.join(out, name)):
                     tar.add(os.path.join(out, name), arcname=f"fig2-report/{name}")
-    return {"ok": rc == 0 and rc_report == 0, "sweep_returncode": rc, "report_returncode": rc_report,
-            "summary": last_line_matching(check, ("wrote ",))}
+    return {
+        "ok": rc == 0 and rc_report == 0,
+        "sweep_returncode": rc,
+        "report_returncode": rc_report,
+        "summary": last_line_matching(check, ("wrote ",)),
+    }
 
 
-RUNNERS = {"install": install, "pytest": pytest, "throughput": throughput, "graph-vs-eager": graph_vs_eager, "fig2": fig2}
+RUNNERS = {
+    "install": install,
+    "pytest": pytest,
+    "throughput": throughput,
+    "graph-vs-eager": graph_vs_eager,
+    "fig2": fig2,
+}
 
 
 def last_line_matching(check: Check, words: tuple[str, ...]) -> str | None:
@@ -239,9 +372,15 @@ def last_line_matching(check: Check, words: tuple[str, ...]) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="the folder the stages write into (at most 8 files)")
-    parser.add_argument("--wheels", default=os.path.join(ROOT, "benchmarks", "wheels"), help="the wheel folder to install from")
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds for all stages (the GPU window's one command)")
-    parser.add_argument("--rehearse", action="store_true", help="every stage on the CPU at tiny sizes (under 5 minutes)")
+    parser.add_argument(
+        "--wheels", default=os.path.join(ROOT, "benchmarks", "wheels"), help="the wheel folder to install from"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=480.0, help="seconds for all stages (the GPU window's one command)"
+    )
+    parser.add_argument(
+        "--rehearse", action="store_true", help="every stage on the CPU at tiny sizes (under 5 minutes)"
+    )
     parser.add_argument("--plan", action="store_true", help="print each stage's commands and run nothing")
     parser.add_argument("--only", help="comma-separated stages to run (install always runs first)")
     args = parser.parse_args(argv)
@@ -266,7 +405,9 @@ def main(argv=None) -> int:
             check.record["stages"][name] = {**result, "seconds": round(time.monotonic() - start, 1)}
             check.save()
             if not args.plan:
-                print(f"[{name}] {'ok' if result.get('ok') else 'FAILED'} in {time.monotonic() - start:.0f} s", flush=True)
+                print(
+                    f"[{name}] {'ok' if result.get('ok') else 'FAILED'} in {time.monotonic() - start:.0f} s", flush=True
+                )
             if name == "install" and not result.get("ok") and not args.plan:
                 print(f"install failed: {result.get('error')}; nothing else can run", file=sys.stderr)
                 return 1

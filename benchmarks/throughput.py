@@ -20,6 +20,7 @@ The naive and step rows are timed in alternating rounds (the median of 5), so lo
 machine slows both alike. The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
 few steps, so the whole run takes a few minutes on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ import time
 
 import lightning
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 
 from sbvae.cli.train import build_cli
 from sbvae.engine import Engine, draw_ahead_for
@@ -41,7 +42,11 @@ from sbvae.module import wants_channels_last
 from sbvae.replicas import ReplicaSet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"sbd": "sprites/vae-sbd.yaml", "deconv": "sprites/vae-deconv.yaml", "factorvae-sbd": "sprites/factorvae-sbd.yaml"}
+CONFIGS = {
+    "sbd": "sprites/vae-sbd.yaml",
+    "deconv": "sprites/vae-deconv.yaml",
+    "factorvae-sbd": "sprites/factorvae-sbd.yaml",
+}
 
 
 def sync(device: torch.device) -> None:
@@ -130,9 +135,18 @@ def engine_step_fn(model, dm, device, autocast, channels_last):
     opts = list(opts) if isinstance(opts, tuple) else [opts]
     mode = "graph" if device.type == "cuda" else "eager"
     draw = lambda s: dm.training_batch(0, 0, s, device).contiguous(memory_format=layout)
-    engine = Engine(model, opts, draw, seed=0, rank=0, mode=mode,
-                    start_step=0, device=device, autocast_dtype=torch.bfloat16 if autocast else None,
-                    draw_ahead=draw_ahead_for(device, mode, 0))
+    engine = Engine(
+        model,
+        opts,
+        draw,
+        seed=0,
+        rank=0,
+        mode=mode,
+        start_step=0,
+        device=device,
+        autocast_dtype=torch.bfloat16 if autocast else None,
+        draw_ahead=draw_ahead_for(device, mode, 0),
+    )
     return engine.step
 
 
@@ -146,10 +160,20 @@ def replica_step_fn(model, dm, device, autocast, channels_last, replicas: int):
     opts = list(opts) if isinstance(opts, tuple) else [opts]
     seeds = torch.arange(replicas, device=device)
     mode = "graph" if device.type == "cuda" else "eager"
-    engine = Engine(rs, opts, lambda s: dm.training_batch(seeds, 0, s, device), seed=seeds, rank=0,
-                    mode=mode, start_step=0, device=device,
-                    autocast_dtype=torch.bfloat16 if autocast else None, max_loss=rs.model_hparams["max_loss"],
-                    replicas=replicas, draw_ahead=draw_ahead_for(device, mode, seeds))
+    engine = Engine(
+        rs,
+        opts,
+        lambda s: dm.training_batch(seeds, 0, s, device),
+        seed=seeds,
+        rank=0,
+        mode=mode,
+        start_step=0,
+        device=device,
+        autocast_dtype=torch.bfloat16 if autocast else None,
+        max_loss=rs.model_hparams["max_loss"],
+        replicas=replicas,
+        draw_ahead=draw_ahead_for(device, mode, seeds),
+    )
     return engine.step
 
 
@@ -176,15 +200,34 @@ def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: 
     steps = args.trainer_warmup + args.trainer_steps
     with tempfile.TemporaryDirectory() as out:
         extra = ["--replicas", str(replicas)] if replicas > 1 else []
-        cli = build_cli([
-            "--config", os.path.join(ROOT, "configs", CONFIGS[model_name]), *extra,
-            "--data.image_size", str(args.image_size), "--trainer.max_steps", str(steps),
-            "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
-            "--trainer.precision", args.precision, "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", out, "--data.steps_per_epoch", str(args.steps_per_epoch),
-            "--data.val_size", str(args.val_size), "--images.every_n_steps", str(args.steps_per_epoch),
-            "--model.init_args.channels_last", {None: "null", True: "true", False: "false"}[args.channels_last],
-        ], run=False)
+        cli = build_cli(
+            [
+                "--config",
+                os.path.join(ROOT, "configs", CONFIGS[model_name]),
+                *extra,
+                "--data.image_size",
+                str(args.image_size),
+                "--trainer.max_steps",
+                str(steps),
+                "--trainer.accelerator",
+                "gpu" if device.type == "cuda" else "cpu",
+                "--trainer.precision",
+                args.precision,
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.logger.init_args.save_dir",
+                out,
+                "--data.steps_per_epoch",
+                str(args.steps_per_epoch),
+                "--data.val_size",
+                str(args.val_size),
+                "--images.every_n_steps",
+                str(args.steps_per_epoch),
+                "--model.init_args.channels_last",
+                {None: "null", True: "true", False: "false"}[args.channels_last],
+            ],
+            run=False,
+        )
         cli.trainer.callbacks.append(clock)
         cli.before_fit()  # what sbvae-train fit does first: --replicas swaps in the replica set here
         if replicas > 1 and type(cli.model).__name__ != "ReplicaSet":
@@ -210,7 +253,9 @@ def loop_host_seconds(model_name: str, args, device: torch.device, steps: int = 
     real, Engine.step = Engine.step, no_step
     try:
         # No validation, pictures or checkpoints inside the timed steps: the loop's cost on every step.
-        lean = argparse.Namespace(**{**vars(args), "trainer_warmup": 50, "trainer_steps": steps, "steps_per_epoch": 10**9})
+        lean = argparse.Namespace(
+            **{**vars(args), "trainer_warmup": 50, "trainer_steps": steps, "steps_per_epoch": 10**9}
+        )
         rate, _ = trainer_images_per_s(model_name, lean, device)
     finally:
         Engine.step = real
@@ -221,8 +266,11 @@ def loop_host_seconds(model_name: str, args, device: torch.device, steps: int = 
 
 def largest_replicas(rows: list[dict], model: str, memory_gib: float) -> int | None:
     """The most replicas of ``model`` that fit in ``memory_gib``, by a line through the measured peaks."""
-    points = sorted((r["replicas"], r["peak_memory_gib"]) for r in rows
-                    if r["model"] == model and r["path"] == "trainer" and r.get("peak_memory_gib"))
+    points = sorted(
+        (r["replicas"], r["peak_memory_gib"])
+        for r in rows
+        if r["model"] == model and r["path"] == "trainer" and r.get("peak_memory_gib")
+    )
     if len(points) < 2 or points[-1][0] == points[0][0]:
         return None
     (r0, m0), (r1, m1) = points[0], points[-1]
@@ -233,16 +281,24 @@ def largest_replicas(rows: list[dict], model: str, memory_gib: float) -> int | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="32 px images and few steps (a few minutes on 2 CPU cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="32 px images and few steps (a few minutes on 2 CPU cores)"
+    )
     parser.add_argument("--json", help="write the results here (default: benchmarks/results/throughput-<device>.json)")
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
-    parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
-                        help="memory format of sbvae's rows (auto: as sbvae-train picks it, channels-last on CPU only)")
+    parser.add_argument(
+        "--channels-last",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="memory format of sbvae's rows (auto: as sbvae-train picks it, channels-last on CPU only)",
+    )
     parser.add_argument("--replicas", default="", help="comma-separated replica counts for replica rows, e.g. 15,32")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadier on a shared machine")
     parser.add_argument("--image-size", type=int, help="image size (default: 32 with --quick, else the paper's 64)")
-    parser.add_argument("--trainer-steps", type=int, help="timed steps of each trainer row (default: 10 with --quick, else 2000)")
+    parser.add_argument(
+        "--trainer-steps", type=int, help="timed steps of each trainer row (default: 10 with --quick, else 2000)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -275,24 +331,61 @@ def main() -> None:
         naive, step = batch / seconds["naive"], batch / seconds["step"]
         trainer, memory = trainer_images_per_s(name, args, device)
         for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):
-            rows.append({"model": name, "batch": batch, "replicas": 1, "path": path, "images_per_s": rate,
-                         "naive_images_per_s": naive, **({"peak_memory_gib": memory} if path == "trainer" else {})})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "replicas": 1,
+                    "path": path,
+                    "images_per_s": rate,
+                    "naive_images_per_s": naive,
+                    **({"peak_memory_gib": memory} if path == "trainer" else {}),
+                }
+            )
         for r in replica_counts:
-            rows.append({"model": name, "batch": batch, "replicas": r, "path": "step", "images_per_s": r * batch / seconds[r],
-                         "naive_images_per_s": naive, "single_step_images_per_s": step})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "replicas": r,
+                    "path": "step",
+                    "images_per_s": r * batch / seconds[r],
+                    "naive_images_per_s": naive,
+                    "single_step_images_per_s": step,
+                }
+            )
         for r in replica_counts:
             rate, memory = trainer_images_per_s(name, args, device, r)
-            rows.append({"model": name, "batch": batch, "replicas": r, "path": "trainer", "images_per_s": rate,
-                         "naive_images_per_s": naive, "peak_memory_gib": memory})
-    print(f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'x step':>7} {'GiB':>6}")
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "replicas": r,
+                    "path": "trainer",
+                    "images_per_s": rate,
+                    "naive_images_per_s": naive,
+                    "peak_memory_gib": memory,
+                }
+            )
+    print(
+        f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'x step':>7} {'GiB':>6}"
+    )
     for r in rows:
         memory = f"{r['peak_memory_gib']:>6.2f}" if r.get("peak_memory_gib") else f"{'-':>6}"
-        single = f"{r['images_per_s'] / r['single_step_images_per_s']:>7.2f}" if "single_step_images_per_s" in r else f"{'-':>7}"
-        print(f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
-              f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {single} {memory}")
+        single = (
+            f"{r['images_per_s'] / r['single_step_images_per_s']:>7.2f}"
+            if "single_step_images_per_s" in r
+            else f"{'-':>7}"
+        )
+        print(
+            f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
+            f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {single} {memory}"
+        )
     host = loop_host_seconds("sbd", args, device)
-    print(f"sbvae-train's loop around a no-op step (sbd config): {host * 1e6:.0f} us of host time per step, "
-          f"so at most {1 / host:.0f} steps/s")
+    print(
+        f"sbvae-train's loop around a no-op step (sbd config): {host * 1e6:.0f} us of host time per step, "
+        f"so at most {1 / host:.0f} steps/s"
+    )
     fits = {}
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -301,14 +394,23 @@ def main() -> None:
             if n:
                 print(f"{m}: about {n} replicas fit in this GPU's {total:.0f} GiB (a line through the measured peaks)")
     info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "lightning": lightning.__version__, "precision": args.precision,
-        "channels_last": wants_channels_last(args.channels_last, device), "image_size": args.image_size, "quick": args.quick, "results": rows,
-        "largest_replicas_that_fit": fits, "trainer_loop_host_us_per_step": host * 1e6,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "precision": args.precision,
+        "channels_last": wants_channels_last(args.channels_last, device),
+        "image_size": args.image_size,
+        "quick": args.quick,
+        "results": rows,
+        "largest_replicas_that_fit": fits,
+        "trainer_loop_host_us_per_step": host * 1e6,
     }
     size = f"-{args.image_size}px" if args.image_size != (32 if args.quick else 64) else ""
-    out = args.json or os.path.join(ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}{size}.json")
+    out = args.json or os.path.join(
+        ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}{size}.json"
+    )
     with open(out, "w") as f:
         json.dump(info, f, indent=2)
     print(f"wrote {out}")

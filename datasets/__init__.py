@@ -22,6 +22,7 @@ the value uniformly inside the bin, ``render(factors)`` uses the bin centre.
 Files are looked up in the data directory: option ``data_dir``, else
 $SBVAE_DATA, else ~/.cache/sbvae.  ``sbvae-data list`` shows everything.
 """
+
 from sbvae.datasets.base import DataError, GroundTruthData
 from sbvae.datasets.chairs import Chairs
 from sbvae.datasets.circles import Circles

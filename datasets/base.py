@@ -8,6 +8,7 @@ binned class indices; ``render`` draws the continuous value inside the bin from
 its generator, so that uniform bins + uniform jitter reproduce the continuous
 distribution exactly.
 """
+
 from __future__ import annotations
 
 import abc

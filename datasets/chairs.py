@@ -10,6 +10,7 @@ name, then renamed), keyed on the folder's file list, crop and size.  There
 are no ground-truth factors: the only "factor" is the image index, and
 metrics refuse the dataset (``has_ground_truth = False``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from sbvae.datasets.base import DataError, GroundTruthData
-from sbvae.datasets.common import check_int, data_dir as resolve_data_dir
+from sbvae.datasets.common import check_int
+from sbvae.datasets.common import data_dir as resolve_data_dir
 from sbvae.runs import atomic_path
 
 CHAIRS_FOLDER = "rendered_chairs"
@@ -64,14 +66,29 @@ class Chairs(GroundTruthData):
     name = "chairs"
     description = "3D chairs renderings (a folder of images), grey; no ground-truth factors"
 
-    def __init__(self, *, path: str | None = None, data_dir: str | None = None, image_size: int = 64,
-                 crop: str | tuple[int, int, int, int] | None = "auto", cache: bool = True, workers: int | None = None):
+    def __init__(
+        self,
+        *,
+        path: str | None = None,
+        data_dir: str | None = None,
+        image_size: int = 64,
+        crop: str | tuple[int, int, int, int] | None = "auto",
+        cache: bool = True,
+        workers: int | None = None,
+    ):
         directory = resolve_data_dir(data_dir)
         self.folder = Path(path).expanduser() if path is not None else directory / CHAIRS_FOLDER
         self.image_size = check_int("chairs", "image_size", image_size, 8)
         if crop != "auto" and crop is not None:
-            if len(tuple(crop)) != 4 or not all(isinstance(c, int) and c >= 0 for c in crop) or crop[2] <= crop[0] or crop[3] <= crop[1]:
-                raise DataError(f"chairs: option crop must be 'auto', None or a box (left, top, right, bottom), got {crop!r}.")
+            if (
+                len(tuple(crop)) != 4
+                or not all(isinstance(c, int) and c >= 0 for c in crop)
+                or crop[2] <= crop[0]
+                or crop[3] <= crop[1]
+            ):
+                raise DataError(
+                    f"chairs: option crop must be 'auto', None or a box (left, top, right, bottom), got {crop!r}."
+                )
             crop = tuple(crop)
         self.crop = crop
         where = f"download {CHAIRS_SOURCE}, unpack it and point to the folder with the option path=... or put it in the data directory ({directory})"
@@ -81,10 +98,15 @@ class Chairs(GroundTruthData):
         if not files:
             raise DataError(f"chairs: the folder {self.folder} holds no images; {where}.")
         self.files = files
-        key = json.dumps({
-            "folder": str(self.folder.resolve()), "crop": crop, "size": image_size, "version": 1,
-            "files": [(str(p.relative_to(self.folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files],
-        })
+        key = json.dumps(
+            {
+                "folder": str(self.folder.resolve()),
+                "crop": crop,
+                "size": image_size,
+                "version": 1,
+                "files": [(str(p.relative_to(self.folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+            }
+        )
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         self.cache_path = directory / "chairs" / f"chairs-{image_size}px-{digest}.npy"
         images = None
@@ -110,7 +132,9 @@ class Chairs(GroundTruthData):
                 for i, image in enumerate(pool.map(lambda p: _load_one(p, self.crop, self.image_size), files)):
                     out[i] = image
         except (OSError, ValueError) as e:
-            raise DataError(f"chairs: an image under {self.folder} cannot be read ({e}); remove or replace it.") from None
+            raise DataError(
+                f"chairs: an image under {self.folder} cannot be read ({e}); remove or replace it."
+            ) from None
         return out
 
     def render(self, factors: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

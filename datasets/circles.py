@@ -40,6 +40,7 @@ Blank images (Figure 22): ``blank_fraction`` > 0 appends a factor ``presence``
 (0 = no circle, 1 = circle); ``sample_factors`` makes that share of images
 all black.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,9 +84,18 @@ class Circles(GroundTruthData):
 
     channels = 3
 
-    def __init__(self, variant: str, *, image_size: int = 64, grid: int = 32, holdout: str | None = None,
-                 split: str = "train", holdout_factors: tuple[str, str] | list[str] | None = None,
-                 blank_fraction: float = 0.0, supersample: int = 5):
+    def __init__(
+        self,
+        variant: str,
+        *,
+        image_size: int = 64,
+        grid: int = 32,
+        holdout: str | None = None,
+        split: str = "train",
+        holdout_factors: tuple[str, str] | list[str] | None = None,
+        blank_fraction: float = 0.0,
+        supersample: int = 5,
+    ):
         if variant not in VARIANTS:
             raise DataError(f"unknown circles variant {variant!r}; they are {', '.join(VARIANTS)}.")
         self.name, self.variant = variant, VARIANTS[variant]
@@ -95,7 +105,11 @@ class Circles(GroundTruthData):
         self.supersample = check_int(variant, "supersample", supersample, 1)
         self.holdout = check_choice(variant, "holdout", holdout, (None, "center", "corner"))
         self.split = check_choice(variant, "split", split, ("train", "heldout"))
-        if isinstance(blank_fraction, bool) or not isinstance(blank_fraction, (int, float)) or not 0 <= blank_fraction < 1:
+        if (
+            isinstance(blank_fraction, bool)
+            or not isinstance(blank_fraction, (int, float))
+            or not 0 <= blank_fraction < 1
+        ):
             raise DataError(f"{variant}: option blank_fraction must be a number in [0, 1), got {blank_fraction!r}.")
         self.blank_fraction = float(blank_fraction)
         names = self.variant.factors
@@ -108,9 +122,13 @@ class Circles(GroundTruthData):
             return
         pair = tuple(holdout_factors) if holdout_factors is not None else names[:2]
         if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(names):
-            raise DataError(f"{variant}: holdout_factors must name two different factors among {', '.join(names)}, got {holdout_factors!r}.")
+            raise DataError(
+                f"{variant}: holdout_factors must name two different factors among {', '.join(names)}, got {holdout_factors!r}."
+            )
         if self.grid % 4:
-            raise DataError(f"{variant}: a hold-out needs grid to be a multiple of 4 so the hole is whole cells, got {self.grid}.")
+            raise DataError(
+                f"{variant}: a hold-out needs grid to be a multiple of 4 so the hole is whole cells, got {self.grid}."
+            )
         lo, hi = (self.grid // 4, 3 * self.grid // 4) if self.holdout == "center" else (0, self.grid // 2)
         self.hole = (names.index(pair[0]), names.index(pair[1]), lo, hi)
 
@@ -182,7 +200,9 @@ class Circles(GroundTruthData):
         hi = torch.floor((x.view(-1, 1) + w) * fine - 0.5)
         hi = torch.where(half2 >= 0, hi, lo - 1.0)  # rows that miss the disc: an empty interval
         start = torch.arange(size, device=x.device, dtype=torch.float32).view(1, 1, -1) * s
-        count = (torch.minimum(hi.unsqueeze(2), start + (s - 1)) - torch.maximum(lo.unsqueeze(2), start) + 1.0).clamp_(0.0, s)
+        count = (torch.minimum(hi.unsqueeze(2), start + (s - 1)) - torch.maximum(lo.unsqueeze(2), start) + 1.0).clamp_(
+            0.0, s
+        )
         return count.view(-1, size, s, size).sum(2).unsqueeze(1) / (s * s)
 
     def render(self, factors: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

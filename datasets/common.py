@@ -1,4 +1,5 @@
 """Helpers shared by the datasets: the data directory, option checks, colour."""
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,9 @@ def area_downsample(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return images if factor == 1 else F.avg_pool2d(images, factor)
 
 
-def bin_values(bins: torch.Tensor, count: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+def bin_values(
+    bins: torch.Tensor, count: int, low: float, high: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """Continuous values for bin indices: ``count`` equal bins over [low, high].
 
     With a generator, a value is drawn uniformly inside its bin (so uniform bins

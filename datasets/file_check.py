@@ -4,6 +4,7 @@ Both files store every combination of their factors' values once, the last facto
 passes when its arrays have the official keys, shapes and dtypes and its labels form that grid (a
 smaller grid, written for tests or previews, only with ``allow_subset``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ class FileCheck:
     problems: list[str] = field(default_factory=list)
     values: list[np.ndarray] | None = None  # per factor, the sorted labels present in the file
 
-    def fail(self, problem: str) -> "FileCheck":
+    def fail(self, problem: str) -> FileCheck:
         self.problems.append(problem)
         self.lines.append(f"FAIL {problem}")
         return self
@@ -43,7 +44,9 @@ class FileCheck:
             raise DataError(f"{path} is not a usable {kind} file: {self.problems[0]}{hint}; {fix}.")
 
 
-def check_grid(report: FileCheck, labels: np.ndarray, what: str, names: tuple[str, ...], allow_subset: bool) -> FileCheck:
+def check_grid(
+    report: FileCheck, labels: np.ndarray, what: str, names: tuple[str, ...], allow_subset: bool
+) -> FileCheck:
     """Check that the rows of ``labels`` [N, K] are every combination of their values once, the last fastest.
 
     ``what`` names the array in the report (e.g. "latents_classes"); a grid smaller than the official
@@ -67,7 +70,9 @@ def check_grid(report: FileCheck, labels: np.ndarray, what: str, names: tuple[st
         return report
     grid = " x ".join(f"{name} {s}" for name, s in zip(names, sizes))
     official = " x ".join(map(str, report.official_sizes))
-    report.lines.append(f"  grid: a sub-grid ({grid} = {n} images; the official file has {int(np.prod(report.official_sizes))})")
+    report.lines.append(
+        f"  grid: a sub-grid ({grid} = {n} images; the official file has {int(np.prod(report.official_sizes))})"
+    )
     if not allow_subset:
         report.fail(f"it holds a sub-grid of {n} images ({grid}), not the official {official}")
     return report

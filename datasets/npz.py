@@ -14,6 +14,7 @@ streaming ``imgs`` in vectorized chunks, to a temporary name renamed when
 complete.  Its ``metadata`` is a numpy structured record (no pickle) with the
 original's fields: ``np.load(f)["metadata"][()]["latents_sizes"]`` works.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -78,8 +79,13 @@ def check_npz(path: Path, scan_images: bool = False, allow_subset: bool = False)
         return report.fail(f"it cannot be read as an npz (truncated or not a zip file: {e})")
     for key in sorted(headers):
         shape, fortran, dtype = headers[key]
-        shown = ("object (a pickle; not read)" if dtype.hasobject
-                 else "structured record (no pickle)" if dtype.names else str(dtype))
+        shown = (
+            "object (a pickle; not read)"
+            if dtype.hasobject
+            else "structured record (no pickle)"
+            if dtype.names
+            else str(dtype)
+        )
         report.lines.append(f"  {key}: shape {shape}, dtype {shown}")
     missing = [k for k in REQUIRED_KEYS if k not in headers]
     if missing:
@@ -197,10 +203,18 @@ def _metadata(sizes: tuple[int, ...], classes: list[np.ndarray]) -> np.ndarray:
         "author": "sbvae (after Matthey, Higgins, Hassabis, Lerchner 2017)",
         "title": "dSprites dataset (procedural)",
     }
-    dtype = np.dtype([
-        ("date", "U64"), ("description", "U256"), ("version", np.int64), ("latents_names", "U16", (6,)),
-        ("latents_possible_values", possible), ("latents_sizes", np.int64, (6,)), ("author", "U64"), ("title", "U64"),
-    ])
+    dtype = np.dtype(
+        [
+            ("date", "U64"),
+            ("description", "U256"),
+            ("version", np.int64),
+            ("latents_names", "U16", (6,)),
+            ("latents_possible_values", possible),
+            ("latents_sizes", np.int64, (6,)),
+            ("author", "U64"),
+            ("title", "U64"),
+        ]
+    )
     record = np.zeros((), dtype=dtype)
     for key, value in fields.items():
         record[key] = value
@@ -212,7 +226,9 @@ def parse_subset(subset: dict[str, object] | None) -> list[np.ndarray]:
     subset = dict(subset or {})
     unknown = sorted(set(subset) - set(LATENT_NAMES))
     if unknown:
-        raise DataError(f"unknown dSprites factor(s) {', '.join(unknown)} in the subset; they are {', '.join(LATENT_NAMES)}.")
+        raise DataError(
+            f"unknown dSprites factor(s) {', '.join(unknown)} in the subset; they are {', '.join(LATENT_NAMES)}."
+        )
     classes = []
     for name, size in zip(LATENT_NAMES, LATENT_SIZES):
         c = np.unique(np.asarray(subset.get(name, range(size)), dtype=np.int64).reshape(-1))
@@ -222,8 +238,13 @@ def parse_subset(subset: dict[str, object] | None) -> list[np.ndarray]:
     return classes
 
 
-def write_dsprites_npz(path: str | Path, subset: dict[str, object] | None = None, chunk: int = 8192,
-                       device: str | torch.device = "cpu", progress=None) -> Path:
+def write_dsprites_npz(
+    path: str | Path,
+    subset: dict[str, object] | None = None,
+    chunk: int = 8192,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> Path:
     """Write dSprites in the official npz format from the procedural renderer; returns the path.
 
     ``subset`` ({factor name: class indices}) restricts the grid (for tests or
@@ -248,7 +269,11 @@ def write_dsprites_npz(path: str | Path, subset: dict[str, object] | None = None
                     fp.write(render_dsprites_indices(block, 64).to(torch.uint8).cpu().numpy().tobytes())
                     if progress is not None:
                         progress(min(start + chunk, n), n)
-            for key, array in (("latents_classes", rows), ("latents_values", values), ("metadata", _metadata(sizes, classes))):
+            for key, array in (
+                ("latents_classes", rows),
+                ("latents_values", values),
+                ("metadata", _metadata(sizes, classes)),
+            ):
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as fp:
                     np.lib.format.write_array(fp, np.asanyarray(array), allow_pickle=False)
     return path

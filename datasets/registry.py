@@ -1,11 +1,12 @@
 """Dataset names -> constructors: ``load(name, **options)`` and ``available()``."""
+
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sbvae.datasets.base import DataError, GroundTruthData
 from sbvae.datasets.common import data_dir as resolve_data_dir
@@ -39,12 +40,16 @@ def _entries() -> dict[str, Entry]:
     ]
     for name, variant in VARIANTS.items():
         entries.append(Entry(name, functools.partial(Circles, name), f"circles: {variant.description}", lambda d: []))
-    entries.append(Entry("shapes3d", Shapes3D, Shapes3D.description, lambda d: [("h5 file (required)", d / SHAPES3D_FILE)]))
-    entries.append(Entry("chairs", Chairs, Chairs.description, lambda d: [("image folder (required)", d / CHAIRS_FOLDER)]))
+    entries.append(
+        Entry("shapes3d", Shapes3D, Shapes3D.description, lambda d: [("h5 file (required)", d / SHAPES3D_FILE)])
+    )
+    entries.append(
+        Entry("chairs", Chairs, Chairs.description, lambda d: [("image folder (required)", d / CHAIRS_FOLDER)])
+    )
     return {e.name: e for e in entries}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def registry() -> dict[str, Entry]:
     return _entries()
 

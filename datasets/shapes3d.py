@@ -7,6 +7,7 @@ float64; factors in order floor_hue 10, wall_hue 10, object_hue 10 (values
 combination once with the last factor fastest.  Rendered by MuJoCo, so there
 is no generator here: load only.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from sbvae.datasets.base import DataError, GroundTruthData
-from sbvae.datasets.common import area_downsample, check_file_image_size, data_dir as resolve_data_dir
+from sbvae.datasets.common import area_downsample, check_file_image_size
+from sbvae.datasets.common import data_dir as resolve_data_dir
 from sbvae.datasets.file_check import FileCheck, check_grid
 
 SHAPES3D_FILE = "3dshapes.h5"
@@ -38,15 +40,21 @@ def check_h5(path: Path, allow_subset: bool = False) -> FileCheck:
             keys = sorted(f.keys())
             for key in keys:
                 obj = f[key]
-                report.lines.append(f"  {key}: shape {getattr(obj, 'shape', '?')}, dtype {getattr(obj, 'dtype', '(group)')}")
+                report.lines.append(
+                    f"  {key}: shape {getattr(obj, 'shape', '?')}, dtype {getattr(obj, 'dtype', '(group)')}"
+                )
             if not {"images", "labels"} <= set(keys):
                 return report.fail(f"it lacks the key(s) images and/or labels (found: {', '.join(keys) or 'none'})")
             images, labels = f["images"], f["labels"]
             n = images.shape[0] if images.ndim else -1
             if images.shape != (n, 64, 64, 3) or images.dtype != np.uint8:
-                return report.fail(f"images has shape {images.shape} and dtype {images.dtype}, expected ({n}, 64, 64, 3) uint8")
+                return report.fail(
+                    f"images has shape {images.shape} and dtype {images.dtype}, expected ({n}, 64, 64, 3) uint8"
+                )
             if labels.shape != (n, 6) or labels.dtype != np.float64:
-                return report.fail(f"labels has shape {labels.shape} and dtype {labels.dtype}, expected ({n}, 6) float64")
+                return report.fail(
+                    f"labels has shape {labels.shape} and dtype {labels.dtype}, expected ({n}, 6) float64"
+                )
             label_array = labels[()]
     except (OSError, ValueError, KeyError) as e:
         return report.fail(f"it cannot be read as HDF5 (truncated or not an HDF5 file: {e})")
@@ -77,12 +85,21 @@ class Shapes3D(GroundTruthData):
     name = "shapes3d"
     description = "3D Shapes / 3D Object-in-Room (3dshapes.h5, load only), 6 factors"
 
-    def __init__(self, *, path: str | None = None, data_dir: str | None = None, image_size: int = 64,
-                 in_memory: bool = False, allow_subset: bool = False):
+    def __init__(
+        self,
+        *,
+        path: str | None = None,
+        data_dir: str | None = None,
+        image_size: int = 64,
+        in_memory: bool = False,
+        allow_subset: bool = False,
+    ):
         directory = resolve_data_dir(data_dir)
         self.path = Path(path).expanduser() if path is not None else directory / SHAPES3D_FILE
-        help = (f"get {SHAPES3D_FILE} from {SHAPES3D_SOURCE} and point to it with the option path=... "
-                f"or put it in the data directory ({directory})")
+        help = (
+            f"get {SHAPES3D_FILE} from {SHAPES3D_SOURCE} and point to it with the option path=... "
+            f"or put it in the data directory ({directory})"
+        )
         if not self.path.is_file():
             raise DataError(f"shapes3d: the file {self.path} does not exist; {help}.")
         self.image_size = check_file_image_size("shapes3d", image_size)

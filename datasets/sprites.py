@@ -9,6 +9,7 @@ anti-aliasing).  It matches the official frames to within a few pixels per
 image, renders any batch of factor indices in one vectorized pass on
 ``factors.device`` and never builds the grid.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,10 @@ from sbvae.datasets.common import (
     check_choice,
     check_file_image_size,
     check_int,
-    data_dir as resolve_data_dir,
     hsv_to_rgb,
+)
+from sbvae.datasets.common import (
+    data_dir as resolve_data_dir,
 )
 
 # The official file and its grid: (color, shape, scale, orientation, posX, posY), posY fastest.
@@ -100,8 +103,14 @@ def _atlas(device: torch.device) -> torch.Tensor:
     return _ATLASES[device]
 
 
-def sprite_masks(shape: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, pos_x: torch.Tensor,
-                 pos_y: torch.Tensor, image_size: int = 64) -> torch.Tensor:
+def sprite_masks(
+    shape: torch.Tensor,
+    scale: torch.Tensor,
+    angle: torch.Tensor,
+    pos_x: torch.Tensor,
+    pos_y: torch.Tensor,
+    image_size: int = 64,
+) -> torch.Tensor:
     """Binary sprites, float [n, 1, image_size, image_size] in {0, 1}, on the inputs' device.
 
     ``shape`` holds class indices (0 square, 1 ellipse, 2 heart); ``scale``,
@@ -149,8 +158,10 @@ def render_dsprites_indices(factors: torch.Tensor, image_size: int = 64) -> torc
 
 def _dsprites_file_help(where: Path | None) -> str:
     at = f" or put it in the data directory ({where})" if where is not None else ""
-    return (f"get the official {DSPRITES_FILE} from {DSPRITES_SOURCE} (or write one with "
-            f"`sbvae-data generate dsprites`) and point to it with the option path=...{at}")
+    return (
+        f"get the official {DSPRITES_FILE} from {DSPRITES_SOURCE} (or write one with "
+        f"`sbvae-data generate dsprites`) and point to it with the option path=...{at}"
+    )
 
 
 class DSprites(GroundTruthData):
@@ -181,8 +192,15 @@ class DSprites(GroundTruthData):
     name = "dsprites"
     description = "dSprites, binary 2D shapes (DL's 5 factors); official npz or procedural renderer"
 
-    def __init__(self, *, image_size: int = 64, source: str = "auto", path: str | None = None,
-                 data_dir: str | None = None, allow_subset: bool = False):
+    def __init__(
+        self,
+        *,
+        image_size: int = 64,
+        source: str = "auto",
+        path: str | None = None,
+        data_dir: str | None = None,
+        allow_subset: bool = False,
+    ):
         owner = type(self).name or "dsprites"
         check_choice(owner, "source", source, ("auto", "procedural", "file"))
         directory = resolve_data_dir(data_dir)
@@ -201,7 +219,8 @@ class DSprites(GroundTruthData):
         if not file.is_file():
             raise DataError(
                 f"{owner}: the dSprites file {file} does not exist; "
-                + _dsprites_file_help(directory if path is None else None) + "."
+                + _dsprites_file_help(directory if path is None else None)
+                + "."
             )
         self.file = DSpritesNpz(file, allow_subset=allow_subset, help=_dsprites_file_help(directory))
         self.factor_sizes = self.file.factor_sizes
@@ -231,9 +250,7 @@ class DSprites(GroundTruthData):
     def factor_values(self, factors: torch.Tensor) -> torch.Tensor:
         """shape (1, 2, 3 as in the file), scale, orientation (radians), posX, posY: float [n, 5]."""
         self.check_factors(factors)
-        return torch.stack(
-            [v.to(factors.device)[factors[:, k]] for k, v in enumerate(self._values)], dim=1
-        ).float()
+        return torch.stack([v.to(factors.device)[factors[:, k]] for k, v in enumerate(self._values)], dim=1).float()
 
 
 class ColoredSprites(GroundTruthData):
@@ -264,10 +281,19 @@ class ColoredSprites(GroundTruthData):
     description = "dSprites times a random HSV colour (H U[0,1], S, V U[0.3,0.7]); 8 factors, colour binned"
     HSV_RANGES = ((0.0, 1.0), (0.3, 0.7), (0.3, 0.7))
 
-    def __init__(self, *, image_size: int = 64, color_bins: int = 10, source: str = "auto",
-                 path: str | None = None, data_dir: str | None = None, allow_subset: bool = False):
-        self.sprites = DSprites(image_size=image_size, source=source, path=path, data_dir=data_dir,
-                                allow_subset=allow_subset)
+    def __init__(
+        self,
+        *,
+        image_size: int = 64,
+        color_bins: int = 10,
+        source: str = "auto",
+        path: str | None = None,
+        data_dir: str | None = None,
+        allow_subset: bool = False,
+    ):
+        self.sprites = DSprites(
+            image_size=image_size, source=source, path=path, data_dir=data_dir, allow_subset=allow_subset
+        )
         self.image_size = self.sprites.image_size
         self.source = self.sprites.source
         self.color_bins = check_int("colored-sprites", "color_bins", color_bins, 1)

@@ -10,6 +10,7 @@ Every result is a frozen dataclass with a headline ``score``, ``scalars()``
 (its single numbers by name) and ``as_dict()`` for JSON. Errors a user can fix raise ``MetricError`` (a
 ValueError and an ``sbvae.errors.SBVAEError``) with the fix in one sentence.
 """
+
 from sbvae.metrics.beta_vae import BetaVAEResult, beta_vae_score
 from sbvae.metrics.dci import DCIResult, completeness, dci, dci_from_codes, disentanglement
 from sbvae.metrics.downstream import DownstreamResult, downstream, downstream_from_codes
@@ -26,6 +27,7 @@ from sbvae.metrics.modularity import (
     modularity_explicitness_from_codes,
 )
 from sbvae.metrics.sap import SAPResult, sap, sap_from_codes
+from sbvae.metrics.udr import UDRModelResult, UDRResult, udr, udr_from_codes
 from sbvae.metrics.unsupervised import (
     UnsupervisedResult,
     gaussian_total_correlation,
@@ -33,7 +35,6 @@ from sbvae.metrics.unsupervised import (
     unsupervised,
     unsupervised_from_codes,
 )
-from sbvae.metrics.udr import UDRModelResult, UDRResult, udr, udr_from_codes
 from sbvae.metrics.utils import MetricError, MetricResult, check_ground_truth, encode_factors, sample_codes
 
 __all__ = [

@@ -6,6 +6,7 @@ that share factor k, encode both images of every pair, and average
 regression (scikit-learn defaults) is fit on ``num_train`` samples and
 scored on ``num_eval`` fresh ones; the eval accuracy is the score.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,13 @@ class BetaVAEResult(MetricResult):
 
 
 def _features(
-    data: Any, represent: Represent, num_samples: int, batch_size: int, gen: torch.Generator, chunk_size: int, device: torch.device
+    data: Any,
+    represent: Represent,
+    num_samples: int,
+    batch_size: int,
+    gen: torch.Generator,
+    chunk_size: int,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [V, D] float64, labels [V]) of ``num_samples`` fresh samples."""
     k = torch.randint(0, len(data.factor_sizes), (num_samples,), generator=gen, device=gen.device)

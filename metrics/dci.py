@@ -8,6 +8,7 @@ informativeness = mean accuracy of the classifiers (train and test).
 scikit-learn's trees are slow (minutes at 10,000 points on dSprites): pass
 smaller ``num_train`` / ``num_test`` or ``gbt_kwargs`` (e.g. n_estimators) for quick checks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,9 +19,9 @@ import torch
 
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
-    as_numpy,
     MetricResult,
     Represent,
+    as_numpy,
     sample_train_test,
 )
 

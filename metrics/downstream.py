@@ -1,4 +1,4 @@
-"""Downstream task (Locatello et al. 2019, section 5.2), disentanglement_lib's ``downstream_task``.
+"""Downstream task (Locatello et al. 2019), disentanglement_lib's ``downstream_task``.
 
 For each training size n in ``num_train`` a fresh training set of n codes and a
 fresh test set of ``num_test`` codes are drawn (train, then test, from the one
@@ -23,11 +23,13 @@ with evaluation seed 0, so one seed gives both predictors the same codes here to
 The headline ``score`` is the mean test accuracy at the largest training size
 (disentanglement_lib's ``"10000:mean_test_accuracy"`` at its defaults).
 
-Cost: these are slow. On 10,000 codes of 10 dims with dSprites-like factors
-(3, 6, 40, 32, 32 classes) on a 2-core CPU, the logistic regression takes
-~45 s over the four sizes (~38 s of it at 10,000) and the boosted trees ~400 s
-(~360 s at 10,000): pass smaller ``num_train`` / ``num_test`` or
-``predictor_kwargs`` (e.g. ``{"n_estimators": 10}``) for quick checks.
+Cost: these are slow. Through ``downstream`` at these defaults, on 10-dim codes
+of dSprites-like factors (3, 6, 40, 32, 32 classes) on a shared 2-core CPU, the
+logistic regression took 48 s (~38 s of it at 10,000 points: 51 lbfgs fits per
+factor) and the boosted trees 387 s (~360 s at 10,000: 100 trees per class, so
+4,000 trees for a 40-class factor). Pass smaller ``num_train`` / ``num_test`` or
+``predictor_kwargs`` (e.g. ``{"n_estimators": 10}``) for quick checks; those
+depart from disentanglement_lib's numbers.
 
 A factor whose training draw holds a single class (likely only at n = 10 and
 for factors with few classes) cannot be fitted by either scikit-learn model
@@ -36,12 +38,14 @@ as that one class, the only hypothesis the training data support: train
 accuracy 1, test accuracy the class's share of the test set. Such factors are
 listed per size in ``single_class``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,7 +131,12 @@ def _make_predictor(predictor: str, random_state: int, predictor_kwargs: dict | 
         from sklearn.model_selection import KFold
 
         # lbfgs draws no random numbers, so DL passes no seed and neither do we.
-        kwargs = {"Cs": _NUM_CS, "cv": KFold(n_splits=_CV_FOLDS), **_logistic_regression_kwargs(), **(predictor_kwargs or {})}
+        kwargs = {
+            "Cs": _NUM_CS,
+            "cv": KFold(n_splits=_CV_FOLDS),
+            **_logistic_regression_kwargs(),
+            **(predictor_kwargs or {}),
+        }
         return LogisticRegressionCV(**kwargs)
     from sklearn.ensemble import GradientBoostingClassifier
 
@@ -186,7 +195,9 @@ def _fit_size(
     return train_acc, test_acc, tuple(single)
 
 
-def _result(predictor: str, num_test: int, per_size: dict[int, tuple[np.ndarray, np.ndarray, tuple[int, ...]]]) -> DownstreamResult:
+def _result(
+    predictor: str, num_test: int, per_size: dict[int, tuple[np.ndarray, np.ndarray, tuple[int, ...]]]
+) -> DownstreamResult:
     sizes = tuple(per_size)
     train = {n: per_size[n][0] for n in sizes}
     test = {n: per_size[n][1] for n in sizes}
@@ -269,7 +280,9 @@ def downstream(
     gen = make_generator(seed)
     per_size = {}
     for n in sizes:
-        (z_tr, y_tr), (z_te, y_te), random_state = sample_train_test(data, represent, gen, n, num_test, chunk_size, device)
+        (z_tr, y_tr), (z_te, y_te), random_state = sample_train_test(
+            data, represent, gen, n, num_test, chunk_size, device
+        )
         x_tr, y_tr = _as_split(z_tr, y_tr, "train")
         x_te, y_te = _as_split(z_te, y_te, "test")
         per_size[n] = _fit_size(x_tr, y_tr, x_te, y_te, predictor, random_state, predictor_kwargs)

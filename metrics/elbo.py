@@ -7,15 +7,24 @@ The reported ``elbo`` is the negative ELBO, NLL + KL (lower is better), as in
 the paper's tables and ``sbvae.objectives.ELBOTerms``. The same pass counts the
 latents used (mean posterior std < 0.5).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
-from sbvae.metrics.latents_used import count_used
-from sbvae.metrics.utils import DEFAULT_CHUNK_SIZE, MetricError, MetricResult, make_generator, render_generator, resolve_device
 
+from sbvae.metrics.latents_used import count_used
+from sbvae.metrics.utils import (
+    DEFAULT_CHUNK_SIZE,
+    MetricError,
+    MetricResult,
+    make_generator,
+    render_generator,
+    resolve_device,
+)
 from sbvae.objectives import gaussian_kl, reparameterize
 
 
@@ -34,7 +43,9 @@ class ELBOResult(MetricResult):
         return {"score": self.score, "nll": self.nll, "kl": self.kl, "latents_used": float(self.latents_used)}
 
 
-def _image_batches(data: Any, num_images: int, gen: torch.Generator, chunk_size: int, device: torch.device) -> Iterable[torch.Tensor]:
+def _image_batches(
+    data: Any, num_images: int, gen: torch.Generator, chunk_size: int, device: torch.device
+) -> Iterable[torch.Tensor]:
     if hasattr(data, "sample_factors"):  # a ground-truth dataset, which renders what it samples
         factors = data.sample_factors(num_images, gen)
         render_gen = render_generator(gen)
@@ -81,7 +92,9 @@ def evaluate_elbo(
         mean, logvar = mean.double(), logvar.double()
         z = mean
         if sample:
-            eps = torch.randn(mean.shape, generator=noise_gen, dtype=mean.dtype).to(mean.device)  # CPU draw: same on any device
+            eps = torch.randn(mean.shape, generator=noise_gen, dtype=mean.dtype).to(
+                mean.device
+            )  # CPU draw: same on any device
             z = reparameterize(mean, logvar, eps)
         nll = decode_nll(z.to(x.dtype), x).double()
         kl = gaussian_kl(mean, logvar)

@@ -16,6 +16,7 @@ the same factors, hence the same score, on every device and chunk size
 (datasets with colour jitter draw it from a device generator seeded from that
 stream: identical per device type and chunk size).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,9 @@ class FactorVAEResult(MetricResult):
     per_factor_accuracy: list[float] = dataclasses.field(default_factory=list)  # eval votes of factor k classified as k
 
 
-def sample_vote_factors(data: Any, num_votes: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_vote_factors(
+    data: Any, num_votes: int, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Factor rows of ``num_votes`` vote batches: (factor fixed per vote [V], rows [V, batch_size, K])."""
     k = torch.randint(0, len(data.factor_sizes), (num_votes,), generator=generator, device=generator.device)
     rows = data.sample_factors(num_votes * batch_size, generator).view(num_votes, batch_size, -1)

@@ -17,6 +17,7 @@ with q = ``diff_quantile`` = 0.99 (numpy.quantile's linear interpolation; 1.0
 is the paper's maximum). A code whose every dimension is constant scores 0,
 as in disentanglement_lib. Everything runs in float64 torch on the codes' device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from sbvae.metrics.mig import discretize
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
@@ -103,7 +105,9 @@ def _check(codes: torch.Tensor, factors: torch.Tensor, diff_quantile: float) -> 
     if not bool(torch.isfinite(codes).all()):
         raise MetricError("codes contain nan or inf (has the model diverged?); IRS needs finite codes.")
     if not 0.0 <= float(diff_quantile) <= 1.0:
-        raise MetricError(f"diff_quantile must lie in [0, 1] (0.99 in disentanglement_lib, 1.0 in the paper), got {diff_quantile}.")
+        raise MetricError(
+            f"diff_quantile must lie in [0, 1] (0.99 in disentanglement_lib, 1.0 in the paper), got {diff_quantile}."
+        )
 
 
 def irs_from_codes(codes: Any, factors: Any, diff_quantile: float = 0.99, num_bins: int = 20) -> IRSResult:
@@ -121,11 +125,20 @@ def irs_from_codes(codes: Any, factors: Any, diff_quantile: float = 0.99, num_bi
     k = y.shape[1]
     if active.numel() == 0:  # disentanglement_lib's IRS of a fully collapsed code
         empty = np.zeros(0)
-        return IRSResult(score=0.0, irs_matrix=np.zeros((0, k)), per_dim=empty, parents=np.zeros(0, dtype=np.int64),
-                         max_deviations=empty, active_dims=np.zeros(0, dtype=np.int64), num_active_dims=0)
+        return IRSResult(
+            score=0.0,
+            irs_matrix=np.zeros((0, k)),
+            per_dim=empty,
+            parents=np.zeros(0, dtype=np.int64),
+            max_deviations=empty,
+            active_dims=np.zeros(0, dtype=np.int64),
+            num_active_dims=0,
+        )
     out = scalable_disentanglement_score(z[:, active], labels, float(diff_quantile))
     arrays = {name: value.cpu().numpy() for name, value in out.items() if name != "score"}
-    return IRSResult(score=float(out["score"]), active_dims=active.cpu().numpy(), num_active_dims=int(active.numel()), **arrays)
+    return IRSResult(
+        score=float(out["score"]), active_dims=active.cpu().numpy(), num_active_dims=int(active.numel()), **arrays
+    )
 
 
 def irs(

@@ -4,6 +4,7 @@ A latent counts as used when its posterior standard deviation, averaged over
 the data, is below ``threshold`` (0.5): an unused latent matches the prior
 (std 1) on every image.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -10,10 +10,12 @@ against each factor's class indices, and
 with H[k] the empirical entropy of factor k in the sample (not log |V_k|).
 Everything runs as batched torch code on the codes' device, sums in float64.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -96,7 +98,9 @@ def mutual_information(discrete_codes: Any, factors: Any) -> torch.Tensor:
     b_ids, b_size = _relabel(factors)
     b_ids = b_ids.to(a_ids.device)
     if a_ids.shape[0] != b_ids.shape[0]:
-        raise MetricError(f"codes and factors need the same number of points, got {a_ids.shape[0]} and {b_ids.shape[0]}.")
+        raise MetricError(
+            f"codes and factors need the same number of points, got {a_ids.shape[0]} and {b_ids.shape[0]}."
+        )
     n, d = a_ids.shape
     k = b_ids.shape[1]
     # Flat index of (code dim, factor, code bin, factor class) for every point and pair.
@@ -134,8 +138,13 @@ def mig(codes: Any, factors: Any, num_bins: int = 20, factor_names: Sequence[str
     mi = mutual_information(discretize(codes, num_bins), factors)
     top2 = torch.topk(mi, 2, dim=0).values
     per_factor = (top2[0] - top2[1]) / h
-    return MIGResult(score=float(per_factor.mean()), per_factor=per_factor.cpu(), mutual_info=mi.cpu(), factor_entropy=h.cpu(),
-                     factor_names=tuple(factor_names) if factor_names else None)
+    return MIGResult(
+        score=float(per_factor.mean()),
+        per_factor=per_factor.cpu(),
+        mutual_info=mi.cpu(),
+        factor_entropy=h.cpu(),
+        factor_names=tuple(factor_names) if factor_names else None,
+    )
 
 
 def compute_mig(

@@ -8,6 +8,7 @@ standardised codes; the macro ROC AUC of its class probabilities (train and
 test), averaged over factors. Classes absent from a split are left out of
 that split's average (disentanglement_lib would fail on them).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,10 +20,10 @@ import torch
 from sbvae.metrics.mig import discretize, mutual_information
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
-    as_numpy,
     MetricError,
     MetricResult,
     Represent,
+    as_numpy,
     sample_train_test,
 )
 
@@ -51,8 +52,10 @@ def _macro_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     onehot = y[:, None] == classes[None, :]
     both = onehot.any(axis=0) & ~onehot.all(axis=0)  # one-vs-rest needs the class and another in the split
     if not both.any():
-        raise MetricError(f"explicitness needs each factor to take two values in each split, but one takes only "
-                          f"{classes[onehot.any(axis=0)].tolist()}; use more points (num_train, num_test).")
+        raise MetricError(
+            f"explicitness needs each factor to take two values in each split, but one takes only "
+            f"{classes[onehot.any(axis=0)].tolist()}; use more points (num_train, num_test)."
+        )
     return float(roc_auc_score(onehot[:, both], proba[:, both], average="macro"))
 
 
@@ -81,7 +84,9 @@ def modularity_explicitness_from_codes(
     mi = mutual_information(discretize(train_codes, num_bins), train_factors).cpu().numpy()
     mod = modularity(mi)
     exp_train, exp_test = explicitness(train_codes, train_factors, test_codes, test_factors)
-    return ModularityResult(score=mod, modularity=mod, explicitness_train=exp_train, explicitness_test=exp_test, mutual_info=mi)
+    return ModularityResult(
+        score=mod, modularity=mod, explicitness_train=exp_train, explicitness_test=exp_test, mutual_info=mi
+    )
 
 
 def modularity_explicitness(

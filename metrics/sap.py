@@ -7,6 +7,7 @@ R^2 = cov(z_d, y_k)^2 / (var z_d var y_k) on the train codes (0 where
 var z_d <= 1e-12). SAP = mean over factors of the gap between the two best
 dimensions.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +18,10 @@ import torch
 
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
-    as_numpy,
-    as_tensor,
     MetricResult,
     Represent,
+    as_numpy,
+    as_tensor,
     sample_train_test,
 )
 

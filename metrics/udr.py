@@ -23,6 +23,7 @@ All references are to google-research/disentanglement_lib,
 ``relative_strength_disentanglement``, ``lasso_correlation_matrix``,
 ``spearman_correlation_conv``) and ``evaluation/udr/evaluate.py`` (the mean KL).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
     MetricError,
@@ -70,11 +72,15 @@ class UDRResult(MetricResult):
         """The mean UDR, then each model's UDR as ``model_<i>`` (the ranking the metric is for)."""
         return {"score": float(self.score), **{f"model_{i}": float(s) for i, s in enumerate(self.scores)}}
 
-    def for_model(self, index: int) -> "UDRModelResult":
+    def for_model(self, index: int) -> UDRModelResult:
         """Model ``index``'s share of the group's result: what its own evaluation record keeps."""
         return UDRModelResult(
-            score=float(self.scores[index]), model=index, group_size=len(self.scores), group_mean=float(self.score),
-            pairwise=self.pairwise[:, index].copy(), informative_dims=int(self.informative[index].sum()),
+            score=float(self.scores[index]),
+            model=index,
+            group_size=len(self.scores),
+            group_mean=float(self.score),
+            pairwise=self.pairwise[:, index].copy(),
+            informative_dims=int(self.informative[index].sum()),
             correlation=self.correlation,
         )
 
@@ -102,34 +108,38 @@ def relative_strength(corr_matrix: Any) -> float:
     c = np.asarray(corr_matrix, dtype=np.float64)
     if c.size == 0:
         return 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # a zero line is 0 / 0 (entries >= 0: never x / 0)
         score_x = np.nanmean(np.nan_to_num(np.max(c, axis=0) ** 2 / np.sum(c, axis=0)))
         score_y = np.nanmean(np.nan_to_num(np.max(c, axis=1) ** 2 / np.sum(c, axis=1)))
     return float((score_x + score_y) / 2)
 
 
 def _ranks(codes: np.ndarray) -> np.ndarray:
-    """Centered average ranks per column (ties share their mean rank, as scipy.stats.spearmanr)."""
+    """Centered average ranks per column (ties share their mean rank, as scipy.stats.spearmanr).
+
+    A column's N average ranks sum to N (N + 1) / 2 whatever the ties: every column's mean is (N + 1) / 2.
+    """
     from scipy.stats import rankdata
 
     r = rankdata(codes, axis=0)
-    return r - r.mean(axis=0)
+    return r - (len(r) + 1) / 2
 
 
 def _rank_correlation(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
     """|Pearson| [Da, Db] of centered ranks; nan where a column is constant (spearmanr's nan)."""
     na, nb = np.sqrt((ra**2).sum(0)), np.sqrt((rb**2).sum(0))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # a constant column is all 0: 0 / 0, never x / 0
         corr = (ra.T @ rb) / (na[:, None] * nb[None, :])
-    return np.clip(np.abs(corr), 0.0, 1.0)  # clip keeps nan
+    return np.minimum(np.abs(corr), 1.0)  # 1 + 2e-16 by rounding (17 equal rankings) -> 1; keeps nan
 
 
 def spearman_matrix(a: Any, b: Any) -> np.ndarray:
     """|Spearman correlation| [D_a, D_b] of every dimension of codes a [N, D_a] with every one of b [N, D_b].
 
-    DL's spearman_correlation_conv (scipy.stats.spearmanr per pair), as one product of rank matrices.
+    DL's spearman_correlation_conv (scipy.stats.spearmanr per pair), as one product of rank matrices;
+    like spearmanr it ranks the values as given (ranks are float64 whatever the codes' dtype).
     """
-    return _rank_correlation(_ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64)))
+    return _rank_correlation(_ranks(a), _ranks(b))
 
 
 def lasso_matrix(a: Any, b: Any, random_state: int | None = 0) -> np.ndarray:
@@ -141,7 +151,7 @@ def lasso_matrix(a: Any, b: Any, random_state: int | None = 0) -> np.ndarray:
     from sklearn.linear_model import Lasso
 
     model = Lasso(alpha=LASSO_ALPHA, random_state=random_state)
-    model.fit(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    model.fit(np.asarray(a, dtype=np.float64), b)  # scikit-learn casts the targets to the regressors' float64
     return np.abs(np.atleast_2d(model.coef_)).T
 
 
@@ -175,7 +185,7 @@ def _check_codes(means: Sequence[Any], kls: Sequence[Any]) -> tuple[list[np.ndar
             )
         if not np.isfinite(c).all():
             raise MetricError(f"model {i}'s codes contain nan or inf (has it diverged?); score finite checkpoints.")
-    kl = [np.asarray(as_numpy(k), dtype=np.float64).reshape(-1) for k in kls]
+    kl = [np.asarray(as_numpy(k), dtype=np.float64).ravel() for k in kls]
     for i, k in enumerate(kl):
         if k.shape != (shape[1],) or not np.isfinite(k).all():
             raise MetricError(
@@ -204,7 +214,7 @@ def udr_from_codes(
     if correlation not in CORRELATIONS:
         raise MetricError(f"unknown UDR correlation {correlation!r}: choose 'lasso' or 'spearman'.")
     codes, kl = _check_codes(means, kls)
-    num_models, dim = len(codes), codes[0].shape[1]
+    num_models, dim = kl.shape
     reps = [StandardScaler().fit_transform(c) * (k > ZERO_KL) for c, k in zip(codes, kl)]
     informative = kl > kl_filter_threshold
 
@@ -240,9 +250,12 @@ def udr_from_codes(
 
 
 def _split(out: Any, index: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ok = isinstance(out, (tuple, list)) and len(out) == 2 and all(
-        isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == n for t in out
-    ) and out[0].shape == out[1].shape
+    ok = (
+        isinstance(out, (tuple, list))
+        and len(out) == 2
+        and all(isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[0] == n for t in out)
+        and out[0].shape == out[1].shape
+    )
     if not ok:
         raise MetricError(
             f"UDR's encoder {index} must map images [n, C, H, W] to (mean [n, D], logvar [n, D]); "
@@ -307,4 +320,6 @@ def udr(
             means[m].append(mean.cpu())
     codes = [torch.cat(chunks).numpy() for chunks in means]
     kls = [(s / num_data_points).cpu().numpy() for s in kl_sums]
-    return udr_from_codes(codes, kls, correlation, filter_low_kl, include_raw_correlations, kl_filter_threshold, random_state)
+    return udr_from_codes(
+        codes, kls, correlation, filter_low_kl, include_raw_correlations, kl_filter_threshold, random_state
+    )

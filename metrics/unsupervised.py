@@ -15,6 +15,7 @@ of disentanglement_lib's unsupervised.gin),
 
 All are 0 for independent code dimensions. The headline ``score`` is the total correlation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from sbvae.metrics.mig import discretize, mutual_information
 from sbvae.metrics.utils import (
     DEFAULT_CHUNK_SIZE,
@@ -111,7 +113,9 @@ def unsupervised_from_codes(codes: Any, num_bins: int = 20) -> UnsupervisedResul
             f"the unsupervised scores need codes [N, D] with at least 2 points and 2 dimensions, got shape {tuple(z.shape)}."
         )
     if not bool(torch.isfinite(z).all()):
-        raise MetricError("codes contain nan or inf (has the model diverged?); the unsupervised scores need finite codes.")
+        raise MetricError(
+            "codes contain nan or inf (has the model diverged?); the unsupervised scores need finite codes."
+        )
     cov = covariance(z)
     tc = gaussian_total_correlation(cov)
     wc = gaussian_wasserstein_correlation(cov)

@@ -6,10 +6,12 @@ factor class indices are drawn uniformly with one seeded CPU
 and encoded by ``represent`` (the encoder mean), so no metric ever holds all
 images in memory and the same seed gives the same factors on every device.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,7 +154,9 @@ def encode_factors(
             )
         z = as_tensor(z, device=device)
         if not bool(torch.isfinite(z).all()):
-            raise MetricError("represent returned nan or inf codes (has the model diverged?); score a finite checkpoint.")
+            raise MetricError(
+                "represent returned nan or inf codes (has the model diverged?); score a finite checkpoint."
+            )
         chunks.append(z)
     return torch.cat(chunks)
 

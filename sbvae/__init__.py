@@ -3,6 +3,7 @@
 In a notebook: ``run = sbvae.load("runs/quickstart/version_0")``, then ``run.model``, ``run.data`` and
 ``sbvae.metrics``; see docs/python-api.md.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Lightning callbacks: pictures and metrics in TensorBoard, last.ckpt kept current, and the run's status.json."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sbvae import runs
-from sbvae.trainer_step import engine_status
 from sbvae.errors import DivergenceError, Preempted, SBVAEError
+from sbvae.trainer_step import engine_status
 from sbvae.visualize import latent_order, reconstruction_grid, traversal_grid
 
 # Under DDP, how often the processes agree on a time-based save or a signal (each agreement syncs the devices).
@@ -47,8 +48,15 @@ class ImageLogger(L.Callback):
         order_images: images used to rank latents by mean posterior variance.
     """
 
-    def __init__(self, every_n_steps: int = 1000, num_images: int = 8, num_seeds: int = 2, steps: int = 9,
-                 limit: float = 2.0, order_images: int = 256):
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        num_images: int = 8,
+        num_seeds: int = 2,
+        steps: int = 9,
+        limit: float = 2.0,
+        order_images: int = 256,
+    ):
         self.every_n_steps, self.num_images, self.num_seeds = every_n_steps, num_images, num_seeds
         self.steps, self.limit, self.order_images = steps, limit, order_images
         self._images: torch.Tensor | None = None
@@ -111,7 +119,9 @@ class LastCheckpoint(L.Callback):
 
     def __init__(self, every_n_minutes: float = 10.0):
         if not every_n_minutes >= 0:
-            raise SBVAEError(f"last_checkpoint.every_n_minutes must be >= 0 (0: no time-based checkpoints), got {every_n_minutes}.")
+            raise SBVAEError(
+                f"last_checkpoint.every_n_minutes must be >= 0 (0: no time-based checkpoints), got {every_n_minutes}."
+            )
         self.every_n_minutes = every_n_minutes
         self._last_write = 0.0
         self._signal: int | None = None
@@ -158,8 +168,11 @@ class LastCheckpoint(L.Callback):
         path = self._write(trainer)
         if signum:
             name, step = signal.Signals(signum).name, trainer.global_step
-            raise Preempted(f"{name} stopped training at step {step}, saved in {path}: continue with --ckpt_path {path}.",
-                            signum, step)
+            raise Preempted(
+                f"{name} stopped training at step {step}, saved in {path}: continue with --ckpt_path {path}.",
+                signum,
+                step,
+            )
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -197,14 +210,23 @@ class LastCheckpoint(L.Callback):
             trainer.strategy.barrier("Trainer.save_checkpoint")  # the one save_checkpoint skipped by raising
         # Every process wrote its part, or nothing is renamed: a file that commits the step while another
         # process's part of it is missing would make the run impossible to resume.
-        self._agree(trainer, failure, folder, final, partial, "another process could not write its part of "
-                    f"this checkpoint (its message says why); {final} is intact: resume from it with --ckpt_path.")
+        self._agree(
+            trainer,
+            failure,
+            folder,
+            final,
+            partial,
+            "another process could not write its part of "
+            f"this checkpoint (its message says why); {final} is intact: resume from it with --ckpt_path.",
+        )
         if trainer.is_global_zero:
             try:
                 os.replace(partial, final)
             except OSError as error:
                 failure = error
-        self._agree(trainer, failure, folder, final, partial, f"process 0 could not write {final}; its message says why.")
+        self._agree(
+            trainer, failure, folder, final, partial, f"process 0 could not write {final}; its message says why."
+        )
         for callback in trainer.callbacks:  # files written with this checkpoint that wait for it (replicas')
             commit = getattr(callback, "commit_checkpoint", None)
             if commit is not None:
@@ -286,8 +308,14 @@ class RunStatus(L.Callback):
 
     def _write(self, status: str, **extra) -> None:
         with self._lock:
-            runs.write_status(self._folder, status, self._trainer.global_step, self._started,
-                              **engine_status(self._trainer.lightning_module), **extra)
+            runs.write_status(
+                self._folder,
+                status,
+                self._trainer.global_step,
+                self._started,
+                **engine_status(self._trainer.lightning_module),
+                **extra,
+            )
 
     def _open(self, trainer: L.Trainer) -> None:
         # The logger's folder, not trainer.log_dir: that one is a collective broadcast, and this runs

@@ -6,6 +6,7 @@ or replicated run sees exactly the data of the run it continues or copies.
 The evaluation loaders yield factor indices and row numbers (a few hundred
 bytes a batch), rendered in ``on_after_batch_transfer``.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,6 @@ from torch.utils.data import DataLoader, IterableDataset
 from sbvae import keyed
 from sbvae.datasets import load
 from sbvae.errors import SBVAEError
-
 
 EVALUATION_DRAWS = 20  # rounds of draws for an evaluation set before its half of the factor space counts as empty
 

@@ -12,10 +12,11 @@ them from outside.  One ``Engine.step()`` is a whole optimisation step with no h
 * on CUDA, with one process, the step is captured once in a CUDA graph and replayed ("graph" mode).
   "eager" runs the same program op by op (CPU, DDP, debugging).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -60,11 +61,23 @@ class Engine:
             it (``step_mode: graph`` asked for explicitly), such a failure stops the run.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-                 draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int, mode: str,
-                 start_step: int, device: torch.device, autocast_dtype: torch.dtype | None = None,
-                 backward: Callable[[torch.Tensor], None] | None = None, max_loss: float | None = None,
-                 replicas: int | None = None, draw_ahead: int = 1, fallback: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        draw_batch: Callable[[torch.Tensor], torch.Tensor],
+        seed,
+        rank: int,
+        mode: str,
+        start_step: int,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        max_loss: float | None = None,
+        replicas: int | None = None,
+        draw_ahead: int = 1,
+        fallback: bool = False,
+    ):
         if mode not in ("graph", "eager"):
             raise ValueError(f"unknown engine mode {mode!r}: 'graph' or 'eager'.")
         if draw_ahead < 1 or (draw_ahead > 1 and mode == "graph"):
@@ -100,8 +113,13 @@ class Engine:
         return [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]]
 
     def _optimizer_state(self) -> list[torch.Tensor]:
-        return [v for opt in self.optimizers for state in opt.state.values() for v in state.values()
-                if torch.is_tensor(v) and v.device == self.device]
+        return [
+            v
+            for opt in self.optimizers
+            for state in opt.state.values()
+            for v in state.values()
+            if torch.is_tensor(v) and v.device == self.device
+        ]
 
     def _program(self) -> None:
         step = self.step_counter
@@ -118,8 +136,12 @@ class Engine:
         grads = [p.grad for p in params if p.grad is not None]
         if self.replicas:  # one gradient norm per replica
             # over every dimension but the replicas' (a view, not flatten's copy of a channels-last kernel)
-            grad_norm = torch.stack([torch.linalg.vector_norm(g.float(), dim=tuple(range(1, g.ndim))) if g.ndim > 1
-                                     else g.float().abs() for g in grads]).sum(0)
+            grad_norm = torch.stack(
+                [
+                    torch.linalg.vector_norm(g.float(), dim=tuple(range(1, g.ndim))) if g.ndim > 1 else g.float().abs()
+                    for g in grads
+                ]
+            ).sum(0)
         else:
             grad_norm = torch.stack(torch._foreach_norm(grads)).float().sum()
         bad = (~torch.isfinite(guarded)).any(0) | (guarded > self.max_loss).any(0) | ~torch.isfinite(grad_norm)
@@ -150,7 +172,9 @@ class Engine:
     def _inputs(self, step: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The images and the model's random inputs of ``step`` (a scalar, or a 1-D tensor of steps)."""
         x = self.draw_batch(step)
-        inputs = self.model.step_randomness(x.shape[0], lambda purpose: keyed.stream(purpose, self.seed, self.rank, step))
+        inputs = self.model.step_randomness(
+            x.shape[0], lambda purpose: keyed.stream(purpose, self.seed, self.rank, step)
+        )
         if getattr(self.model, "uses_step", False):
             inputs["step"] = step_rows(step, _seed_count(self.seed), x.shape[0])
         return x, inputs
@@ -259,7 +283,9 @@ class Engine:
 
     def _live_state(self) -> list[torch.Tensor]:
         """Everything a step changes: weights, optimiser state, counters, the divergence record, the terms."""
-        return self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
+        return (
+            self._params() + self._optimizer_state() + [self.step_counter, self.bad_step, self.bad_values, self._values]
+        )
 
     def _state(self) -> list[torch.Tensor]:
         return [t.detach().clone() for t in self._live_state()]
@@ -269,8 +295,9 @@ class Engine:
             for now, old in zip(self._live_state(), saved, strict=True):
                 now.copy_(old)
 
-    def _disagreement(self, eager_values: torch.Tensor, eager_params: list[torch.Tensor],
-                      before: list[torch.Tensor]) -> str | None:
+    def _disagreement(
+        self, eager_values: torch.Tensor, eager_params: list[torch.Tensor], before: list[torch.Tensor]
+    ) -> str | None:
         """Why the replayed step cannot be trusted, or None: a non-finite term where the eager one is
         finite, terms apart by more than float rounding, or weights updated differently."""
         graph_values = self._values
@@ -284,8 +311,10 @@ class Engine:
         apart = finite & ((graph_values - eager_values).abs() > 1e-5 + rtol * eager_values.abs())
         if bool(apart.any()):
             i = first_term(apart)
-            return (f"disagreed with the eager step ({names[i]} {graph_values[i].tolist()} against "
-                    f"{eager_values[i].tolist()})")
+            return (
+                f"disagreed with the eager step ({names[i]} {graph_values[i].tolist()} against "
+                f"{eager_values[i].tolist()})"
+            )
         moved = max(float((e - b).abs().max()) for e, b in zip(eager_params, before))
         off = max(float((p.detach() - e).abs().max()) for p, e in zip(self._params(), eager_params))
         if off > 0.1 * moved + 1e-7:
@@ -296,8 +325,9 @@ class Engine:
         """Eager from this step on, with the same keyed numbers; or stop, when graph mode was asked for."""
         step = int(self.step_counter)
         if not self.fallback_allowed:
-            raise SBVAEError(f"the CUDA graph step {cause} at step {step}; use step_mode auto (which then trains "
-                             "eagerly) or eager.")
+            raise SBVAEError(
+                f"the CUDA graph step {cause} at step {step}; use step_mode auto (which then trains eagerly) or eager."
+            )
         self.fallback = f"the CUDA graph step {cause} at step {step}"
         warnings.warn(f"step_mode auto: {self.fallback}; training goes on with eager steps.", stacklevel=3)
         self.mode, self._graph = "eager", None

@@ -6,10 +6,12 @@ smoke tests and frequent in-training checks.  The representation is always the
 posterior mean; data are drawn from the checkpoint's own dataset with one
 seeded generator per metric, so a checkpoint and a seed give the same numbers.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -43,11 +45,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "irs": {"num_train": 2_000, "diff_quantile": 0.99, "num_bins": 20},
         "unsupervised": {"num_train": 2_000, "num_bins": 20},
         "downstream": {"num_train": [10, 100, 500], "num_test": 250, "predictor": "logistic_regression"},
-        "downstream_trees": {"num_train": [10, 100, 500], "num_test": 250, "predictor": "boosted_trees",
-                             "predictor_kwargs": {"n_estimators": 10}},
+        "downstream_trees": {
+            "num_train": [10, 100, 500],
+            "num_test": 250,
+            "predictor": "boosted_trees",
+            "predictor_kwargs": {"n_estimators": 10},
+        },
         "udr": {"num_data_points": 500, "batch_size": 10, "correlation": "lasso"},
     },
 }
+
 
 def _elbo(model, data, **params):
     """Held-out negative ELBO, NLL, KL (nats per image) and latents used: the paper's first four columns."""
@@ -97,15 +104,19 @@ def refuse_group_metrics(names: list[str], where: str) -> None:
     """One model cannot be ranked against its group: say where the group metrics work."""
     group = [n for n in names if n in GROUP_METRICS]
     if group:
-        raise SBVAEError(f"{', '.join(group)} ranks the seeds of one group against each other, not {where}: train "
-                         "with --replicas 2 or more and score the run folder with sbvae-eval --ckpt RUN --metrics udr.")
+        raise SBVAEError(
+            f"{', '.join(group)} ranks the seeds of one group against each other, not {where}: train "
+            "with --replicas 2 or more and score the run folder with sbvae-eval --ckpt RUN --metrics udr."
+        )
 
 
 # Images each metric encodes for its parameters: the length of its progress bar.
 IMAGES: dict[str, Callable[..., int]] = {
     "elbo": lambda num_images, **_: num_images,
     "mig": lambda num_points, **_: num_points,
-    "factor_vae": lambda num_variance_estimate, num_train, num_eval, batch_size, **_: num_variance_estimate + (num_train + num_eval) * batch_size,
+    "factor_vae": lambda num_variance_estimate, num_train, num_eval, batch_size, **_: (
+        num_variance_estimate + (num_train + num_eval) * batch_size
+    ),
     "beta_vae": lambda num_train, num_eval, batch_size, **_: (num_train + num_eval) * 2 * batch_size,
     "dci": lambda num_train, num_test, **_: num_train + num_test,
     "sap": lambda num_train, num_test, **_: num_train + num_test,
@@ -135,8 +146,9 @@ class _Counting:
         return self._model.represent(x)
 
 
-def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None,
-          progress: bool = False) -> dict[str, M.MetricResult]:
+def score(
+    model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None, progress: bool = False
+) -> dict[str, M.MetricResult]:
     """Each metric's result; ``progress`` shows a bar per metric on stderr (images encoded)."""
     if preset not in PRESETS:
         raise SBVAEError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
@@ -155,16 +167,24 @@ def score(model, data, names: list[str], preset: str = "paper", seed: int = 0, d
     try:
         for name in names:
             params = PRESETS[preset][name]
-            with tqdm(total=IMAGES[name](**params), desc=f"{name:<12}", unit="img", unit_scale=True,
-                      file=sys.stderr, disable=not progress, leave=True) as bar:
+            with tqdm(
+                total=IMAGES[name](**params),
+                desc=f"{name:<12}",
+                unit="img",
+                unit_scale=True,
+                file=sys.stderr,
+                disable=not progress,
+                leave=True,
+            ) as bar:
                 results[name] = METRICS[name](_Counting(model, bar), data, seed=seed, device=device, **params)
     finally:
         model.train(was_training)
     return results
 
 
-def score_group(models: list, data, names: list[str], preset: str = "paper", seed: int = 0, device=None,
-                progress: bool = False) -> list[dict[str, M.MetricResult]]:
+def score_group(
+    models: list, data, names: list[str], preset: str = "paper", seed: int = 0, device=None, progress: bool = False
+) -> list[dict[str, M.MetricResult]]:
     """The group metrics among ``names`` over ``models`` (the seeds of one group, on the same images), split
     into each model's results: model k's UDR is its own rank within the group."""
     chosen = [n for n in parse_metrics(names) if n in GROUP_METRICS]
@@ -177,10 +197,22 @@ def score_group(models: list, data, names: list[str], preset: str = "paper", see
         for m in models:
             m.eval()
         try:
-            with tqdm(total=params["num_data_points"] * len(models), desc=f"{name:<12}", unit="img", unit_scale=True,
-                      file=sys.stderr, disable=not progress, leave=True) as bar:
-                group = GROUP_METRICS[name]([_Counting(m, bar) for m in models], data, seed=seed,
-                                            device=device or next(models[0].parameters()).device, **params)
+            with tqdm(
+                total=params["num_data_points"] * len(models),
+                desc=f"{name:<12}",
+                unit="img",
+                unit_scale=True,
+                file=sys.stderr,
+                disable=not progress,
+                leave=True,
+            ) as bar:
+                group = GROUP_METRICS[name](
+                    [_Counting(m, bar) for m in models],
+                    data,
+                    seed=seed,
+                    device=device or next(models[0].parameters()).device,
+                    **params,
+                )
         finally:
             for m, mode in zip(models, was_training):
                 m.train(mode)

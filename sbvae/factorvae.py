@@ -19,6 +19,7 @@ Under DDP each process permutes its own batch: the permuted samples come from
 the product of the per-process batch marginals, which is an unbiased sample of
 prod_j q(z_j) because every process draws from the same data distribution.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -84,7 +85,10 @@ class FactorVAE(VAE):
         correct = torch.cat([logits_joint.argmax(1) == 0, logits_permuted.argmax(1) == 1])
         return {
             "loss": terms.loss + self.hparams.gamma * tc,
-            "elbo": terms.elbo, "nll": terms.nll, "kl": terms.kl, "tc": tc,
+            "elbo": terms.elbo,
+            "nll": terms.nll,
+            "kl": terms.kl,
+            "tc": tc,
             "disc_loss": objectives.discriminator_loss(logits_joint, logits_permuted),
             "disc_accuracy": correct.float().mean(),
         }
@@ -93,5 +97,10 @@ class FactorVAE(VAE):
         vae_params = [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
         return (
             adam(vae_params, self.device, lr=self.hparams.lr),
-            adam(self.discriminator.parameters(), self.device, lr=self.hparams.disc_lr, betas=tuple(self.hparams.disc_betas)),
+            adam(
+                self.discriminator.parameters(),
+                self.device,
+                lr=self.hparams.disc_lr,
+                betas=tuple(self.hparams.disc_betas),
+            ),
         )

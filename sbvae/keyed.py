@@ -15,6 +15,7 @@ ones).  Uniforms carry 24 bits.
 A ``KeyedRandom`` holds G keys (one per replica, or one per evaluation row) and hands out draws whose
 first dimension is cut into G equal chunks: chunk g is what the single key g would have drawn.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,8 +63,7 @@ def _absorb(h, part):
     for m in mixed:
         if isinstance(h, int):
             spread = _GOLDEN + ((h << 6) & _M32) + (h >> 2)
-            h = (_fmix32_int((h ^ (m + spread)) & _M32) if isinstance(m, int)
-                 else _fmix32(((m + spread) ^ h) & _M32))
+            h = _fmix32_int((h ^ (m + spread)) & _M32) if isinstance(m, int) else _fmix32(((m + spread) ^ h) & _M32)
         else:
             h = _fmix32((h ^ (m + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
     return h
@@ -125,12 +125,16 @@ class KeyedRandom:
     def _bits(self, shape: tuple[int, ...]) -> torch.Tensor:
         groups = len(self.keys)
         if not shape or shape[0] % groups:
-            raise ValueError(f"a keyed draw's first dimension must be a multiple of its {groups} keys, got shape {shape}.")
+            raise ValueError(
+                f"a keyed draw's first dimension must be a multiple of its {groups} keys, got shape {shape}."
+            )
         per_group = math.prod(shape) // groups
         if self._host_keys is not None:
             draw_key = np.array([_absorb(k, self._draws) for k in self._host_keys], dtype=np.uint32)[:, None]  # [G, 1]
             self._draws += 1
-            h = _fmix32_host(_fmix32_host(_spread_positions_host(per_group)[None, :] ^ draw_key) ^ (draw_key * np.uint32(0x9E37)))
+            h = _fmix32_host(
+                _fmix32_host(_spread_positions_host(per_group)[None, :] ^ draw_key) ^ (draw_key * np.uint32(0x9E37))
+            )
             return torch.from_numpy(h.astype(np.int64)).reshape(shape)
         draw_key = _absorb(self.keys, self._draws).unsqueeze(1)
         salt = (draw_key * 0x9E37) & _M32
@@ -141,7 +145,7 @@ class KeyedRandom:
 
     def rand(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniform on the open interval (0, 1)."""
-        u = (self._bits(tuple(shape)) >> 8).to(torch.float32) * 2.0 ** -24 + 2.0 ** -25
+        u = (self._bits(tuple(shape)) >> 8).to(torch.float32) * 2.0**-24 + 2.0**-25
         return u.to(dtype)
 
     def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -3,6 +3,7 @@
 The model's class and arguments and the data settings come from the checkpoint alone: ``runs.load_checkpoint``
 refuses a file that would run code, and ``runs.model_class`` builds only sbvae's own models.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def _arguments(hparams: dict) -> dict:
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", dataset_options: dict | None = None
-                          ) -> tuple[L.LightningModule, GroundTruthDataModule, dict]:
+def model_from_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dataset_options: dict | None = None
+) -> tuple[L.LightningModule, GroundTruthDataModule, dict]:
     """(model in eval mode on ``device``, its datamodule, the raw checkpoint) of an sbvae checkpoint file;
     ``dataset_options`` override the saved ones (e.g. ``{"split": "heldout"}``)."""
     ckpt = runs.load_checkpoint(path)
@@ -71,8 +73,13 @@ class LoadedRun:
         return validation_images(self.datamodule, n, self.device)
 
 
-def load(path: str | os.PathLike, replica: int | None = None, which: str = "last", device: torch.device | str = "cpu",
-         dataset_options: dict | None = None) -> LoadedRun:
+def load(
+    path: str | os.PathLike,
+    replica: int | None = None,
+    which: str = "last",
+    device: torch.device | str = "cpu",
+    dataset_options: dict | None = None,
+) -> LoadedRun:
     """A checkpoint file or a run folder (its ``which`` checkpoint: "last" or "best"; a replica-parallel run's
     folder with ``replica=K``) as a ``LoadedRun``; see docs/python-api.md."""
     checkpoint = runs.checkpoint_to_load(path, replica, which)

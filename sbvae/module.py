@@ -5,6 +5,7 @@
 constructor arguments are plain values, so they are saved in every checkpoint
 and ``sbvae-eval`` rebuilds the model from the checkpoint alone.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -16,10 +17,10 @@ import torch
 
 from sbvae import keyed, objectives
 from sbvae.engine import Engine
-from sbvae.trainer_step import counted_step, engine_for
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.nets import DECODERS, ConvEncoder
+from sbvae.trainer_step import counted_step, engine_for
 
 DecoderName = Literal["spatial_broadcast", "deconv", "coordconv"]
 
@@ -97,12 +98,16 @@ class VAE(L.LightningModule):
             raise SBVAEError(f"unknown step_mode {step_mode!r}: choose auto, graph or eager.")
         self.save_hyperparameters()
         self.encoder = _build(
-            ConvEncoder, dict(in_channels=channels, image_size=image_size, latent_dim=latent_dim),
-            encoder_options, "encoder",
+            ConvEncoder,
+            dict(in_channels=channels, image_size=image_size, latent_dim=latent_dim),
+            encoder_options,
+            "encoder",
         )
         self.decoder = _build(
-            DECODERS[decoder], dict(latent_dim=latent_dim, out_channels=channels, image_size=image_size),
-            decoder_options, "decoder",
+            DECODERS[decoder],
+            dict(latent_dim=latent_dim, out_channels=channels, image_size=image_size),
+            decoder_options,
+            "decoder",
         )
         self._posterior_std_sum: torch.Tensor | None = None
         self._posterior_count = 0
@@ -189,13 +194,19 @@ class VAE(L.LightningModule):
         # After a resume has restored weights and optimiser state: the engine captures those tensors.
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "training_batch"):
-            raise SBVAEError("sbvae models train on an sbvae GroundTruthDataModule (the `data:` section of the config).")
+            raise SBVAEError(
+                "sbvae models train on an sbvae GroundTruthDataModule (the `data:` section of the config)."
+            )
         self._channels_last = wants_channels_last(self.hparams.channels_last, self.device)
         if self._channels_last:
             self.to(memory_format=torch.channels_last)
         self.engine = engine_for(
-            self, self.hparams.step_mode, lambda step: self._training_images(dm, step), seed=dm.hparams.seed,
-            rank=self.trainer.global_rank, backward=self.manual_backward if self.trainer.world_size > 1 else None,
+            self,
+            self.hparams.step_mode,
+            lambda step: self._training_images(dm, step),
+            seed=dm.hparams.seed,
+            rank=self.trainer.global_rank,
+            backward=self.manual_backward if self.trainer.world_size > 1 else None,
         )
 
     def _training_images(self, dm, step: torch.Tensor) -> torch.Tensor:
@@ -232,8 +243,11 @@ class VAE(L.LightningModule):
             batch_size = trainer.datamodule.hparams.batch_size
             for name, value in terms.items():
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
-        if (done % trainer.log_every_n_steps == 0 or batch_idx + 1 == trainer.num_training_batches
-                or (trainer.max_steps > 0 and done >= trainer.max_steps)):
+        if (
+            done % trainer.log_every_n_steps == 0
+            or batch_idx + 1 == trainer.num_training_batches
+            or (trainer.max_steps > 0 and done >= trainer.max_steps)
+        ):
             self.sync_divergence()
 
     def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
@@ -285,8 +299,10 @@ class VAE(L.LightningModule):
 def refuse_fp16(trainer) -> None:
     """The engine runs its own autocast and Adam, with no loss scaler: fp16 would train unscaled (or in fp32)."""
     if str(trainer.precision).startswith("16"):
-        raise SBVAEError(f"sbvae's training step does not support precision {trainer.precision!r} (fp16 needs loss "
-                         "scaling, which the step does not do); use --trainer.precision bf16-mixed or 32-true.")
+        raise SBVAEError(
+            f"sbvae's training step does not support precision {trainer.precision!r} (fp16 needs loss "
+            "scaling, which the step does not do); use --trainer.precision bf16-mixed or 32-true."
+        )
 
 
 def wants_channels_last(setting: bool | None, device: torch.device) -> bool:

@@ -4,6 +4,7 @@ Every term is summed over pixels and latents and averaged over the batch, so
 the logged numbers are directly comparable with the paper's tables (ELBO, NLL
 and KL "per image").
 """
+
 from __future__ import annotations
 
 import math
@@ -105,6 +106,7 @@ def discriminator_loss(logits_joint: torch.Tensor, logits_permuted: torch.Tensor
 # Each returns the batch-mean terms as a dict: ``loss`` is optimised, ``elbo``/``nll``/``kl`` are the
 # shared VAE columns, and the objective's own regulariser is logged beside them.
 
+
 def gaussian_log_density(samples: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(samples; mean, exp(logvar)) elementwise, broadcasting its three arguments."""
     return -0.5 * ((samples - mean).pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
@@ -123,13 +125,19 @@ def minibatch_total_correlation(z: torch.Tensor, mean: torch.Tensor, logvar: tor
     return (log_q_joint - log_q_product).mean()
 
 
-def beta_tcvae_loss(nll: torch.Tensor, kl: torch.Tensor, z: torch.Tensor, mean: torch.Tensor,
-                    logvar: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+def beta_tcvae_loss(
+    nll: torch.Tensor, kl: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, beta: float
+) -> dict[str, torch.Tensor]:
     """NLL + KL + (beta - 1) TC: the beta-TCVAE penalty on top of the plain ELBO, as disentanglement_lib."""
     nll_mean, kl_mean = nll.mean(), kl.mean()
     tc = minibatch_total_correlation(z, mean, logvar)
-    return {"loss": nll_mean + kl_mean + (beta - 1.0) * tc, "elbo": nll_mean + kl_mean, "nll": nll_mean,
-            "kl": kl_mean, "tc": tc}
+    return {
+        "loss": nll_mean + kl_mean + (beta - 1.0) * tc,
+        "elbo": nll_mean + kl_mean,
+        "nll": nll_mean,
+        "kl": kl_mean,
+        "tc": tc,
+    }
 
 
 def covariance(values: torch.Tensor) -> torch.Tensor:
@@ -148,8 +156,15 @@ def dip_regularizer(cov: torch.Tensor, lambda_od: float, lambda_d: float) -> tor
 DIP_KINDS = ("i", "ii")
 
 
-def dip_vae_loss(nll: torch.Tensor, kl: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, kind: str,
-                 lambda_od: float, lambda_d: float) -> dict[str, torch.Tensor]:
+def dip_vae_loss(
+    nll: torch.Tensor,
+    kl: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    kind: str,
+    lambda_od: float,
+    lambda_d: float,
+) -> dict[str, torch.Tensor]:
     """NLL + KL + the DIP regulariser of Kumar et al. 2018 on the batch.
 
     DIP-VAE-I pushes the covariance of the encoder means towards I; DIP-VAE-II the covariance of the
@@ -170,10 +185,16 @@ def annealed_capacity(c_max: float, step: torch.Tensor, iteration_threshold: int
     return torch.clamp(c_max * step.to(torch.float32) / iteration_threshold, max=c_max)
 
 
-def annealed_vae_loss(nll: torch.Tensor, kl: torch.Tensor, step: torch.Tensor, gamma: float, c_max: float,
-                      iteration_threshold: int) -> dict[str, torch.Tensor]:
+def annealed_vae_loss(
+    nll: torch.Tensor, kl: torch.Tensor, step: torch.Tensor, gamma: float, c_max: float, iteration_threshold: int
+) -> dict[str, torch.Tensor]:
     """NLL + gamma |KL - C| (Burgess et al. 2018), the batch-mean KL held near the annealed capacity C."""
     nll_mean, kl_mean = nll.mean(), kl.mean()
     capacity = annealed_capacity(c_max, step, iteration_threshold)
-    return {"loss": nll_mean + gamma * (kl_mean - capacity).abs(), "elbo": nll_mean + kl_mean, "nll": nll_mean,
-            "kl": kl_mean, "capacity": capacity}
+    return {
+        "loss": nll_mean + gamma * (kl_mean - capacity).abs(),
+        "elbo": nll_mean + kl_mean,
+        "nll": nll_mean,
+        "kl": kl_mean,
+        "capacity": capacity,
+    }

@@ -11,6 +11,7 @@
 
 Plain functions on paths, so sweeps, reports and replicas read runs without a Trainer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,9 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -57,6 +59,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 
 # -- layout -------------------------------------------------------------------------------------
+
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> str:
     return os.path.join(run_dir, CHECKPOINTS)
@@ -97,13 +100,17 @@ def checkpoints_to_score(path: str | os.PathLike) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise SBVAEError(f"checkpoint {path} does not exist: pass --ckpt runs/NAME/version_K/checkpoints/last.ckpt "
-                         "or a run folder runs/NAME/version_K.")
+        raise SBVAEError(
+            f"checkpoint {path} does not exist: pass --ckpt runs/NAME/version_K/checkpoints/last.ckpt "
+            "or a run folder runs/NAME/version_K."
+        )
     folders = replica_dirs(path) or [path]
     found = [last_checkpoint(f) for f in folders if os.path.isfile(last_checkpoint(f))]
     if not found:
-        raise SBVAEError(f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT} (nor replica_*/{CHECKPOINTS}/{LAST_CHECKPOINT}): "
-                         "pass a run folder written by sbvae-train, or a checkpoint file.")
+        raise SBVAEError(
+            f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT} (nor replica_*/{CHECKPOINTS}/{LAST_CHECKPOINT}): "
+            "pass a run folder written by sbvae-train, or a checkpoint file."
+        )
     return found
 
 
@@ -115,31 +122,46 @@ def checkpoint_to_load(path: str | os.PathLike, replica: int | None = None, whic
         raise SBVAEError(f"which={which!r} names no checkpoint of a run folder: use 'last' or 'best'.")
     if os.path.isfile(path):
         if replica is not None:
-            raise SBVAEError(f"{path} is a checkpoint file, not a replica-parallel run folder: leave out replica={replica}.")
+            raise SBVAEError(
+                f"{path} is a checkpoint file, not a replica-parallel run folder: leave out replica={replica}."
+            )
         return path
     if not os.path.isdir(path):
-        raise SBVAEError(f"{path} does not exist: pass a checkpoint file or a run folder runs/NAME/version_K written by sbvae-train.")
+        raise SBVAEError(
+            f"{path} does not exist: pass a checkpoint file or a run folder runs/NAME/version_K written by sbvae-train."
+        )
     replicas = replica_dirs(path)
     if replicas and replica is None:
-        raise SBVAEError(f"{path} is a replica-parallel run of {len(replicas)} replicas: pass replica=K (one of "
-                         f"{', '.join(os.path.basename(r).removeprefix('replica_') for r in replicas)}), or its folder replica_K.")
+        raise SBVAEError(
+            f"{path} is a replica-parallel run of {len(replicas)} replicas: pass replica=K (one of "
+            f"{', '.join(os.path.basename(r).removeprefix('replica_') for r in replicas)}), or its folder replica_K."
+        )
     if replica is not None:
         folder = os.path.join(path, f"replica_{replica}")
         if folder not in replicas:
-            raise SBVAEError(f"{path} holds no replica_{replica}: pass a replica it holds "
-                             f"({', '.join(os.path.basename(r) for r in replicas) or 'it is a single run: leave out replica'}).")
+            raise SBVAEError(
+                f"{path} holds no replica_{replica}: pass a replica it holds "
+                f"({', '.join(os.path.basename(r) for r in replicas) or 'it is a single run: leave out replica'})."
+            )
         path = folder
     if which == "last":
         found = last_checkpoint(path)
         if not os.path.isfile(found):
-            raise SBVAEError(f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT}: pass a run folder written by sbvae-train, or a checkpoint file.")
+            raise SBVAEError(
+                f"{path} holds no {CHECKPOINTS}/{LAST_CHECKPOINT}: pass a run folder written by sbvae-train, or a checkpoint file."
+            )
         return found
     folder = checkpoint_dir(path)
-    best = [(int(m.group(1)), name) for name in (os.listdir(folder) if os.path.isdir(folder) else [])
-            if (m := BEST_CHECKPOINT.fullmatch(name))]
+    best = [
+        (int(m.group(1)), name)
+        for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+        if (m := BEST_CHECKPOINT.fullmatch(name))
+    ]
     if not best:
-        raise SBVAEError(f"{path} kept no best checkpoint ({CHECKPOINTS}/best-step=N.ckpt; checkpoint.save_top_k was 0): "
-                         "use which='last'.")
+        raise SBVAEError(
+            f"{path} kept no best checkpoint ({CHECKPOINTS}/best-step=N.ckpt; checkpoint.save_top_k was 0): "
+            "use which='last'."
+        )
     return os.path.join(folder, max(best)[1])
 
 
@@ -149,6 +171,7 @@ def eval_output(ckpt_path: str | os.PathLike, preset: str, seed: int) -> str:
 
 
 # -- reading checkpoints ------------------------------------------------------------------------
+
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """A checkpoint as plain data: tensors, numbers, strings and containers only (``weights_only=True``).
@@ -166,7 +189,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             "code when unpickled, so nothing in it was run; use a checkpoint written by sbvae-train."
         ) from error
     except Exception as error:  # truncated, or not a torch file at all
-        raise SBVAEError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?") from error
+        raise SBVAEError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is the file complete?"
+        ) from error
 
 
 def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
@@ -178,9 +203,11 @@ def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
     if not isinstance(name, str):
         run = run_dir_of(path)
         if run is not None and replica_dirs(run):
-            raise SBVAEError(f"{path} is the replica set's checkpoint (the loops of a --replicas run, no model of its "
-                             f"own): pass the run folder {run} to take every replica, or one replica's "
-                             f"{os.path.join(run, 'replica_K', CHECKPOINTS, LAST_CHECKPOINT)}.")
+            raise SBVAEError(
+                f"{path} is the replica set's checkpoint (the loops of a --replicas run, no model of its "
+                f"own): pass the run folder {run} to take every replica, or one replica's "
+                f"{os.path.join(run, 'replica_K', CHECKPOINTS, LAST_CHECKPOINT)}."
+            )
         raise SBVAEError(f"{path} is not an sbvae-train checkpoint (it lacks the model class or the data settings).")
     module_name, _, class_name = name.rpartition(".")
     found = None
@@ -188,12 +215,15 @@ def model_class(checkpoint: dict, path: str | os.PathLike) -> type:
         with contextlib.suppress(ImportError):
             found = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(found, type) and issubclass(found, L.LightningModule)):
-        raise SBVAEError(f"refusing to build {path}: its model class {name!r} is not one of sbvae's models "
-                         "(such as sbvae.module.VAE); use a checkpoint written by sbvae-train.")
+        raise SBVAEError(
+            f"refusing to build {path}: its model class {name!r} is not one of sbvae's models "
+            "(such as sbvae.module.VAE); use a checkpoint written by sbvae-train."
+        )
     return found
 
 
 # -- writing ------------------------------------------------------------------------------------
+
 
 def write_failure(folder: str | os.PathLike, error: OSError, what: str, kept: str | None = None) -> SBVAEError:
     """The one sentence for a write that failed in a run folder (full disk, no permission, read-only);
@@ -208,6 +238,7 @@ def write_failure(folder: str | os.PathLike, error: OSError, what: str, kept: st
 
 
 # -- status -------------------------------------------------------------------------------------
+
 
 def write_status(run_dir: str | os.PathLike, status: str, global_step: int, started: float, **fields: Any) -> dict:
     """Write ``status.json`` (atomically) for this process; returns the record.

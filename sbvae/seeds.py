@@ -4,6 +4,7 @@ A run has two: ``seed_everything``, under which its first weights were built, an
 its training images, colours and posterior noise (``data.seed``, by default ``seed_everything``).  Replica k
 of a ``--replicas`` run is the single run of seed base + k, so its checkpoints record base + k for both.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,4 +38,6 @@ class RecordSeeds(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         datamodule = trainer.datamodule
-        checkpoint[SEEDS_KEY] = seeds_record(global_seed(), None if datamodule is None else datamodule.hparams.get("seed"))
+        checkpoint[SEEDS_KEY] = seeds_record(
+            global_seed(), None if datamodule is None else datamodule.hparams.get("seed")
+        )

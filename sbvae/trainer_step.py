@@ -1,8 +1,9 @@
 """The engine under a Lightning Trainer: which step mode a run gets, its optimisers settled after a resume,
 the step counted as Lightning's, and what status.json says of it."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning
 import torch
@@ -45,8 +46,9 @@ def _lightning_optimizers(module) -> list:
     return optimizers if isinstance(optimizers, list) else [optimizers]
 
 
-def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int,
-               **options) -> Engine:
+def engine_for(
+    module, step_mode: str, draw_batch: Callable[[torch.Tensor], torch.Tensor], seed, rank: int, **options
+) -> Engine:
     """The engine of a LightningModule under its Trainer: the mode from ``step_mode`` ("auto": a CUDA
     graph on a CUDA device unless DDP averages gradients, else eager), its optimisers, bf16 autocast under
     ``bf16-mixed``, and the streams continuing from the restored global step."""
@@ -58,14 +60,24 @@ def engine_for(module, step_mode: str, draw_batch: Callable[[torch.Tensor], torc
     bf16 = str(trainer.precision).startswith("bf16")
     optimizers = [o.optimizer for o in _lightning_optimizers(module)]
     settle_optimizer_settings(optimizers, module.configure_optimizers())
-    return Engine(module, optimizers, draw_batch, seed=seed, rank=rank,
-                  mode=step_mode, start_step=module.global_step, device=module.device,
-                  autocast_dtype=torch.bfloat16 if bf16 else None,
-                  draw_ahead=draw_ahead_for(module.device, step_mode, seed), fallback=fallback, **options)
+    return Engine(
+        module,
+        optimizers,
+        draw_batch,
+        seed=seed,
+        rank=rank,
+        mode=step_mode,
+        start_step=module.global_step,
+        device=module.device,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
+        draw_ahead=draw_ahead_for(module.device, step_mode, seed),
+        fallback=fallback,
+        **options,
+    )
 
 
 def resolved_step_mode(step_mode: str, device: torch.device, averaged: bool, data) -> str:
-    """"graph" or "eager" for a ``step_mode`` setting: "auto" graphs on a CUDA device unless DDP averages
+    """ "graph" or "eager" for a ``step_mode`` setting: "auto" graphs on a CUDA device unless DDP averages
     gradients (``averaged``) or the dataset's render is not device-pure (it reads on the host each step)."""
     graph_ok = torch.device(device).type == "cuda" and not averaged
     pure = getattr(data, "device_pure_render", True)
@@ -73,14 +85,20 @@ def resolved_step_mode(step_mode: str, device: torch.device, averaged: bool, dat
     fix = "set data.dataset_options {in_memory: true} to keep its images on the device"
     if step_mode == "auto":
         if graph_ok and not pure:
-            rank_zero_info(f"step_mode auto: eager steps, since {name} reads its images on the host each step, which a "
-                           f"CUDA graph cannot capture ({fix} and graph).")
+            rank_zero_info(
+                f"step_mode auto: eager steps, since {name} reads its images on the host each step, which a "
+                f"CUDA graph cannot capture ({fix} and graph)."
+            )
         return "graph" if graph_ok and pure else "eager"
     if step_mode == "graph" and not graph_ok:
-        raise SBVAEError("step_mode graph needs a CUDA device and no DDP gradient averaging; use step_mode auto or eager.")
+        raise SBVAEError(
+            "step_mode graph needs a CUDA device and no DDP gradient averaging; use step_mode auto or eager."
+        )
     if step_mode == "graph" and not pure:
-        raise SBVAEError(f"step_mode graph cannot capture {name}, which reads its images on the host each step; "
-                         f"{fix}, or use step_mode auto or eager.")
+        raise SBVAEError(
+            f"step_mode graph cannot capture {name}, which reads its images on the host each step; "
+            f"{fix}, or use step_mode auto or eager."
+        )
     return step_mode
 
 
@@ -102,5 +120,6 @@ def counted_step(module, engine: Engine) -> dict[str, torch.Tensor]:
     if module.trainer.global_step != before + 1:
         raise SBVAEError(
             f"this Lightning ({lightning.__version__}) did not count the step through its optimizer's step hooks; "
-            "install a lightning version within the range pyproject.toml names.")
+            "install a lightning version within the range pyproject.toml names."
+        )
     return terms

@@ -4,6 +4,7 @@ Each is the ``VAE`` with another ``objective`` (the plain functions in ``sbvae.o
 engine, replicas, checkpoints and metrics treat them exactly as the beta-VAE.  Their defaults are the
 middle of Locatello et al. (2019)'s grid, the study disentanglement_lib ran.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,8 +42,9 @@ class DIPVAE(VAE):
             10 x lambda_od for DIP-VAE-I and lambda_od for DIP-VAE-II.
     """
 
-    def __init__(self, kind: str = "i", lambda_od: float = 10.0, lambda_d: float | None = None,
-                 **vae_options: Any):  # pragma: no mutate block (save_hyperparameters)
+    def __init__(
+        self, kind: str = "i", lambda_od: float = 10.0, lambda_d: float | None = None, **vae_options: Any
+    ):  # pragma: no mutate block (save_hyperparameters)
         if kind not in DIP_LAMBDA_D_FACTOR:
             raise SBVAEError(f"unknown DIP-VAE kind {kind!r}: choose model.init_args.kind i or ii.")
         if lambda_od < 0 or (lambda_d is not None and lambda_d < 0):
@@ -56,8 +58,9 @@ class DIPVAE(VAE):
         return DIP_LAMBDA_D_FACTOR[self.hparams.kind] * self.hparams.lambda_od if chosen is None else chosen
 
     def objective(self, terms: objectives.PosteriorTerms, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return objectives.dip_vae_loss(terms.nll, terms.kl, terms.mean, terms.logvar, self.hparams.kind,
-                                       self.hparams.lambda_od, self.lambda_d)
+        return objectives.dip_vae_loss(
+            terms.nll, terms.kl, terms.mean, terms.logvar, self.hparams.kind, self.hparams.lambda_od, self.lambda_d
+        )
 
 
 class AnnealedVAE(VAE):
@@ -74,8 +77,9 @@ class AnnealedVAE(VAE):
 
     uses_step = True
 
-    def __init__(self, gamma: float = 1000.0, c_max: float = 25.0, iteration_threshold: int = 100_000,
-                 **vae_options: Any):  # pragma: no mutate block (save_hyperparameters)
+    def __init__(
+        self, gamma: float = 1000.0, c_max: float = 25.0, iteration_threshold: int = 100_000, **vae_options: Any
+    ):  # pragma: no mutate block (save_hyperparameters)
         if gamma < 0 or c_max < 0 or iteration_threshold < 1:
             raise SBVAEError("AnnealedVAE needs gamma >= 0, c_max >= 0 and iteration_threshold >= 1.")
         super().__init__(**vae_options)
@@ -88,5 +92,6 @@ class AnnealedVAE(VAE):
     def objective(self, terms: objectives.PosteriorTerms, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if step is None:
             raise SBVAEError("AnnealedVAE's objective needs the training step: call loss_terms through the engine.")
-        return objectives.annealed_vae_loss(terms.nll, terms.kl, step, self.hparams.gamma, self.hparams.c_max,
-                                            self.hparams.iteration_threshold)
+        return objectives.annealed_vae_loss(
+            terms.nll, terms.kl, step, self.hparams.gamma, self.hparams.c_max, self.hparams.iteration_threshold
+        )

@@ -4,6 +4,7 @@ Each function takes a model with ``encode`` / ``decode`` / ``hparams.likelihood`
 (``sbvae.module.VAE`` and ``FactorVAE``) and returns a [3, H, W] grid in [0, 1]
 built with ``torchvision.utils.make_grid``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,7 +55,6 @@ def traversal_grid(
     return make_grid(pictures, nrow=steps, padding=2, pad_value=1.0)
 
 
-
 @torch.no_grad()
 def traverse(
     model,
@@ -72,7 +72,9 @@ def traverse(
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3:
-        raise SBVAEError(f"traverse takes one image [C, H, W], got a tensor of shape {tuple(image.shape)}: pass images[i].")
+        raise SBVAEError(
+            f"traverse takes one image [C, H, W], got a tensor of shape {tuple(image.shape)}: pass images[i]."
+        )
     image = image.to(next(model.parameters()).device)
     ranked = latent_order(model, image.unsqueeze(0))
     if latents is None or isinstance(latents, int):
@@ -80,7 +82,9 @@ def traverse(
     else:
         order = torch.as_tensor(latents, dtype=torch.long).reshape(-1).cpu()
         if len(order) == 0 or int(order.min()) < 0 or int(order.max()) >= len(ranked):
-            raise SBVAEError(f"latents {order.tolist()} must be indices of the model's {len(ranked)} latents (0 to {len(ranked) - 1}).")
+            raise SBVAEError(
+                f"latents {order.tolist()} must be indices of the model's {len(ranked)} latents (0 to {len(ranked) - 1})."
+            )
     if len(order) == 0:
         raise SBVAEError(f"latents={latents} leaves no row to draw: ask for at least one latent.")
     return traversal_grid(model, image, order, steps=steps, limit=limit)

@@ -1,4 +1,5 @@
 """What the subprocess tests load by class path: weight digests per DDP process, a hard kill, a one-process loss spike."""
+
 import hashlib
 import os
 import signal

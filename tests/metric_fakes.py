@@ -1,4 +1,5 @@
 """Fakes shared by the metric tests: ground truth whose "image" is the factor row itself; MIG by the book."""
+
 import numpy as np
 import torch
 from sklearn.metrics import mutual_info_score

@@ -14,6 +14,7 @@ runs in a copy laid out as installed (``.mutation/<group>/sbvae/{datasets,metric
 pyproject.toml gets the group's ``only_mutate`` and test files; the test files are the few that cover
 the group, so a mutant runs against those and not the whole suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
 EQUIVALENT_LIST = ROOT / "tests" / "MUTATION.md"
-LAYOUT = {"sbvae": "sbvae", "datasets": "sbvae/datasets", "metrics": "sbvae/metrics", "tests": "tests", "configs": "configs"}
+LAYOUT = {
+    "sbvae": "sbvae",
+    "datasets": "sbvae/datasets",
+    "metrics": "sbvae/metrics",
+    "tests": "tests",
+    "configs": "configs",
+}
 # mutmut's exit codes; a timeout or a crash under a mutant is a detected mutant too.
 DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
 
@@ -70,11 +77,19 @@ def refresh(group: str, mutmut: dict, spec: dict) -> None:
     now reaches a function runs against its mutants.
     """
     for source, target in LAYOUT.items():
-        shutil.copytree(ROOT / source, WORK / group / target, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        shutil.copytree(
+            ROOT / source,
+            WORK / group / target,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"),
+        )
     for source in ("tests", "configs"):
-        shutil.copytree(ROOT / source, WORK / group / "mutants" / source, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        shutil.copytree(
+            ROOT / source,
+            WORK / group / "mutants" / source,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"),
+        )
     for where in (WORK / group, WORK / group / "mutants"):
         write_config(where, mutmut, spec)
     # mutmut regenerates a file's mutants only when the source is newer than them; copies keep old times.
@@ -114,7 +129,9 @@ def report(groups: list[str], show: bool) -> bool:
     """Per-module counts; the score is killed / (mutants - equivalent - device-only), the goal 90%."""
     listed = listed_mutants()
     ok = True
-    print(f"{'module':34} {'mutants':>7} {'killed':>6} {'equiv':>5} {'device':>6} {'alive':>5} {'score':>6} {'w/ device':>9}")
+    print(
+        f"{'module':34} {'mutants':>7} {'killed':>6} {'equiv':>5} {'device':>6} {'alive':>5} {'score':>6} {'w/ device':>9}"
+    )
     for group in groups:
         by_module: dict[str, Counter] = {}
         alive = []
@@ -133,8 +150,10 @@ def report(groups: list[str], show: bool) -> bool:
             score = count["killed"] / relevant if relevant else 1.0
             with_device = count["killed"] / (relevant + count["device"]) if relevant + count["device"] else 1.0
             ok &= score >= 0.9
-            print(f"{module:34} {count['mutants']:7} {count['killed']:6} {count['equivalent']:5} {count['device']:6} "
-                  f"{count['alive']:5} {score:6.1%} {with_device:9.1%}")
+            print(
+                f"{module:34} {count['mutants']:7} {count['killed']:6} {count['equivalent']:5} {count['device']:6} "
+                f"{count['alive']:5} {score:6.1%} {with_device:9.1%}"
+            )
         for name, status in alive:
             print(f"    {status}: {name}")
             if show:
@@ -148,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", metavar="GROUP", help=f"of {', '.join(groups)} (default: all)")
     parser.add_argument("--report", action="store_true", help="print the last runs' scores, run nothing")
     parser.add_argument("--show", action="store_true", help="print the diff of every survivor not listed as equivalent")
-    parser.add_argument("--rerun", action="store_true",
-                        help="bring today's code and tests into the last run's copy, retest its unlisted survivors "
-                             "and the mutants of changed functions (mutmut keeps the rest)")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="bring today's code and tests into the last run's copy, retest its unlisted survivors "
+        "and the mutants of changed functions (mutmut keeps the rest)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (mutmut --max-children)")
     args = parser.parse_args(argv)
     chosen = args.groups or list(groups)
@@ -161,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         for group in chosen:
             if args.rerun:
                 listed = listed_mutants()
-                survivors = [n for n, (_, status) in results(group).items() if status not in DETECTED and n not in listed]
+                survivors = [
+                    n for n, (_, status) in results(group).items() if status not in DETECTED and n not in listed
+                ]
                 refresh(group, mutmut, groups[group])
                 # the survivors against today's tests, then whatever a changed function left unchecked
                 runs = [survivors, []] if survivors else [[]]
@@ -169,11 +193,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 runs, where = [[]], stage(group, mutmut, groups[group])
             for names in runs:
-                print(f"== {group}: mutmut run in {where}" + (f" ({len(names)} survivors)" if names else ""), flush=True)
-                done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names],
-                                      cwd=where, stdout=subprocess.DEVNULL)
+                print(
+                    f"== {group}: mutmut run in {where}" + (f" ({len(names)} survivors)" if names else ""), flush=True
+                )
+                done = subprocess.run(
+                    [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *names],
+                    cwd=where,
+                    stdout=subprocess.DEVNULL,
+                )
                 if done.returncode:
-                    print(f"mutmut failed on {group} (exit {done.returncode}); rerun it in {where} to see why", file=sys.stderr)
+                    print(
+                        f"mutmut failed on {group} (exit {done.returncode}); rerun it in {where} to see why",
+                        file=sys.stderr,
+                    )
                     return done.returncode
     return 0 if report(chosen, args.show) else 1
 

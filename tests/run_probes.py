@@ -1,4 +1,5 @@
 """Callbacks and a model the run tests load by class path (the tests folder is on sys.path)."""
+
 import copy
 import os
 import time
@@ -59,7 +60,9 @@ class DivergedOnDevice(VAE):
 
     def sync_divergence(self) -> None:
         if self.global_step >= self.bad_step:
-            raise DivergenceError(f"training diverged at step {self.bad_step} (loss = nan).", self.bad_step, float("nan"))
+            raise DivergenceError(
+                f"training diverged at step {self.bad_step} (loss = nan).", self.bad_step, float("nan")
+            )
 
 
 class SignalAllProcesses(L.Callback):
@@ -80,10 +83,12 @@ class RestoredState(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if SEEN:
             return
-        SEEN.append({
-            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
-            "optimizer_states": [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers],
-        })
+        SEEN.append(
+            {
+                "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                "optimizer_states": [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers],
+            }
+        )
 
 
 class OptimizerSettings(L.Callback):
@@ -92,7 +97,12 @@ class OptimizerSettings(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if SEEN:
             return
-        SEEN.append({
-            "groups": [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in trainer.optimizers],
-            "steps": [s["step"].clone() for opt in trainer.optimizers for s in opt.state.values() if "step" in s],
-        })
+        SEEN.append(
+            {
+                "groups": [
+                    [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                    for opt in trainer.optimizers
+                ],
+                "steps": [s["step"].clone() for opt in trainer.optimizers for s in opt.state.values() if "step" in s],
+            }
+        )

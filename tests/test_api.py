@@ -1,4 +1,5 @@
 """The Python API of docs/python-api.md: sbvae.load, the loaded model, and the page's own example."""
+
 import os
 import re
 import shutil
@@ -7,11 +8,11 @@ import sys
 
 import pytest
 import torch
+from test_eval import checkpoint  # noqa: F401  (a tiny trained quickstart run, shared with the eval tests)
 
 import sbvae
 from sbvae.errors import SBVAEError
 from sbvae.visualize import latent_order, traversal_grid
-from test_eval import checkpoint  # noqa: F401  (a tiny trained quickstart run, shared with the eval tests)
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "python-api.md")
 
@@ -44,8 +45,12 @@ def test_the_pages_example_runs(run_folder, tmp_path, monkeypatch):
 
 
 def test_import_sbvae_loads_no_torch():
-    done = subprocess.run([sys.executable, "-c", "import sys, sbvae; print('torch' in sys.modules)"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, sbvae; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == "False"
 
 
@@ -66,7 +71,10 @@ def test_traverse_is_the_pictures_traversal_grid(checkpoint):  # noqa: F811
     image = run.images(1)[0]
     order = latent_order(run.model, image.unsqueeze(0))
     assert torch.equal(run.model.traverse(image), traversal_grid(run.model, image, order))
-    assert torch.equal(run.model.traverse(image, latents=[3, 1], steps=5), traversal_grid(run.model, image, torch.tensor([3, 1]), steps=5))
+    assert torch.equal(
+        run.model.traverse(image, latents=[3, 1], steps=5),
+        traversal_grid(run.model, image, torch.tensor([3, 1]), steps=5),
+    )
     assert torch.equal(run.model.traverse(image, latents=2), traversal_grid(run.model, image, order[:2]))
     with pytest.raises(SBVAEError, match="pass images"):
         run.model.traverse(run.images(2))
@@ -82,13 +90,15 @@ def test_a_replica_run_folder_loads_one_replica(checkpoint, run_folder, tmp_path
         shutil.copy(os.path.join(run_folder, "status.json"), run / f"replica_{r}" / "status.json")
     assert sbvae.load(run, replica=3).path == str(run / "replica_3" / "checkpoints" / "last.ckpt")
     assert sbvae.load(run / "replica_0").path == str(run / "replica_0" / "checkpoints" / "last.ckpt")
-    for args, says in (((run,), "is a replica-parallel run of 2 replicas: pass replica=K (one of 0, 3)"),
-                       ((run,), "or its folder replica_K"),
-                       ((run, 1), "holds no replica_1: pass a replica it holds (replica_0, replica_3)"),
-                       ((run_folder, 0), "it is a single run: leave out replica"),
-                       ((checkpoint, 0), "is a checkpoint file, not a replica-parallel run folder: leave out replica=0"),
-                       ((tmp_path / "nowhere",), "does not exist: pass a checkpoint file or a run folder"),
-                       ((tmp_path,), "holds no checkpoints/last.ckpt")):
+    for args, says in (
+        ((run,), "is a replica-parallel run of 2 replicas: pass replica=K (one of 0, 3)"),
+        ((run,), "or its folder replica_K"),
+        ((run, 1), "holds no replica_1: pass a replica it holds (replica_0, replica_3)"),
+        ((run_folder, 0), "it is a single run: leave out replica"),
+        ((checkpoint, 0), "is a checkpoint file, not a replica-parallel run folder: leave out replica=0"),
+        ((tmp_path / "nowhere",), "does not exist: pass a checkpoint file or a run folder"),
+        ((tmp_path,), "holds no checkpoints/last.ckpt"),
+    ):
         with pytest.raises(SBVAEError, match=re.escape(says)):
             sbvae.load(*args)
     with pytest.raises(SBVAEError, match="use 'last' or 'best'"):

@@ -1,11 +1,13 @@
 """The throughput benchmark's own arithmetic: alternating rounds and the replica memory line."""
+
 import importlib.util
 import os
 
 import torch
 
 spec = importlib.util.spec_from_file_location(
-    "throughput", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "throughput.py"))
+    "throughput", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "throughput.py")
+)
 throughput = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(throughput)
 
@@ -19,8 +21,10 @@ def test_rounds_alternate_between_rows():
 
 
 def test_largest_replicas_follows_the_line_through_the_peaks():
-    rows = [{"model": "sbd", "path": "trainer", "replicas": r, "peak_memory_gib": m}
-            for r, m in ((1, 1.0), (15, 8.0), (32, 16.5))]
+    rows = [
+        {"model": "sbd", "path": "trainer", "replicas": r, "peak_memory_gib": m}
+        for r, m in ((1, 1.0), (15, 8.0), (32, 16.5))
+    ]
     rows.append({"model": "sbd", "path": "step", "replicas": 1})
     # 0.5 GiB per replica from 1 replica at 1 GiB: (80 - 1) / 0.5 + 1 = 159
     assert throughput.largest_replicas(rows, "sbd", 80.0) == 159
@@ -30,7 +34,9 @@ def test_largest_replicas_follows_the_line_through_the_peaks():
 
 def test_the_loop_host_time_replaces_only_the_step_and_puts_it_back():
     import argparse
+
     from sbvae.engine import Engine
+
     real = Engine.step
     args = argparse.Namespace(image_size=32, precision="32-true", steps_per_epoch=1000, val_size=64, channels_last=None)
     seconds = throughput.loop_host_seconds("sbd", args, torch.device("cpu"), steps=30)

@@ -1,25 +1,37 @@
 """Every shipped sbvae-train config builds what it says and trains a step on tiny images (16 or 32 px, 4 per batch)."""
+
 import glob
 import os
 
 import pytest
 import torch
 import yaml
+from test_datasets_files import make_chairs, write_h5
 
 from sbvae.cli.train import build_cli
-from test_datasets_files import make_chairs, write_h5
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 # configs/paper/ holds sweep files for sbvae-sweep, not sbvae-train configs (tests/test_sweep.py loads them).
-CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
-                 if os.path.relpath(c, os.path.join(ROOT, "configs")).split(os.sep)[0] != "paper")
+CONFIGS = sorted(
+    c
+    for c in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    if os.path.relpath(c, os.path.join(ROOT, "configs")).split(os.sep)[0] != "paper"
+)
 
 
 def test_configs_exist():
     names = {os.path.relpath(c, os.path.join(ROOT, "configs")) for c in CONFIGS}
-    for required in ("quickstart.yaml", "quickstart-factorvae.yaml", "sprites/vae-sbd.yaml", "sprites/vae-deconv.yaml",
-                     "sprites/factorvae-sbd.yaml", "sprites/factorvae-deconv.yaml", "shapes3d/vae-sbd.yaml",
-                     "chairs/vae-sbd.yaml", "circles/xy-sbd.yaml"):
+    for required in (
+        "quickstart.yaml",
+        "quickstart-factorvae.yaml",
+        "sprites/vae-sbd.yaml",
+        "sprites/vae-deconv.yaml",
+        "sprites/factorvae-sbd.yaml",
+        "sprites/factorvae-deconv.yaml",
+        "shapes3d/vae-sbd.yaml",
+        "chairs/vae-sbd.yaml",
+        "circles/xy-sbd.yaml",
+    ):
         assert required in names
 
 
@@ -40,13 +52,38 @@ def test_config_builds_and_trains_a_step(config, tmp_path):
     # The smallest images the networks take: the DeConv decoders double 2 x 2 up to 32 px, the rest reach 16.
     size = 32 if spec["model"]["init_args"]["decoder"] in ("deconv", "coordconv") else 16
     torch.manual_seed(0)
-    cli = build_cli([
-        "--config", config, *file_options(spec["data"]["dataset"], tmp_path),
-        "--data.image_size", str(size), "--data.batch_size", "4", "--data.val_size", "4", "--data.steps_per_epoch", "1",
-        "--trainer.max_steps", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        "--trainer.num_sanity_val_steps", "0", "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--images.num_seeds", "0", "--images.num_images", "1", "--images.order_images", "1",
-    ], run=False)
+    cli = build_cli(
+        [
+            "--config",
+            config,
+            *file_options(spec["data"]["dataset"], tmp_path),
+            "--data.image_size",
+            str(size),
+            "--data.batch_size",
+            "4",
+            "--data.val_size",
+            "4",
+            "--data.steps_per_epoch",
+            "1",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--images.num_seeds",
+            "0",
+            "--images.num_images",
+            "1",
+            "--images.order_images",
+            "1",
+        ],
+        run=False,
+    )
     model, data = cli.model, cli.datamodule
     # What the file asks for is what was built; only the image size is the test's.
     module, _, name = spec["model"]["class_path"].rpartition(".")

@@ -5,10 +5,10 @@ import types
 import pytest
 import torch
 
-from sbvae.datasets.registry import available
-from sbvae.data import EvaluationRows, GroundTruthDataModule, evaluation_set, stream_seed
-from sbvae.errors import SBVAEError
 from metric_fakes import FactorData
+from sbvae.data import EvaluationRows, GroundTruthDataModule, evaluation_set, stream_seed
+from sbvae.datasets.registry import available
+from sbvae.errors import SBVAEError
 
 
 def eval_images(dm, purpose=0, rank=0, world=1):
@@ -59,8 +59,9 @@ def test_validation_and_test_split_the_factor_combinations():
 def test_dsprites_validation_and_test_share_no_image():
     # 4096 rows each of 737,280 combinations: independent draws would share about 23 images.
     dm = GroundTruthDataModule("dsprites", image_size=64, val_size=4096)
-    val, test = ({bytes(x.to(torch.uint8).flatten().numpy()) for x in dm.data.render(dm.validation_factors(p))}
-                 for p in (0, 1))
+    val, test = (
+        {bytes(x.to(torch.uint8).flatten().numpy()) for x in dm.data.render(dm.validation_factors(p))} for p in (0, 1)
+    )
     assert len(val) > 4000 and len(test) > 4000 and val.isdisjoint(test)
     # Orientation 2 pi is drawn as orientation 0: the two indices are one image, so they go to one set.
     rows = dm.data.sample_factors(500, torch.Generator().manual_seed(0))
@@ -116,6 +117,7 @@ def test_a_process_takes_every_world_th_row_under_a_trainer():
     dm.trainer = sampling({"num_replicas": 3, "rank": 1})
     assert torch.cat([r for _, r in dm.test_dataloader()]).tolist() == [11, 14, 17]
     from sbvae.replicas import ReplicaParallelStrategy
+
     dm.trainer = sampling(ReplicaParallelStrategy.distributed_sampler_kwargs.fget(None))
     assert torch.cat([r for _, r in dm.test_dataloader()]).tolist() == list(range(10, 20))
     dm.trainer = types.SimpleNamespace(strategy=types.SimpleNamespace())  # one device: no sampler arguments

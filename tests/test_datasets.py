@@ -1,4 +1,5 @@
 """sbvae.datasets: registry, errors, the interface of every dataset, determinism, devices."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,7 +10,15 @@ import torch
 import sbvae.datasets as D
 from sbvae.datasets import DataError, GroundTruthData, available, load
 
-PROCEDURAL = ["dsprites", "colored-sprites", "circles-xy", "circles-xh", "circles-rg", "circles-xyh-small", "circles-xyh-tiny"]
+PROCEDURAL = [
+    "dsprites",
+    "colored-sprites",
+    "circles-xy",
+    "circles-xh",
+    "circles-rg",
+    "circles-xyh-small",
+    "circles-xyh-tiny",
+]
 CHANNELS = {"dsprites": 1, "colored-sprites": 3}
 
 
@@ -35,17 +44,32 @@ def test_unknown_option_is_one_sentence_naming_the_options():
     assert str(e.value).count(".") <= 2 and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("dsprites", {"image_size": 4}, "^dsprites: option image_size must be an integer >= 8, got 4"),
-    ("dsprites", {"source": "web"}, "^dsprites: option source must be one of 'auto', 'procedural', 'file', got 'web'"),
-    ("dsprites", {"source": "file"}, r"does not exist.*deepmind/dsprites-dataset.*path=\.\.\. or put it in the data directory \(/"),
-    ("dsprites", {"path": "/nowhere/d.npz"}, r"/nowhere/d.npz does not exist; get the official .*path=\.\.\.\.$"),
-    ("dsprites", {"source": "file", "image_size": 0}, "^dsprites: option image_size must be an integer >= 1, got 0"),
-    ("dsprites", {"source": "file", "image_size": 24}, "^dsprites stores 64x64 images .* got 24"),
-    ("colored-sprites", {"color_bins": 0}, "^colored-sprites: option color_bins must be an integer >= 1, got 0"),
-    ("circles-xy", {"image_size": 7}, "^circles-xy: option image_size must be an integer >= 8, got 7"),
-    ("circles-xy", {"supersample": 0}, "^circles-xy: option supersample must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("dsprites", {"image_size": 4}, "^dsprites: option image_size must be an integer >= 8, got 4"),
+        (
+            "dsprites",
+            {"source": "web"},
+            "^dsprites: option source must be one of 'auto', 'procedural', 'file', got 'web'",
+        ),
+        (
+            "dsprites",
+            {"source": "file"},
+            r"does not exist.*deepmind/dsprites-dataset.*path=\.\.\. or put it in the data directory \(/",
+        ),
+        ("dsprites", {"path": "/nowhere/d.npz"}, r"/nowhere/d.npz does not exist; get the official .*path=\.\.\.\.$"),
+        (
+            "dsprites",
+            {"source": "file", "image_size": 0},
+            "^dsprites: option image_size must be an integer >= 1, got 0",
+        ),
+        ("dsprites", {"source": "file", "image_size": 24}, "^dsprites stores 64x64 images .* got 24"),
+        ("colored-sprites", {"color_bins": 0}, "^colored-sprites: option color_bins must be an integer >= 1, got 0"),
+        ("circles-xy", {"image_size": 7}, "^circles-xy: option image_size must be an integer >= 8, got 7"),
+        ("circles-xy", {"supersample": 0}, "^circles-xy: option supersample must be an integer >= 1, got 0"),
+    ],
+)
 def test_bad_option_values(name, options, message):
     with pytest.raises(DataError, match=message):
         load(name, **options)
@@ -236,7 +260,9 @@ def test_bin_values_cut_the_range_into_equal_bins():
     torch.testing.assert_close(bin_values(bins, 4, 0.2, 0.8, None), centres)
     torch.testing.assert_close(bin_centres(bins, 4, 0.2, 0.8), centres)
     drawn = bin_values(bins.repeat(500, 1), 4, 0.2, 0.8, torch.Generator().manual_seed(0))
-    assert ((drawn - centres.repeat(500, 1)).abs() <= 0.075).all() and (drawn - centres.repeat(500, 1)).abs().max() > 0.07
+    assert ((drawn - centres.repeat(500, 1)).abs() <= 0.075).all() and (
+        drawn - centres.repeat(500, 1)
+    ).abs().max() > 0.07
 
 
 def test_area_downsample_averages_blocks():
@@ -245,7 +271,11 @@ def test_area_downsample_averages_blocks():
     images = torch.arange(64.0).view(1, 1, 8, 8)
     assert area_downsample(images, 8) is images
     half = area_downsample(images, 4)
-    assert half.shape == (1, 1, 4, 4) and half[0, 0, 0, 0] == (0 + 1 + 8 + 9) / 4 and half[0, 0, 3, 3] == (54 + 55 + 62 + 63) / 4
+    assert (
+        half.shape == (1, 1, 4, 4)
+        and half[0, 0, 0, 0] == (0 + 1 + 8 + 9) / 4
+        and half[0, 0, 3, 3] == (54 + 55 + 62 + 63) / 4
+    )
     assert area_downsample(images, 1).item() == 31.5
 
 

@@ -1,4 +1,5 @@
 """Circles: geometry and anti-aliasing, continuous factors on a grid, hold-out splits, blank images."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,9 @@ def test_supersampled_coverage_equals_drawing_large_and_averaging():
     x, y = torch.rand(50) * 0.6 + 0.2, torch.rand(50) * 0.6 + 0.2
     s, n = 5, 32 * 5
     sub = (torch.arange(n) + 0.5) / n
-    inside = ((sub.view(1, 1, -1) - x.view(-1, 1, 1)) ** 2 + ((1 - sub).view(1, -1, 1) - y.view(-1, 1, 1)) ** 2
-              <= (0.05) ** 2)
+    inside = (sub.view(1, 1, -1) - x.view(-1, 1, 1)) ** 2 + ((1 - sub).view(1, -1, 1) - y.view(-1, 1, 1)) ** 2 <= (
+        0.05
+    ) ** 2
     ref = F.avg_pool2d(inside.float().unsqueeze(1), s)
     assert (data.coverage(x, y) - ref).abs().max() <= 1 / 25 + 1e-6
     assert (data.coverage(x, y) - ref).abs().gt(1e-6).float().mean() < 1e-3
@@ -157,8 +159,12 @@ def test_blank_fraction_adds_a_presence_factor():
     assert values.shape == (8, 3) and values[:, 2].tolist() == f[:8, 2].float().tolist()
     plain = load("circles-xh", image_size=16)
     shown = f[f[:, 2] == 1][:8]
-    torch.testing.assert_close(data.render(shown, torch.Generator().manual_seed(5)),
-                               plain.render(shown[:, :2], torch.Generator().manual_seed(5)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        data.render(shown, torch.Generator().manual_seed(5)),
+        plain.render(shown[:, :2], torch.Generator().manual_seed(5)),
+        rtol=0,
+        atol=0,
+    )
 
 
 class Draws(keyed.KeyedRandom):
@@ -175,32 +181,41 @@ def test_blank_exactly_when_the_draw_is_below_blank_fraction():
     # P(u < b) = b for u uniform on [0, 1): a draw equal to b shows the circle, one 2^-40 below it does not,
     # so the coin is compared in double precision.
     data = load("circles-xh", blank_fraction=0.5, image_size=16)
-    factors = data.sample_factors(3, Draws([[0.0, 0.0, 0.0], [0.999, 0.5, 0.2], [0.5, 0.05, 0.7]],
-                                           [0.5, 0.5 - 2**-40, 0.75]))
+    factors = data.sample_factors(
+        3, Draws([[0.0, 0.0, 0.0], [0.999, 0.5, 0.2], [0.5, 0.05, 0.7]], [0.5, 0.5 - 2**-40, 0.75])
+    )
     assert factors.tolist() == [[0, 0, 1], [31, 16, 0], [16, 1, 1]]
 
 
-@pytest.mark.parametrize("options", [{"holdout": "corner"}, {"holdout": "center", "split": "heldout"}, {"blank_fraction": 0.3}])
+@pytest.mark.parametrize(
+    "options", [{"holdout": "corner"}, {"holdout": "center", "split": "heldout"}, {"blank_fraction": 0.3}]
+)
 def test_hold_out_and_blank_draws_follow_the_generator(options):
     data = load("circles-xy", image_size=16, **options)
     draw = lambda seed: data.sample_factors(200, torch.Generator().manual_seed(seed))
     assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"holdout": "middle"}, "^circles-xy: option holdout must be one of None, 'center', 'corner', got 'middle'"),
-    ({"holdout": "center", "split": "test"}, "^circles-xy: option split must be one of 'train', 'heldout', got 'test'"),
-    ({"holdout": "center", "grid": 30}, "multiple of 4"),
-    ({"split": "heldout"}, "need holdout"),
-    ({"holdout": "center", "holdout_factors": ("x", "red")}, "holdout_factors"),
-    ({"holdout": "center", "holdout_factors": ("x", "x")}, "two different factors"),
-    ({"holdout": "center", "holdout_factors": ("x", "y", "x")}, "two different factors"),
-    ({"blank_fraction": 1.0}, r"blank_fraction must be a number in \[0, 1\)"),
-    ({"blank_fraction": "half"}, r"blank_fraction must be a number in \[0, 1\), got 'half'"),
-    ({"grid": 1}, "^circles-xy: option grid must be an integer >= 2, got 1"),
-    ({"grid": 16.0}, "^circles-xy: option grid must be an integer >= 2, got 16.0"),
-    ({"image_size": True}, "option image_size must be an integer >= 8, got True"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"holdout": "middle"}, "^circles-xy: option holdout must be one of None, 'center', 'corner', got 'middle'"),
+        (
+            {"holdout": "center", "split": "test"},
+            "^circles-xy: option split must be one of 'train', 'heldout', got 'test'",
+        ),
+        ({"holdout": "center", "grid": 30}, "multiple of 4"),
+        ({"split": "heldout"}, "need holdout"),
+        ({"holdout": "center", "holdout_factors": ("x", "red")}, "holdout_factors"),
+        ({"holdout": "center", "holdout_factors": ("x", "x")}, "two different factors"),
+        ({"holdout": "center", "holdout_factors": ("x", "y", "x")}, "two different factors"),
+        ({"blank_fraction": 1.0}, r"blank_fraction must be a number in \[0, 1\)"),
+        ({"blank_fraction": "half"}, r"blank_fraction must be a number in \[0, 1\), got 'half'"),
+        ({"grid": 1}, "^circles-xy: option grid must be an integer >= 2, got 1"),
+        ({"grid": 16.0}, "^circles-xy: option grid must be an integer >= 2, got 16.0"),
+        ({"image_size": True}, "option image_size must be an integer >= 8, got True"),
+    ],
+)
 def test_option_errors(options, message):
     with pytest.raises(DataError, match=message):
         load("circles-xy", **options)

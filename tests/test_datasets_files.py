@@ -1,4 +1,5 @@
 """File-based datasets (3dshapes.h5, a chairs folder) and the sbvae-data command."""
+
 from __future__ import annotations
 
 import h5py
@@ -11,8 +12,14 @@ from sbvae.cli.data import main
 from sbvae.datasets import DataError, load
 from sbvae.datasets.sprites import DSPRITES_FILE
 
-VALUES = [np.round(np.linspace(0, 0.9, 10), 1), np.round(np.linspace(0, 0.9, 10), 1), np.round(np.linspace(0, 0.9, 10), 1),
-          np.linspace(0.75, 1.25, 8), np.arange(4.0), np.linspace(-30, 30, 15)]
+VALUES = [
+    np.round(np.linspace(0, 0.9, 10), 1),
+    np.round(np.linspace(0, 0.9, 10), 1),
+    np.round(np.linspace(0, 0.9, 10), 1),
+    np.linspace(0.75, 1.25, 8),
+    np.arange(4.0),
+    np.linspace(-30, 30, 15),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +50,9 @@ def test_shapes3d_from_a_tiny_file(_data_dir):
     index = (f * torch.tensor([32, 16, 8, 4, 2, 1])).sum(1).numpy()
     out = data.render(f)
     assert out.shape == (4, 3, 64, 64) and out.dtype == torch.float32
-    assert torch.equal(out, torch.from_numpy(images[index]).permute(0, 3, 1, 2).float() / 255)  # repeated, unsorted rows
+    assert torch.equal(
+        out, torch.from_numpy(images[index]).permute(0, 3, 1, 2).float() / 255
+    )  # repeated, unsorted rows
     assert np.allclose(data.factor_values(f).numpy(), labels[index])
     small = load("shapes3d", allow_subset=True, image_size=16)
     assert torch.allclose(small.render(f), torch.nn.functional.avg_pool2d(out, 4), atol=1e-6)
@@ -131,8 +140,20 @@ def test_cli_list(capsys, _data_dir):
 
 def test_cli_generate_then_verify_round_trip(capsys, tmp_path):
     out = tmp_path / "gen"
-    args = ["generate", "dsprites", "--out", str(out), "--subset", "posX=0,31", "--subset", "posY=3",
-            "--subset", "orientation=0,20", "--chunk", "7"]
+    args = [
+        "generate",
+        "dsprites",
+        "--out",
+        str(out),
+        "--subset",
+        "posX=0,31",
+        "--subset",
+        "posY=3",
+        "--subset",
+        "orientation=0,20",
+        "--chunk",
+        "7",
+    ]
     assert main(args) == 0
     path = out / DSPRITES_FILE
     assert path.is_file() and "wrote" in capsys.readouterr().out
@@ -155,12 +176,15 @@ def test_cli_verify_an_h5(capsys, tmp_path):
     assert "not the official" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["verify", "/nonexistent/file.npz"], "does not exist"),
-    (["generate", "dsprites", "--out", "{tmp}", "--subset", "colour=1"], "unknown dSprites factor"),
-    (["generate", "dsprites", "--out", "{tmp}", "--subset", "posX"], "FACTOR=i,j"),
-    (["generate", "dsprites", "--out", "{tmp}", "--subset", "posX=40"], "must lie in 0..31"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["verify", "/nonexistent/file.npz"], "does not exist"),
+        (["generate", "dsprites", "--out", "{tmp}", "--subset", "colour=1"], "unknown dSprites factor"),
+        (["generate", "dsprites", "--out", "{tmp}", "--subset", "posX"], "FACTOR=i,j"),
+        (["generate", "dsprites", "--out", "{tmp}", "--subset", "posX=40"], "must lie in 0..31"),
+    ],
+)
 def test_cli_user_errors_are_one_sentence(capsys, tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(args) == 2
@@ -184,11 +208,16 @@ def test_one_grid_check_for_npz_and_h5_files():
     grid = np.stack(np.meshgrid([0, 1], [0, 5, 9], indexing="ij"), -1).reshape(-1, 2)  # b fastest
     report = check_grid(FileCheck((2, 3)), grid, "labels", ("a", "b"), allow_subset=False)
     assert report.ok and not report.is_subset and [v.tolist() for v in report.values] == [[0, 1], [0, 5, 9]]
-    assert "last factor varying fastest (b)" in check_grid(FileCheck((2, 3)), grid[::-1], "labels", ("a", "b"), False).problems[0]
+    assert (
+        "last factor varying fastest (b)"
+        in check_grid(FileCheck((2, 3)), grid[::-1], "labels", ("a", "b"), False).problems[0]
+    )
     assert "not every combination" in check_grid(FileCheck((2, 3)), grid[:5], "labels", ("a", "b"), False).problems[0]
     sub = check_grid(FileCheck((2, 3)), grid[:3], "labels", ("a", "b"), allow_subset=False)
     assert sub.is_subset and sub.problems == ["it holds a sub-grid of 3 images (a 1 x b 3), not the official 2 x 3"]
-    with pytest.raises(DataError, match=r"x.npz is not a usable toy file: it holds a sub-grid .*allow_subset=True.*; get it\."):
+    with pytest.raises(
+        DataError, match=r"x.npz is not a usable toy file: it holds a sub-grid .*allow_subset=True.*; get it\."
+    ):
         sub.require_usable("x.npz", "toy", "get it")
     assert check_grid(FileCheck((2, 3)), grid[:3], "labels", ("a", "b"), allow_subset=True).ok
 
@@ -203,8 +232,9 @@ class HostWork(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
-        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten._local_scalar_dense.default) \
-                or any(t.device.type != "meta" for t in tensors):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten._local_scalar_dense.default) or any(
+            t.device.type != "meta" for t in tensors
+        ):
             self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
 
@@ -215,8 +245,9 @@ def renders_on_the_device_alone(data) -> bool:
     from sbvae import keyed
 
     step = torch.zeros((), dtype=torch.int64, device="meta")
-    draw = lambda: data.render(data.sample_factors(4, keyed.stream(keyed.FACTORS, 3, 0, step)),
-                               keyed.stream(keyed.RENDER, 3, 0, step))
+    draw = lambda: data.render(
+        data.sample_factors(4, keyed.stream(keyed.FACTORS, 3, 0, step)), keyed.stream(keyed.RENDER, 3, 0, step)
+    )
     from torch.fx.experimental import _config as fx_config
 
     try:
@@ -239,13 +270,20 @@ def test_every_dataset_declares_whether_its_render_is_device_pure(_data_dir, tmp
 
     write_h5(_data_dir / "3dshapes.h5")
     make_chairs(tmp_path / "chairs")
-    npz = write_dsprites_npz(tmp_path / DSPRITES_FILE, subset={"shape": [0, 1], "scale": [0], "orientation": [0],
-                                                               "posX": [0, 31], "posY": [0, 31]}, chunk=50)
+    npz = write_dsprites_npz(
+        tmp_path / DSPRITES_FILE,
+        subset={"shape": [0, 1], "scale": [0], "orientation": [0], "posX": [0, 31], "posY": [0, 31]},
+        chunk=50,
+    )
     options = {"shapes3d": {"allow_subset": True}, "chairs": {"path": str(tmp_path / "chairs"), "image_size": 16}}
     cases = [(name, options.get(name, {})) for name in available()]
-    cases += [("shapes3d", {"allow_subset": True, "in_memory": True}),
-              ("dsprites", {"path": str(npz), "allow_subset": True}), ("colored-sprites", {"path": str(npz), "allow_subset": True}),
-              ("circles-xy", {"holdout": "center"}), ("circles-xh", {"blank_fraction": 0.5})]
+    cases += [
+        ("shapes3d", {"allow_subset": True, "in_memory": True}),
+        ("dsprites", {"path": str(npz), "allow_subset": True}),
+        ("colored-sprites", {"path": str(npz), "allow_subset": True}),
+        ("circles-xy", {"holdout": "center"}),
+        ("circles-xh", {"blank_fraction": 0.5}),
+    ]
     declared = {}
     for name, opts in cases:
         data = load(name, **opts)
@@ -257,8 +295,8 @@ def test_every_dataset_declares_whether_its_render_is_device_pure(_data_dir, tmp
 
 
 def test_the_step_runs_eagerly_for_a_render_on_the_host(_data_dir, capsys):
-    from sbvae.trainer_step import resolved_step_mode
     from sbvae.errors import SBVAEError
+    from sbvae.trainer_step import resolved_step_mode
 
     write_h5(_data_dir / "3dshapes.h5")
     from_file, in_memory = load("shapes3d", allow_subset=True), load("shapes3d", allow_subset=True, in_memory=True)

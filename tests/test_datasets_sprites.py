@@ -1,4 +1,5 @@
 """dSprites geometry, colored sprites, and the official npz format (reader, writer, checks)."""
+
 from __future__ import annotations
 
 import colorsys
@@ -10,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from sbvae.datasets import DataError, load
+from sbvae.datasets import DataError, load, sprites
 from sbvae.datasets.common import data_dir, hsv_to_rgb
 from sbvae.datasets.npz import check_npz, metadata_dict, write_dsprites_npz
-from sbvae.datasets import sprites
 from sbvae.datasets.sprites import DSPRITES_FILE, render_dsprites_indices
 
 OFFICIAL = data_dir() / DSPRITES_FILE  # looked up before the fixture below hides the user's data dir
@@ -135,10 +135,19 @@ def test_heart_matches_the_parametric_outline(fresh_atlas):
     from matplotlib.path import Path
 
     t = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
-    outline = Path(np.stack([0.15 * np.sin(t) ** 3,
-                             -0.0104 * (13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 0.0219], 1))
+    outline = Path(
+        np.stack(
+            [
+                0.15 * np.sin(t) ** 3,
+                -0.0104 * (13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 0.0219,
+            ],
+            1,
+        )
+    )
     g = torch.Generator().manual_seed(1)
-    factors = torch.stack([torch.full((60,), 2)] + [torch.randint(0, n, (60,), generator=g) for n in (6, 40, 32, 32)], 1)
+    factors = torch.stack(
+        [torch.full((60,), 2)] + [torch.randint(0, n, (60,), generator=g) for n in (6, 40, 32, 32)], 1
+    )
     _, scale, orient, px, py = factors.double().unbind(1)
     c = (np.arange(64) + 0.5) / 64
     mismatched = []
@@ -156,8 +165,12 @@ def test_heart_outline_points():
     # 1000 the tip, 1500 the left extreme; y = -0.0104 (13 cos t - 5 cos 2t - 2 cos 3t - cos 4t) - 0.0219
     points = sprites.heart_outline()
     assert points.shape == (2000, 2)
-    expected = [[0.0, -0.0104 * 5 - 0.0219], [0.15, -0.0104 * 4 - 0.0219], [0.0, 0.0104 * 17 - 0.0219],
-                [-0.15, -0.0104 * 4 - 0.0219]]
+    expected = [
+        [0.0, -0.0104 * 5 - 0.0219],
+        [0.15, -0.0104 * 4 - 0.0219],
+        [0.0, 0.0104 * 17 - 0.0219],
+        [-0.15, -0.0104 * 4 - 0.0219],
+    ]
     np.testing.assert_allclose(points[[0, 500, 1000, 1500]], expected, rtol=0, atol=1e-12)
 
 
@@ -168,8 +181,15 @@ def test_heart_bitmap_is_the_even_odd_fill_of_the_outline_texel_for_texel():
     from matplotlib.path import Path
 
     t = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
-    outline = Path(np.stack([0.15 * np.sin(t) ** 3,
-                             -0.0104 * (13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 0.0219], 1))
+    outline = Path(
+        np.stack(
+            [
+                0.15 * np.sin(t) ** 3,
+                -0.0104 * (13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) - 0.0219,
+            ],
+            1,
+        )
+    )
     c = (np.arange(1000) + 0.5) / 2000 - 0.25
     rows = np.arange(3, 1000, 50)
     x, y = np.meshgrid(c, c[rows])
@@ -194,9 +214,14 @@ def test_double_precision_scale_and_position_draw_what_their_float32_roundings_d
     # passes a hair from a pixel centre in x, then in y (found by scanning positions 1e-9 apart).
     shape = torch.tensor([2, 0, 0])
     angle = torch.tensor([2.6293481812540143, 0.0, math.pi / 2], dtype=torch.float64)
-    values = torch.tensor([[0.9338499564116842, 0.12132832080356082, 0.050402876956338494],
-                           [1.0, 0.465624965, 0.5],
-                           [1.0, 0.5, 0.465625075]], dtype=torch.float64)
+    values = torch.tensor(
+        [
+            [0.9338499564116842, 0.12132832080356082, 0.050402876956338494],
+            [1.0, 0.465624965, 0.5],
+            [1.0, 0.5, 0.465625075],
+        ],
+        dtype=torch.float64,
+    )
     double = sprites.sprite_masks(shape, values[:, 0], angle, values[:, 1], values[:, 2])
     rounded = values.float()
     single = sprites.sprite_masks(shape, rounded[:, 0], angle, rounded[:, 1], rounded[:, 2])
@@ -277,8 +302,16 @@ def test_loader_reads_a_written_subset_file(small_npz):
     data = load("dsprites", path=str(small_npz), allow_subset=True)
     assert data.source == "file" and data.factor_sizes == (3, 2, 3, 2, 3)
     f = torch.cartesian_prod(*[torch.arange(s) for s in data.factor_sizes])
-    official = torch.stack([f[:, 0], torch.tensor([0, 5])[f[:, 1]], torch.tensor([0, 10, 39])[f[:, 2]],
-                            torch.tensor([0, 31])[f[:, 3]], torch.tensor([0, 16, 31])[f[:, 4]]], 1)
+    official = torch.stack(
+        [
+            f[:, 0],
+            torch.tensor([0, 5])[f[:, 1]],
+            torch.tensor([0, 10, 39])[f[:, 2]],
+            torch.tensor([0, 31])[f[:, 3]],
+            torch.tensor([0, 16, 31])[f[:, 4]],
+        ],
+        1,
+    )
     assert torch.equal(data.render(f), render_dsprites_indices(official))
     assert data.factor_values(f)[:, 1].unique().tolist() == pytest.approx([0.5, 1.0])
     small = load("dsprites", path=str(small_npz), allow_subset=True, image_size=16)
@@ -302,14 +335,25 @@ def test_loader_reads_a_written_subset_file(small_npz):
 def test_loader_reads_a_hand_made_npz_with_the_official_keys(tmp_path):
     # a tiny grid in the official layout, written with plain np.savez (not by sbvae)
     classes = np.stack(np.meshgrid([0], [0, 1, 2], [0, 1], [0], [0, 1], [0, 1], indexing="ij"), -1).reshape(-1, 6)
-    tables = [np.array([1.0]), np.array([1.0, 2, 3]), np.linspace(0.5, 1, 6), np.linspace(0, 2 * np.pi, 40),
-              np.linspace(0, 1, 32), np.linspace(0, 1, 32)]
+    tables = [
+        np.array([1.0]),
+        np.array([1.0, 2, 3]),
+        np.linspace(0.5, 1, 6),
+        np.linspace(0, 2 * np.pi, 40),
+        np.linspace(0, 1, 32),
+        np.linspace(0, 1, 32),
+    ]
     values = np.stack([tables[k][classes[:, k]] for k in range(6)], 1)
     imgs = (np.random.default_rng(0).random((len(classes), 64, 64)) < 0.3).astype(np.uint8)
     path = tmp_path / "data" / DSPRITES_FILE
     path.parent.mkdir()
-    np.savez(path, imgs=imgs, latents_values=values, latents_classes=classes.astype(np.int64),
-             metadata=np.array({"pickled": True}, dtype=object))  # a pickle that must never be read
+    np.savez(
+        path,
+        imgs=imgs,
+        latents_values=values,
+        latents_classes=classes.astype(np.int64),
+        metadata=np.array({"pickled": True}, dtype=object),
+    )  # a pickle that must never be read
     data = load("dsprites", allow_subset=True)  # found in the data directory (source auto)
     assert data.source == "file" and data.factor_sizes == (3, 2, 1, 2, 2)
     f = torch.tensor([[0, 0, 0, 0, 0], [2, 1, 0, 1, 1], [1, 0, 0, 1, 0]])
@@ -333,8 +377,12 @@ def test_truncated_wrong_keyed_and_wrong_shaped_files_are_refused(small_npz, tmp
     wrong_keys = tmp_path / "keys.npz"
     np.savez(wrong_keys, images=np.zeros((2, 64, 64), np.uint8))
     wrong_shape = tmp_path / "shape.npz"
-    np.savez(wrong_shape, imgs=np.zeros((2, 32, 32), np.uint8), latents_values=np.zeros((2, 6)),
-             latents_classes=np.zeros((2, 6), np.int64))
+    np.savez(
+        wrong_shape,
+        imgs=np.zeros((2, 32, 32), np.uint8),
+        latents_values=np.zeros((2, 6)),
+        latents_classes=np.zeros((2, 6), np.int64),
+    )
     for path, why in [(truncated, "truncated"), (wrong_keys, "lacks the key"), (wrong_shape, "imgs has shape")]:
         with pytest.raises(DataError, match=why) as e:
             load("dsprites", path=str(path))
@@ -373,5 +421,5 @@ def test_full_size_constants_are_the_official_ones():
     from sbvae.datasets.sprites import LATENT_SIZES
 
     assert OFFICIAL_N == 737280 and LATENT_SIZES == (1, 3, 6, 40, 32, 32)
-    assert [int(np.prod(LATENT_SIZES[k + 1:])) for k in range(6)] == [737280, 245760, 40960, 1024, 32, 1]
+    assert [int(np.prod(LATENT_SIZES[k + 1 :])) for k in range(6)] == [737280, 245760, 40960, 1024, 32, 1]
     assert os.path.basename(DSPRITES_FILE) == "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"

@@ -1,4 +1,5 @@
 """The training engine: equal to a plain PyTorch step, keyed randomness, divergence without host syncs."""
+
 import copy
 import json
 import os
@@ -18,8 +19,9 @@ from sbvae.factorvae import FactorVAE
 from sbvae.module import VAE
 from test_training import TINY, final_weights, fit, run_dirs
 
-SMALL = dict(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
-             decoder_options={"channels": [8, 8]})
+SMALL = dict(
+    image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32}, decoder_options={"channels": [8, 8]}
+)
 
 
 def tiny_data(batch_size=8):
@@ -30,8 +32,17 @@ def make_engine(model, dm, seed=5, mode="eager", start_step=0, draw_ahead=1):
     optimizers = model.configure_optimizers()
     optimizers = list(optimizers) if isinstance(optimizers, tuple) else [optimizers]
     draw = lambda step: dm.training_batch(seed, 0, step, torch.device("cpu"))
-    model.engine = Engine(model, optimizers, draw, seed=seed, rank=0, mode=mode, start_step=start_step,
-                          device=torch.device("cpu"), draw_ahead=draw_ahead)
+    model.engine = Engine(
+        model,
+        optimizers,
+        draw,
+        seed=seed,
+        rank=0,
+        mode=mode,
+        start_step=start_step,
+        device=torch.device("cpu"),
+        draw_ahead=draw_ahead,
+    )
     return model.engine, optimizers
 
 
@@ -77,7 +88,7 @@ def test_replica_chunks_equal_single_seed_draws():
     dm = tiny_data(batch_size=4)
     stacked = dm.training_batch(torch.tensor([3, 4, 5]), 0, torch.tensor(2), "cpu")
     for k, seed in enumerate((3, 4, 5)):
-        assert torch.equal(stacked[4 * k: 4 * k + 4], dm.training_batch(seed, 0, torch.tensor(2), "cpu"))
+        assert torch.equal(stacked[4 * k : 4 * k + 4], dm.training_batch(seed, 0, torch.tensor(2), "cpu"))
 
 
 def test_keyed_uniforms_are_uniform_and_normals_normal():
@@ -122,7 +133,10 @@ def test_a_divergence_keeps_the_loss_of_its_own_step_in_one_buffer():
     buffer = engine.bad_values
     engine.step()
     real = model.loss_terms
-    model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * 1e7}  # finite, above max_loss
+    model.loss_terms = lambda x, noise: {
+        **real(x, noise),
+        "loss": real(x, noise)["loss"] * 1e7,
+    }  # finite, above max_loss
     engine.step()  # step 2 diverges
     bad_loss = float(engine.terms["loss"])
     model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * 1e8}
@@ -140,7 +154,9 @@ def test_an_unindexed_cuda_device_is_the_current_one(monkeypatch):
     from sbvae.engine import normalised_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    assert normalised_device("cuda") == torch.device("cuda", 1) and normalised_device(torch.device("cuda:0")) == torch.device("cuda:0")
+    assert normalised_device("cuda") == torch.device("cuda", 1) and normalised_device(
+        torch.device("cuda:0")
+    ) == torch.device("cuda:0")
     assert normalised_device("cpu") == torch.device("cpu")
     assert torch.device("cuda") != torch.device("cuda:0")  # why
 
@@ -211,6 +227,7 @@ def test_an_eager_step_does_not_probe_for_a_cuda_device(monkeypatch):
 
     def probe(*args, **kwargs):
         raise AssertionError("the step probed for an accelerator")
+
     monkeypatch.setattr(torch.accelerator, "current_accelerator", probe)
     monkeypatch.setattr(torch.cuda, "is_available", probe)
     engine.step()
@@ -235,9 +252,19 @@ def test_moments_restored_in_another_layout_are_read_in_their_own():
             for p, state in optimizer.state.items():
                 state.update({k: torch.empty_like(p).copy_(v) for k, v in state.items() if v.shape == p.shape})
         else:
-            assert any(v.stride() != p.stride() for p, st in optimizer.state.items() for v in st.values() if v.ndim == 4)
-        resumed = Engine(model, [optimizer], lambda step: dm.training_batch(5, 0, step, "cpu"), seed=5, rank=0,
-                         mode="eager", start_step=1, device=torch.device("cpu"))
+            assert any(
+                v.stride() != p.stride() for p, st in optimizer.state.items() for v in st.values() if v.ndim == 4
+            )
+        resumed = Engine(
+            model,
+            [optimizer],
+            lambda step: dm.training_batch(5, 0, step, "cpu"),
+            seed=5,
+            rank=0,
+            mode="eager",
+            start_step=1,
+            device=torch.device("cpu"),
+        )
         for _ in range(2):
             resumed.step()
         runs.append(model.state_dict())
@@ -283,9 +310,21 @@ def test_killed_run_resumes_bit_identical(tmp_path, config_path):
     """kill -9 after the step-3 checkpoint, resume from last.ckpt: the same weights as never stopping."""
     fit(config_path("quickstart.yaml"), tmp_path / "straight", "--trainer.max_steps", "8")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY,
-           "--trainer.max_steps", "8", "--trainer.logger.init_args.save_dir", str(tmp_path / "killed"),
-           "--trainer.callbacks+=ddp_probe.KillAt", "--trainer.callbacks.step=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sbvae.cli.train",
+        "fit",
+        "--config",
+        config_path("quickstart.yaml"),
+        *TINY,
+        "--trainer.max_steps",
+        "8",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "killed"),
+        "--trainer.callbacks+=ddp_probe.KillAt",
+        "--trainer.callbacks.step=5",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     (killed,) = run_dirs(tmp_path / "killed")
@@ -300,8 +339,18 @@ def test_killed_run_resumes_bit_identical(tmp_path, config_path):
 
 def test_divergence_in_a_trainer_stops_within_the_logging_interval(tmp_path, config_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path("quickstart.yaml"), tmp_path, "--model.init_args.max_loss", "1.0",
-            "--trainer.log_every_n_steps", "4", "--data.steps_per_epoch", "10", "--trainer.max_steps", "20")
+        fit(
+            config_path("quickstart.yaml"),
+            tmp_path,
+            "--model.init_args.max_loss",
+            "1.0",
+            "--trainer.log_every_n_steps",
+            "4",
+            "--data.steps_per_epoch",
+            "10",
+            "--trainer.max_steps",
+            "20",
+        )
     assert exit_info.value.code == 3
     assert "diverged at step 0 (loss = " in capsys.readouterr().err
     (run,) = run_dirs(tmp_path)
@@ -323,8 +372,16 @@ def test_graph_and_eager_paths_give_the_same_losses_for_20_steps():
         model = VAE(image_size=64, channels=3).to(device)
         dm = GroundTruthDataModule("colored-sprites", image_size=64, batch_size=16, seed=5)
         optimizers = [model.configure_optimizers()]
-        engine = Engine(model, optimizers, lambda s: dm.training_batch(5, 0, s, device), seed=5, rank=0,
-                        mode=mode, start_step=0, device=device)
+        engine = Engine(
+            model,
+            optimizers,
+            lambda s: dm.training_batch(5, 0, s, device),
+            seed=5,
+            rank=0,
+            mode=mode,
+            start_step=0,
+            device=device,
+        )
         losses[mode] = torch.stack([torch.stack(list(engine.step().values())).clone() for _ in range(20)])
     assert not torch.equal(losses["graph"][-1], losses["graph"][-2])  # replays see new data and noise
     torch.testing.assert_close(losses["graph"], losses["eager"], rtol=1e-4, atol=1e-3)
@@ -348,8 +405,9 @@ def test_graph_replays_render_new_images_and_noise_each_step():
 
     real = model.step_randomness
     model.step_randomness = lambda n, d: {"noise": seen_noise.copy_(real(n, d)["noise"])}
-    engine = Engine(model, [model.configure_optimizers()], draw, seed=5, rank=0, mode="graph", start_step=0,
-                    device=device)
+    engine = Engine(
+        model, [model.configure_optimizers()], draw, seed=5, rank=0, mode="graph", start_step=0, device=device
+    )
     seen = []
     for _ in range(8):  # 3 eager warm-up steps, the capture, then replays
         engine.step()
@@ -373,8 +431,16 @@ def test_graphed_nan_step_freezes_weights():
     poison = torch.ones((), device=device)
     real = model.loss_terms
     model.loss_terms = lambda x, noise: {**real(x, noise), "loss": real(x, noise)["loss"] * poison}
-    engine = Engine(model, [model.configure_optimizers()], lambda s: dm.training_batch(5, 0, s, device), seed=5,
-                    rank=0, mode="graph", start_step=0, device=device)
+    engine = Engine(
+        model,
+        [model.configure_optimizers()],
+        lambda s: dm.training_batch(5, 0, s, device),
+        seed=5,
+        rank=0,
+        mode="graph",
+        start_step=0,
+        device=device,
+    )
     for _ in range(6):  # 3 warm-up steps, then capture and replays
         engine.step()
     before = snapshot(model)
@@ -394,6 +460,7 @@ def test_a_lightning_that_stops_counting_steps_stops_the_run(tmp_path, config_pa
     """The engine's step is counted through the hooks of Lightning's optimizer wrapper; were they to stop
     counting, the run would train past max_steps: it stops with what to do instead."""
     from lightning.pytorch.loops.optimization.manual import _ManualOptimization
+
     monkeypatch.setattr(_ManualOptimization, "_on_after_step", lambda self: None)
     with pytest.raises(SystemExit) as exit_info:
         fit(config_path("quickstart.yaml"), tmp_path)
@@ -405,6 +472,7 @@ def test_the_cpu_draws_are_the_accelerator_draws():
     """The CPU hashes with numpy's wrapping uint32 products, accelerators with 16-bit halves in int64: the same
     bits, and both equal MurmurHash3's finaliser computed on Python ints (an independent oracle)."""
     import numpy as np
+
     values = [0, 1, 2**16 - 1, 2**16, 2**31, 2**32 - 1, 0x9E3779B9, 123456789, 0xDEADBEEF]
     oracle = [keyed._fmix32_int(v) for v in values]
     assert keyed._fmix32(torch.tensor(values, dtype=torch.int64)).tolist() == oracle
@@ -418,6 +486,7 @@ def test_the_cpu_draws_are_the_accelerator_draws():
 
 
 # -- graph mode on the CPU, simulated: what step_mode auto does when a capture or its first replay fails ----------
+
 
 class StandInGraph:
     """A CUDA graph runner for the CPU: capturing keeps the step's program, replaying runs it; ``fail`` makes
@@ -437,6 +506,7 @@ class StandInGraph:
             program()
             for p in self.model.parameters():
                 p.grad = None
+
         return graph
 
     def replay(self, program):
@@ -465,8 +535,17 @@ def graphed_run(monkeypatch, fail=None, steps=7, fallback=True, replicas=False):
     monkeypatch.setattr(engine_module, "graph_runner", lambda: runner)
     dm = tiny_data()
     optimizers = [model.configure_optimizers()]
-    engine = Engine(model, optimizers, lambda step: dm.training_batch(5, 0, step, torch.device("cpu")), seed=5, rank=0,
-                    mode="graph", start_step=0, device=torch.device("cpu"), fallback=fallback)
+    engine = Engine(
+        model,
+        optimizers,
+        lambda step: dm.training_batch(5, 0, step, torch.device("cpu")),
+        seed=5,
+        rank=0,
+        mode="graph",
+        start_step=0,
+        device=torch.device("cpu"),
+        fallback=fallback,
+    )
     model.engine = engine
     losses = [float(engine.step()["loss"]) for _ in range(steps)]
     return snapshot(model), losses, engine, runner
@@ -487,11 +566,14 @@ def test_a_working_graph_step_is_checked_once_and_kept(monkeypatch):
     assert losses == eager_losses and all(torch.equal(weights[k], eager_weights[k]) for k in weights)
 
 
-@pytest.mark.parametrize("fail, cause", [
-    ("capture", "could not be captured (RuntimeError: operation not permitted when stream is capturing)"),
-    ("nan", "gave a non-finite loss where the eager step's is finite"),
-    ("wrong", "disagreed with the eager step (weights"),
-])
+@pytest.mark.parametrize(
+    "fail, cause",
+    [
+        ("capture", "could not be captured (RuntimeError: operation not permitted when stream is capturing)"),
+        ("nan", "gave a non-finite loss where the eager step's is finite"),
+        ("wrong", "disagreed with the eager step (weights"),
+    ],
+)
 def test_a_failed_capture_or_first_replay_goes_on_eagerly_from_the_same_step(monkeypatch, fail, cause):
     with pytest.warns(UserWarning, match="step_mode auto: the CUDA graph step") as warned:
         weights, losses, engine, runner = graphed_run(monkeypatch, fail)
@@ -515,7 +597,9 @@ def test_a_trainer_whose_capture_fails_records_the_fallback_in_its_status(tmp_pa
     import sbvae.trainer_step as trainer_step
 
     real = trainer_step.resolved_step_mode
-    monkeypatch.setattr(trainer_step, "resolved_step_mode", lambda mode, *a: "graph" if mode == "auto" else real(mode, *a))
+    monkeypatch.setattr(
+        trainer_step, "resolved_step_mode", lambda mode, *a: "graph" if mode == "auto" else real(mode, *a)
+    )
     monkeypatch.setattr(trainer_step, "draw_ahead_for", lambda *a: 1)
     monkeypatch.setattr(engine_module, "graph_runner", lambda: StandInGraph("capture"))
     with pytest.warns(UserWarning, match="could not be captured"):

@@ -1,4 +1,5 @@
 """sbvae-eval on a tiny checkpoint: JSON, determinism, TensorBoard scalars and clear errors."""
+
 import json
 import math
 import os
@@ -10,10 +11,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sbvae import metrics as M
-from sbvae.cli.evaluate import main as evaluate, table
-from sbvae.loading import model_from_checkpoint
+from sbvae.cli.evaluate import main as evaluate
+from sbvae.cli.evaluate import table
 from sbvae.cli.train import build_cli
 from sbvae.evaluation import scalars, score
+from sbvae.loading import model_from_checkpoint
 from test_training import fit, run_dirs
 
 
@@ -28,8 +30,22 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     outputs = []
     for i in range(2):
         out = tmp_path / f"res{i}.json"
-        evaluate(["--ckpt", checkpoint, "--metrics", "elbo,mig,factor_vae", "--preset", "quick", "--seed", "3",
-                  "--device", "cpu", "--output", str(out)])
+        evaluate(
+            [
+                "--ckpt",
+                checkpoint,
+                "--metrics",
+                "elbo,mig,factor_vae",
+                "--preset",
+                "quick",
+                "--seed",
+                "3",
+                "--device",
+                "cpu",
+                "--output",
+                str(out),
+            ]
+        )
         outputs.append(json.load(open(out)))
     captured = capsys.readouterr()
     printed = captured.out
@@ -56,24 +72,48 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     # The run's TensorBoard log got the scores.
     events = EventAccumulator(os.path.dirname(os.path.dirname(checkpoint)))
     events.Reload()
-    assert {"eval/mig_quick", "eval/factor_vae_quick", "eval/elbo_quick", "eval/elbo/nll_quick", "eval/elbo/latents_used_quick",
-            "eval/mig/shape_quick"} <= set(events.Tags()["scalars"])
+    assert {
+        "eval/mig_quick",
+        "eval/factor_vae_quick",
+        "eval/elbo_quick",
+        "eval/elbo/nll_quick",
+        "eval/elbo/latents_used_quick",
+        "eval/mig/shape_quick",
+    } <= set(events.Tags()["scalars"])
 
 
 def test_eval_other_seed_changes_the_sample(checkpoint, tmp_path):
     scores = []
     for seed in (0, 1):
         out = tmp_path / f"s{seed}.json"
-        evaluate(["--ckpt", checkpoint, "--metrics", "mig", "--preset", "quick", "--seed", str(seed),
-                  "--device", "cpu", "--output", str(out), "--no-tensorboard"])
+        evaluate(
+            [
+                "--ckpt",
+                checkpoint,
+                "--metrics",
+                "mig",
+                "--preset",
+                "quick",
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+                "--output",
+                str(out),
+                "--no-tensorboard",
+            ]
+        )
         scores.append(json.load(open(out))["metrics"]["mig"]["mutual_info"])
     assert scores[0] != scores[1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--ckpt", "no/such.ckpt"], "does not exist"),
-    (["--metrics", "mig,bogus"], "unknown metric"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt", "no/such.ckpt"], "does not exist"),
+        (["--metrics", "mig,bogus"], "unknown metric"),
+    ],
+)
 def test_eval_bad_input(checkpoint, args, message, capsys):
     argv = ["--ckpt", checkpoint, "--preset", "quick", "--device", "cpu"] + args
     with pytest.raises(SystemExit) as exit_info:
@@ -92,8 +132,23 @@ def test_eval_truncated_checkpoint(checkpoint, tmp_path, capsys):
 
 def test_eval_dataset_option_override(checkpoint, tmp_path, capsys):
     out = tmp_path / "bins.json"
-    evaluate(["--ckpt", checkpoint, "--metrics", "mig", "--preset", "quick", "--device", "cpu", "--no-tensorboard",
-              "--dataset-option", "color_bins=4", "--output", str(out)])
+    evaluate(
+        [
+            "--ckpt",
+            checkpoint,
+            "--metrics",
+            "mig",
+            "--preset",
+            "quick",
+            "--device",
+            "cpu",
+            "--no-tensorboard",
+            "--dataset-option",
+            "color_bins=4",
+            "--output",
+            str(out),
+        ]
+    )
     record = json.load(open(out))
     assert record["dataset"]["dataset_options"] == {"color_bins": 4}
     assert record["metrics"]["mig"]["factor_entropy"][-1] <= 1.3863 + 1e-6  # 4 colour bins: entropy <= ln 4
@@ -103,17 +158,36 @@ def test_eval_dataset_option_override(checkpoint, tmp_path, capsys):
 
 
 def test_every_result_lists_its_scalars_one_way():
-    mig = M.MIGResult(score=0.25, per_factor=torch.tensor([0.5, 0.0]), mutual_info=torch.zeros(3, 2),
-                      factor_entropy=torch.ones(2), factor_names=("x", "y"))
+    mig = M.MIGResult(
+        score=0.25,
+        per_factor=torch.tensor([0.5, 0.0]),
+        mutual_info=torch.zeros(3, 2),
+        factor_entropy=torch.ones(2),
+        factor_names=("x", "y"),
+    )
     elbo = M.ELBOResult(score=10.0, elbo=10.0, nll=7.0, kl=3.0, num_images=100, latents_used=2, mean_std=torch.ones(3))
-    dci = M.DCIResult(score=0.4, disentanglement=0.4, completeness=0.3, informativeness_train=0.9,
-                      informativeness_test=0.8, importance_matrix=np.zeros((3, 2)))
+    dci = M.DCIResult(
+        score=0.4,
+        disentanglement=0.4,
+        completeness=0.3,
+        informativeness_train=0.9,
+        informativeness_test=0.8,
+        importance_matrix=np.zeros((3, 2)),
+    )
     assert mig.scalars() == {"score": 0.25, "x": 0.5, "y": 0.0}
     assert scalars({"mig": mig, "elbo": elbo, "dci": dci}) == {
-        "mig": 0.25, "mig/x": 0.5, "mig/y": 0.0,
-        "elbo": 10.0, "elbo/nll": 7.0, "elbo/kl": 3.0, "elbo/latents_used": 2.0,
-        "dci": 0.4, "dci/disentanglement": 0.4, "dci/completeness": 0.3,
-        "dci/informativeness_train": 0.9, "dci/informativeness_test": 0.8,
+        "mig": 0.25,
+        "mig/x": 0.5,
+        "mig/y": 0.0,
+        "elbo": 10.0,
+        "elbo/nll": 7.0,
+        "elbo/kl": 3.0,
+        "elbo/latents_used": 2.0,
+        "dci": 0.4,
+        "dci/disentanglement": 0.4,
+        "dci/completeness": 0.3,
+        "dci/informativeness_train": 0.9,
+        "dci/informativeness_test": 0.8,
     }
     lines = table({"mig": mig, "elbo": elbo}).splitlines()
     assert lines[1].split() == ["mig", "0.2500", "x=0.5,", "y=0"]
@@ -152,7 +226,10 @@ def test_eval_scores_every_replica_of_a_run_folder(checkpoint, tmp_path, capsys)
     shutil.copy(os.path.join(source_run, "status.json"), run / "status.json")
     with pytest.raises(SystemExit):
         evaluate(["--ckpt", str(run / "checkpoints" / "last.ckpt"), *quick])
-    assert f"is the replica set's checkpoint (the loops of a --replicas run, no model of its own): pass the run folder {run}" in capsys.readouterr().err
+    assert (
+        f"is the replica set's checkpoint (the loops of a --replicas run, no model of its own): pass the run folder {run}"
+        in capsys.readouterr().err
+    )
 
     evaluate(["--ckpt", source_run, *quick, "--seed", "5", "--no-tensorboard"])  # a single run's folder: its last.ckpt
     record = json.load(open(os.path.join(source_run, "checkpoints", "eval-quick-seed5.json")))
@@ -163,9 +240,25 @@ def test_sbvae_train_test_scores_the_checkpoint_on_the_test_set(checkpoint, tmp_
     """`sbvae-train test` averages each image's ELBO over the whole test set, with the checkpoint's weights."""
     config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "quickstart.yaml")
     # 13 images in batches of 8: a mean of the batch means would weigh the last 5 images as much as the first 8.
-    cli = build_cli(["test", "--config", config, "--data.image_size", "16", "--data.batch_size", "8",
-                     "--data.val_size", "13", "--trainer.enable_progress_bar", "false",
-                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", checkpoint])
+    cli = build_cli(
+        [
+            "test",
+            "--config",
+            config,
+            "--data.image_size",
+            "16",
+            "--data.batch_size",
+            "8",
+            "--data.val_size",
+            "13",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--ckpt_path",
+            checkpoint,
+        ]
+    )
     model, dm = model_from_checkpoint(checkpoint, torch.device("cpu"))[0], cli.datamodule
     factors, rows = dm.validation_factors(1), torch.arange(13, 26)  # the test set: rows after validation's
     with torch.no_grad():
@@ -180,16 +273,38 @@ def test_sbvae_train_test_scores_the_checkpoint_on_the_test_set(checkpoint, tmp_
 def holdout_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("holdout")
     config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "circles", "xy-sbd.yaml")
-    fit(config, out, "--data.dataset_options", "{holdout: center}", "--model.init_args.decoder_options",
-        "{channels: [8]}")
+    fit(
+        config,
+        out,
+        "--data.dataset_options",
+        "{holdout: center}",
+        "--model.init_args.decoder_options",
+        "{channels: [8]}",
+    )
     return os.path.join(run_dirs(out, "circles-xy-sbd")[0], "checkpoints", "last.ckpt")
 
 
 def test_eval_on_the_held_out_split(holdout_checkpoint, tmp_path):
     """--dataset-option split=heldout scores the model on the hole its training never saw, and only there."""
     out = tmp_path / "heldout.json"
-    evaluate(["--ckpt", holdout_checkpoint, "--metrics", "mig,elbo", "--preset", "quick", "--device", "cpu",
-              "--no-tensorboard", "--no-progress", "--dataset-option", "split=heldout", "--output", str(out)])
+    evaluate(
+        [
+            "--ckpt",
+            holdout_checkpoint,
+            "--metrics",
+            "mig,elbo",
+            "--preset",
+            "quick",
+            "--device",
+            "cpu",
+            "--no-tensorboard",
+            "--no-progress",
+            "--dataset-option",
+            "split=heldout",
+            "--output",
+            str(out),
+        ]
+    )
     record = json.load(open(out))
     assert record["dataset"]["dataset_options"] == {"holdout": "center", "split": "heldout"}
     # The centre hole is cells 8..23 of 32 in both x and y: 2000 uniform draws over 16 values have entropy
@@ -197,6 +312,10 @@ def test_eval_on_the_held_out_split(holdout_checkpoint, tmp_path):
     entropy = record["metrics"]["mig"]["factor_entropy"]
     assert all(math.log(16) - 0.02 < h <= math.log(16) + 1e-12 for h in entropy), entropy
     model, dm, _ = model_from_checkpoint(holdout_checkpoint, torch.device("cpu"), {"split": "heldout"})
-    assert record["metrics"]["elbo"]["elbo"] == pytest.approx(score(model, dm.data, ["elbo"], "quick")["elbo"].elbo, rel=1e-12)
-    train = score(model, model_from_checkpoint(holdout_checkpoint, torch.device("cpu"))[1].data, ["elbo"], "quick")["elbo"]
+    assert record["metrics"]["elbo"]["elbo"] == pytest.approx(
+        score(model, dm.data, ["elbo"], "quick")["elbo"].elbo, rel=1e-12
+    )
+    train = score(model, model_from_checkpoint(holdout_checkpoint, torch.device("cpu"))[1].data, ["elbo"], "quick")[
+        "elbo"
+    ]
     assert train.elbo != record["metrics"]["elbo"]["elbo"]

@@ -1,4 +1,5 @@
 """disentanglement_lib's further metrics end to end: sbvae-eval (UDR over a replica run), MetricsCallback, the report."""
+
 import json
 import os
 
@@ -32,10 +33,14 @@ def test_udr_over_a_replica_run_gives_each_replica_its_own_rank(replica_run, cap
     evaluate(["--ckpt", run, "--metrics", "elbo,irs,unsupervised", *QUICK])
     evaluate(["--ckpt", run, "--metrics", "udr", *QUICK])  # kept beside the first call's scores of the same step
     assert "scoring udr over the 3 checkpoints" in capsys.readouterr().out
-    records = [json.load(open(os.path.join(run, f"replica_{k}", "checkpoints", "eval-quick-seed0.json"))) for k in range(3)]
+    records = [
+        json.load(open(os.path.join(run, f"replica_{k}", "checkpoints", "eval-quick-seed0.json"))) for k in range(3)
+    ]
     # The same group result, computed here from the three loaded replicas with the library's metric.
-    models = [model_from_checkpoint(os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), torch.device("cpu"))
-              for k in range(3)]
+    models = [
+        model_from_checkpoint(os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), torch.device("cpu"))
+        for k in range(3)
+    ]
     params = PRESETS["quick"]["udr"]
     group = M.udr(models[0][1].data, [m.eval().encode for m, _, _ in models], seed=0, **params)
     for k, record in enumerate(records):
@@ -67,7 +72,9 @@ def test_udr_of_a_single_checkpoint_is_refused_with_the_fix(replica_run, capsys)
 
 def test_metrics_callback_scores_the_new_single_model_metrics_and_refuses_udr(replica_run):
     _, run = replica_run
-    model, dm, _ = model_from_checkpoint(os.path.join(run, "replica_1", "checkpoints", "last.ckpt"), torch.device("cpu"))
+    model, dm, _ = model_from_checkpoint(
+        os.path.join(run, "replica_1", "checkpoints", "last.ckpt"), torch.device("cpu")
+    )
     results = score(model, dm.data, ["irs", "unsupervised"], "quick", seed=0)
     codes, factors = M.sample_codes(dm.data, model.represent, PRESETS["quick"]["irs"]["num_train"], 0)
     assert results["irs"].score == pytest.approx(M.irs_from_codes(codes, factors).score, abs=1e-12)
@@ -95,5 +102,7 @@ def test_a_sweep_scores_udr_once_over_each_task_folder_and_the_rest_per_run():
     metrics = per_run[per_run.index("--metrics") + 1].split(",")
     assert "udr" not in metrics and {"mig", "irs", "downstream"} <= set(metrics)
     group = commands.group_eval_command(sweep, task, "/out")
-    assert group[group.index("--metrics") + 1] == "udr" and group[group.index("--ckpt") + 1] == os.path.join("/out", task.folder)
+    assert group[group.index("--metrics") + 1] == "udr" and group[group.index("--ckpt") + 1] == os.path.join(
+        "/out", task.folder
+    )
     assert "--output" not in group  # each replica's own record, beside its checkpoint

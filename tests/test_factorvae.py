@@ -1,4 +1,5 @@
 """FactorVAE: gradient isolation both ways, the permutation, training steps and divergence handling."""
+
 import os
 import types
 
@@ -15,8 +16,15 @@ from test_training import fit, run_dirs, tags
 
 
 def tiny_model(**kw):
-    return FactorVAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
-                     decoder_options={"channels": [8, 8]}, disc_hidden=32, disc_layers=2, **kw)
+    return FactorVAE(
+        image_size=16,
+        channels=3,
+        encoder_options={"channels": [8] * 4, "hidden": 32},
+        decoder_options={"channels": [8, 8]},
+        disc_hidden=32,
+        disc_layers=2,
+        **kw,
+    )
 
 
 def grads(loss, params):
@@ -38,7 +46,9 @@ def test_discriminator_loss_does_not_reach_encoder_or_decoder():
     losses = step_terms(model, torch.rand(8, 3, 16, 16))
     assert all(g is None for g in grads(losses["disc_loss"], vae_params(model)))
     # ... while it does train the discriminator
-    assert all(g is not None and g.abs().sum() > 0 for g in grads(losses["disc_loss"], model.discriminator.parameters()))
+    assert all(
+        g is not None and g.abs().sum() > 0 for g in grads(losses["disc_loss"], model.discriminator.parameters())
+    )
 
 
 def test_vae_loss_does_not_reach_discriminator_but_tc_reaches_encoder():
@@ -84,9 +94,18 @@ def test_factorvae_quickstart_trains_and_logs_tc_and_disc(tmp_path, config_path)
 
 def fit_steps(model, steps=1):
     """``steps`` optimisation steps of ``model`` under a plain Lightning Trainer (no CLI, no callbacks)."""
-    dm = GroundTruthDataModule("colored-sprites", image_size=16, batch_size=8, steps_per_epoch=steps, val_size=8, seed=0)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    dm = GroundTruthDataModule(
+        "colored-sprites", image_size=16, batch_size=8, steps_per_epoch=steps, val_size=8, seed=0
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=dm)
     return trainer
 
@@ -98,8 +117,10 @@ def test_training_step_moves_each_network_by_its_own_optimiser():
     model = tiny_model(lr=2e-3, disc_lr=1e-2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = fit_steps(model)
-    moved = {net: max(float((v - before[k]).abs().max()) for k, v in model.state_dict().items() if k.startswith(net))
-             for net in ("encoder.", "decoder.", "discriminator.")}
+    moved = {
+        net: max(float((v - before[k]).abs().max()) for k, v in model.state_dict().items() if k.startswith(net))
+        for net in ("encoder.", "decoder.", "discriminator.")
+    }
     assert moved["discriminator."] == pytest.approx(1e-2, rel=1e-3)
     assert moved["encoder."] == pytest.approx(2e-3, rel=1e-3) and moved["decoder."] == pytest.approx(2e-3, rel=1e-3)
     vae_opt, disc_opt = trainer.optimizers
@@ -125,13 +146,20 @@ def test_discriminator_accuracy_counts_each_half_by_its_own_label(bias, says):
     assert float(terms["tc"]) == (10.0 if says == "joint" else -10.0)  # logit(joint) - logit(permuted)
 
 
-@pytest.mark.parametrize("precision, refused", [("16-mixed", True), ("16-true", True), ("bf16-mixed", False), ("32-true", False)])
+@pytest.mark.parametrize(
+    "precision, refused", [("16-mixed", True), ("16-true", True), ("bf16-mixed", False), ("32-true", False)]
+)
 def test_fp16_is_refused_before_training(precision, refused):
     # The engine has no loss scaler; checked on a stand-in trainer (a CPU Trainer turns fp16 into bf16).
     from sbvae.module import VAE
     from sbvae.replicas import ReplicaSet
-    plain = VAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
-                decoder_options={"channels": [8, 8]})
+
+    plain = VAE(
+        image_size=16,
+        channels=3,
+        encoder_options={"channels": [8] * 4, "hidden": 32},
+        decoder_options={"channels": [8, 8]},
+    )
     for model in (tiny_model(), plain, ReplicaSet(plain, [0, 1])):
         model._trainer = types.SimpleNamespace(precision=precision)
         if refused:

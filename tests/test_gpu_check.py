@@ -1,4 +1,5 @@
 """benchmarks/gpu_check.py, the one command of a GPU window: its stages, their commands and files cannot rot."""
+
 import os
 import re
 import subprocess
@@ -38,8 +39,9 @@ def test_the_stages_run_in_order_and_name_real_files_flags_and_configs(capsys, t
     install = stages["install"][0]
     assert install[1:6] == ["-m", "pip", "install", "--no-index", "--no-deps"] and "--target" in install
     # throughput.py accepts every flag the stage passes
-    help_text = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--help"],
-                               capture_output=True, text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--help"], capture_output=True, text=True
+    ).stdout
     for cmd in stages["throughput"]:
         for flag in (a for a in cmd if a.startswith("--")):
             assert flag in help_text, flag
@@ -50,7 +52,7 @@ def test_the_stages_run_in_order_and_name_real_files_flags_and_configs(capsys, t
 
     modes = []
     for cmd in stages["graph-vs-eager"]:
-        args = cmd[cmd.index("fit"):]
+        args = cmd[cmd.index("fit") :]
         modes.append(args[args.index("--model.init_args.step_mode") + 1])
         with pytest.raises(SystemExit) as done:
             train_main(args + ["--print_config"])

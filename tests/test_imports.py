@@ -1,4 +1,5 @@
 """The package's imports run one way: command lines use the library, never the reverse; reports read sweeps."""
+
 import ast
 import os
 
@@ -43,15 +44,32 @@ ALL = sorted(modules())
 
 def test_the_walk_finds_the_package():
     found = dict(ALL)
-    assert {"sbvae.runs", "sbvae.cli.train", "sbvae.replicas.stacked", "sbvae.metrics.mig", "sbvae.datasets"} <= set(found)
+    assert {"sbvae.runs", "sbvae.cli.train", "sbvae.replicas.stacked", "sbvae.metrics.mig", "sbvae.datasets"} <= set(
+        found
+    )
 
 
-@pytest.mark.parametrize(("importer", "imported_package", "why"), [
-    ("sbvae", "sbvae.cli", "the library serves the command lines: move what it needs out of sbvae/cli (beside sbvae.runs)"),
-    ("sbvae.sweep", "sbvae.report", "reports read sweeps, not the reverse: what both need lives in the library (sbvae.paper)"),
-])
+@pytest.mark.parametrize(
+    ("importer", "imported_package", "why"),
+    [
+        (
+            "sbvae",
+            "sbvae.cli",
+            "the library serves the command lines: move what it needs out of sbvae/cli (beside sbvae.runs)",
+        ),
+        (
+            "sbvae.sweep",
+            "sbvae.report",
+            "reports read sweeps, not the reverse: what both need lives in the library (sbvae.paper)",
+        ),
+    ],
+)
 def test_no_import_runs_back_up(importer, imported_package, why):
-    wrong = sorted(f"{module} imports {name}" for module, path in ALL
-                   if within(module, importer) and not within(module, imported_package)
-                   for name in imported(module, path) if within(name, imported_package))
+    wrong = sorted(
+        f"{module} imports {name}"
+        for module, path in ALL
+        if within(module, importer) and not within(module, imported_package)
+        for name in imported(module, path)
+        if within(name, imported_package)
+    )
     assert not wrong, f"{why}: " + "; ".join(wrong)

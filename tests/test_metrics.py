@@ -1,4 +1,5 @@
 """MIG and FactorVAE score: disentanglement_lib's oracle cases and ground-truth properties (METRICS.md)."""
+
 import json
 import math
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
+from metric_fakes import DSPRITES_NAMES, DSPRITES_SIZES, FactorData, identity, mig_by_hand, noise
 from sbvae.errors import SBVAEError
 from sbvae.metrics import (
     compute_mig,
@@ -17,7 +19,7 @@ from sbvae.metrics import (
     mutual_information,
     sample_codes,
 )
-from metric_fakes import DSPRITES_NAMES, DSPRITES_SIZES, FactorData, identity, mig_by_hand, noise
+
 
 @pytest.fixture(scope="module")
 def factors():
@@ -65,8 +67,12 @@ def test_mig_ground_truth(factors):
     score, gaps = mig_by_hand(factors.numpy(), factors.numpy())  # numpy's histogram and sklearn's MI, not ours
     assert result.score == pytest.approx(score, rel=1e-12) and score == pytest.approx(0.8955, abs=0.01)  # METRICS.md
     np.testing.assert_allclose(result.per_factor.numpy(), gaps, rtol=1e-12)
-    assert result.mutual_info.shape == (5, 5) and result.per_factor.shape == (5,) and result.factor_entropy.shape == (5,)
-    np.testing.assert_allclose(result.factor_entropy.numpy(), [mutual_info_score(c, c) for c in factors.numpy().T], atol=1e-12)
+    assert (
+        result.mutual_info.shape == (5, 5) and result.per_factor.shape == (5,) and result.factor_entropy.shape == (5,)
+    )
+    np.testing.assert_allclose(
+        result.factor_entropy.numpy(), [mutual_info_score(c, c) for c in factors.numpy().T], atol=1e-12
+    )
     json.dumps(result.as_dict())
     assert mig(factors.numpy().astype(np.float32), factors.numpy()).score == pytest.approx(result.score, abs=1e-12)
 
@@ -165,12 +171,16 @@ def test_factor_vae_reports_chance_and_each_factors_accuracy():
     """A code of factors 0 and 1 plus noise: those two factors are always told apart, the rest at about chance;
     the score is the vote-weighted mean of the per-factor accuracies."""
     gen = torch.Generator().manual_seed(3)
-    represent = lambda x: torch.cat([identity(x)[:, :2], torch.randn(x.shape[0], 3, generator=gen, dtype=torch.float64)], 1)
+    represent = lambda x: torch.cat(
+        [identity(x)[:, :2], torch.randn(x.shape[0], 3, generator=gen, dtype=torch.float64)], 1
+    )
     result = factor_vae_score(FactorData(), represent, seed=0, num_train=500, num_eval=2000, num_variance_estimate=1000)
     assert result.chance == pytest.approx(1 / 5) and len(result.per_factor_accuracy) == 5
     assert result.per_factor_accuracy[:2] == [1.0, 1.0] and max(result.per_factor_accuracy[2:]) < 0.7
     votes = result.eval_votes.sum(1).tolist()
-    assert result.score == pytest.approx(sum(n * a for n, a in zip(votes, result.per_factor_accuracy)) / sum(votes), abs=1e-12)
+    assert result.score == pytest.approx(
+        sum(n * a for n, a in zip(votes, result.per_factor_accuracy)) / sum(votes), abs=1e-12
+    )
 
 
 def test_factor_vae_seeded_and_chunk_invariant():

@@ -1,25 +1,55 @@
 """IRS and the unsupervised scores: hand-derived oracles, disentanglement_lib's own test cases, invariances."""
+
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from sklearn.metrics import mutual_info_score
+
 from metric_fakes import FactorData, identity, noise
-from sbvae.metrics.irs import irs, irs_from_codes
+from sbvae.metrics.irs import drop_constant_dims, irs, irs_from_codes, scalable_disentanglement_score
 from sbvae.metrics.unsupervised import (
+    covariance,
     gaussian_total_correlation,
     gaussian_wasserstein_correlation,
     unsupervised,
     unsupervised_from_codes,
 )
+from sbvae.metrics.unsupervised import (
+    mutual_info_score as binned_mutual_info_score,
+)
 from sbvae.metrics.utils import MetricError, sample_codes
-from sklearn.metrics import mutual_info_score
 
 
 def small_data(**kwargs):
     return FactorData((3, 6, 10), factor_names=("a", "b", "c"), **kwargs)
+
+
+def mixing(m):
+    """A deterministic representation: the factor row times the matrix m."""
+    return lambda x: x.flatten(1) @ torch.as_tensor(np.asarray(m, dtype=np.float64))
+
+
+def counting(represent, seen):
+    """represent, recording how many images each call encodes in seen."""
+
+    def wrapped(x):
+        seen.append(x.shape[0])
+        return represent(x)
+
+    return wrapped
+
+
+def histogram_mi(z, bins):
+    """DL's binned mutual information matrix: np.histogram bins per dim, sklearn's MI, diagonal 0."""
+    labels = [np.digitize(c, np.histogram(c, bins)[1][:-1]) for c in np.asarray(z).T]
+    return np.array(
+        [[0.0 if i == j else mutual_info_score(a, b) for j, b in enumerate(labels)] for i, a in enumerate(labels)]
+    )
 
 
 def uniform_factors(sizes, n, seed=0):
@@ -59,6 +89,16 @@ def test_irs_hand_computed_two_dims():
     # The quantile is a parameter: 1.0 is the paper's max (group 0 -> 3), 0.5 the median (group 0 -> 2).
     assert irs_from_codes(z[:, :1], g, diff_quantile=1.0).score == pytest.approx(1 - 2.5 / 8, abs=1e-12)
     assert irs_from_codes(z[:, :1], g, diff_quantile=0.5).score == pytest.approx(1 - 2.0 / 8, abs=1e-12)
+    # Both ends of [0, 1] are allowed: 0.0 is the smallest deviation (group 0 -> 1, group 1 -> 2).
+    assert irs_from_codes(z[:, :1], g, diff_quantile=0.0).score == pytest.approx(1 - 1.5 / 8, abs=1e-12)
+    # The unbinned core takes the same codes and labels, 0.99 by default; integer codes are scored in float64.
+    core = scalable_disentanglement_score(z.astype(np.int64), g)
+    assert float(core["score"]) == pytest.approx(r.score, abs=1e-12) and core["irs_matrix"].dtype == torch.float64
+    np.testing.assert_allclose(core["per_dim"].numpy(), [irs_a, 1.0], atol=1e-12)
+    assert core["parents"].tolist() == [0, 0]
+    np.testing.assert_allclose(core["max_deviations"].numpy(), [8.0, 2.4], atol=1e-12)
+    # Two points are enough: each is its own group, deviation 0, IRS 1.
+    assert irs_from_codes(z[:2], np.array([[0], [1]])).score == pytest.approx(1.0, abs=1e-12)
 
 
 def test_irs_perfect_codes_score_one():
@@ -69,6 +109,8 @@ def test_irs_perfect_codes_score_one():
     assert r.score == pytest.approx(1.0, abs=1e-12)
     np.testing.assert_allclose(np.diag(r.irs_matrix), 1.0, atol=1e-12)
     assert r.parents.tolist() == [0, 1, 2, 3] and r.num_active_dims == 4
+    # Integer codes are scored as float64 codes.
+    assert irs_from_codes(y, y).as_dict() == r.as_dict()
 
 
 def test_irs_bins_factors_with_more_than_20_classes():
@@ -100,6 +142,10 @@ def test_irs_invariant_to_scaling_shift_and_permutation_of_dims():
     z = y + 0.7 * rs.normal(size=y.shape)
     base = irs_from_codes(z, y)
     assert 0.2 < base.score < 0.95  # noisy: neither perfect nor trivial, so invariance is tested
+    # Factors of at most 20 classes are not rebinned: the unbinned core (0.99 by default) gives the same numbers.
+    core = scalable_disentanglement_score(z, y)
+    assert float(core["score"]) == pytest.approx(base.score, abs=1e-12)
+    np.testing.assert_allclose(core["irs_matrix"].numpy(), base.irs_matrix, atol=1e-12)
     perm = np.array([2, 0, 1])
     moved = irs_from_codes(-3.0 * z[:, perm] + 5.0, y)
     assert moved.score == pytest.approx(base.score, abs=1e-12)
@@ -122,6 +168,10 @@ def test_irs_drops_constant_dims():
     r = irs_from_codes(z, y)
     assert r.active_dims.tolist() == list(range(1, 99)) and r.num_active_dims == 98
     assert r.score == pytest.approx(irs_from_codes(z[:, 1:-1], y).score, abs=1e-12)
+    # One point: every dimension is constant (population variance 0), without a zero-degrees-of-freedom warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert drop_constant_dims(torch.as_tensor(z[:1])).tolist() == []
 
 
 def test_irs_collapsed_code_scores_zero():
@@ -129,6 +179,13 @@ def test_irs_collapsed_code_scores_zero():
     r = irs(small_data(), lambda x: torch.zeros(x.shape[0], 4, dtype=torch.float64), num_train=500)
     assert r.score == 0.0 and r.num_active_dims == 0 and r.irs_matrix.shape == (0, 3)
     json.dumps(r.as_dict())
+    # The empty arrays have the shapes and dtypes of a scored code's, with no active dimension.
+    scored = irs_from_codes(np.random.RandomState(0).normal(size=(50, 2)), uniform_factors((3, 6, 10), 50))
+    for name in ("irs_matrix", "per_dim", "parents", "max_deviations", "active_dims"):
+        empty, full = getattr(r, name), getattr(scored, name)
+        assert isinstance(empty, np.ndarray) and empty.dtype == full.dtype, name
+        assert empty.shape == (0,) + full.shape[1:], name
+    assert r.parents.dtype == r.active_dims.dtype == np.int64 and r.per_dim.dtype == np.float64
 
 
 def test_irs_data_level_identity_vs_noise():
@@ -146,11 +203,35 @@ def test_irs_data_level_identity_vs_noise():
     json.dumps(good.as_dict())
 
 
+def test_irs_data_level_passes_its_settings_through():
+    # 40 classes in the last factor: the binning (num_bins) matters; mixed codes: IRS < 1 depends on the draws.
+    data = FactorData((3, 6, 40))
+    m = [[1.0, 0.5, 0.0], [0.0, 1.0, -0.4], [0.3, 0.0, 1.0]]
+    seen = []
+    r = irs(data, counting(mixing(m), seen))
+    assert sum(seen) == 10_000  # irs.gin's num_train
+    codes, factors = sample_codes(data, mixing(m), 10_000, 0)
+    assert r.as_dict() == irs_from_codes(codes, factors, 0.99, 20).as_dict()
+    assert r.score != irs_from_codes(codes, factors, 0.99, 21).score
+    assert r.score != irs(data, mixing(m), seed=1).score
+    # Every argument reaches the score; batch_size = 1 is a valid (and score-neutral) sampling batch.
+    small = irs(data, mixing(m), seed=3, num_train=500, batch_size=1, diff_quantile=0.5, num_bins=7)
+    assert small.as_dict() == irs_from_codes(*sample_codes(data, mixing(m), 500, 3), 0.5, 7).as_dict()
+    assert small.score != irs_from_codes(*sample_codes(data, mixing(m), 500, 3), 0.5, 20).score
+    with pytest.raises(MetricError, match="batch_size must be a positive integer"):
+        irs(data, mixing(m), num_train=100, batch_size=0)
+
+
 def test_irs_refuses_bad_input():
     y = uniform_factors((3, 6), 50)
     z = np.random.RandomState(0).normal(size=(50, 2))
     with pytest.raises(MetricError, match="diff_quantile"):
         irs_from_codes(z, y, diff_quantile=1.5)
+    with pytest.raises(MetricError, match="diff_quantile"):
+        irs_from_codes(z, y, diff_quantile=-0.01)
+    for bad in (z[:1], z[:, :0], z[:, 0], z[:, :, None]):  # one point, no dimension, not [N, D]
+        with pytest.raises(MetricError, match="at least 2 points"):
+            irs_from_codes(bad, y[: len(bad)])
     with pytest.raises(MetricError, match="nan or inf"):
         irs_from_codes(np.where(np.arange(50)[:, None] == 3, np.nan, z), y)
     with pytest.raises(MetricError, match="one row per code"):
@@ -183,6 +264,22 @@ def test_total_correlation_oracles():
     by_hand = 0.5 * (np.sum(np.log(np.diag(c))) - np.log(np.linalg.det(c)))
     assert gaussian_total_correlation(c) == pytest.approx(by_hand, abs=1e-10)
     assert gaussian_total_correlation(c) == pytest.approx(kl_to_product_of_marginals(c), abs=1e-10)
+    # An integer covariance is computed in float64: 0.5 log(4 / 3) for correlation 1/2.
+    assert gaussian_total_correlation([[2, 1], [1, 2]]) == pytest.approx(0.5 * math.log(4 / 3), abs=1e-14)
+
+
+def test_singular_tolerance_is_scale_free_and_relative_to_the_largest_eigenvalue():
+    # Variances 1 and 1e-8 (and 1e8): the correlation matrix is the identity, nothing is singular.
+    for cov in (np.diag([1.0, 1e-8]), np.diag([1e8, 1e-8, 1.0])):
+        assert gaussian_total_correlation(cov) == pytest.approx(0.0, abs=1e-12)
+        assert gaussian_wasserstein_correlation(cov) == pytest.approx(0.0, abs=1e-12)
+    # Correlation r: eigenvalues 1 - r and 1 + r ~ 2, so 1 - r is refused below 1e-12 * 2 = 2e-12 only.
+    r = 1 - 3e-12
+    assert gaussian_total_correlation([[1.0, r], [r, 1.0]]) == pytest.approx(-0.5 * math.log(1 - r * r), rel=1e-3)
+    r = 1 - 1.5e-12
+    for score in (gaussian_total_correlation, gaussian_wasserstein_correlation):
+        with pytest.raises(MetricError, match="singular"):
+            score([[1.0, r], [r, 1.0]])
 
 
 def test_wasserstein_correlation_oracles():
@@ -192,7 +289,12 @@ def test_wasserstein_correlation_oracles():
     # 2 x 2 closed form: tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) with M = diag(c) C, so
     # W = 2 (c1 + c2) - 2 sqrt(c1^2 + c2^2 + 2 sqrt(c1 c2 det C)). C = [[4, 1], [1, 1]]: det M = 12.
     assert gaussian_wasserstein_correlation([[4.0, 1.0], [1.0, 1.0]]) == pytest.approx(
-        10 - 2 * math.sqrt(17 + 2 * math.sqrt(12)), abs=1e-12)
+        10 - 2 * math.sqrt(17 + 2 * math.sqrt(12)), abs=1e-12
+    )
+    # The same integer matrix is computed in float64 too.
+    assert gaussian_wasserstein_correlation([[4, 1], [1, 1]]) == pytest.approx(
+        10 - 2 * math.sqrt(17 + 2 * math.sqrt(12)), abs=1e-12
+    )
     # DL's test_gaussian_wasserstein_correlation_same (trace(C + diag C - 2 sqrtm(C diag C))), on a larger C.
     for cov in (np.array([[1.0, 0.9], [0.9, 1.0]]), random_cov(5, 1)):
         diag = np.diag(np.diag(cov))
@@ -212,6 +314,16 @@ def test_unsupervised_from_codes_matches_formulas_on_correlated_codes():
     assert r.gaussian_wasserstein_correlation == pytest.approx(w, abs=1e-9)
     assert r.gaussian_wasserstein_correlation_norm == pytest.approx(w / np.trace(cov), abs=1e-10)
     np.testing.assert_allclose(r.covariance, cov, atol=1e-12)
+    # covariance() itself: numpy.cov in float64, also of integer codes.
+    ints = rs.randint(-5, 6, size=(30, 3))
+    got = covariance(ints)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), np.cov(ints.T), atol=1e-12)
+    # Two dimensions and two points pass the shape check: 2 x 2 codes are refused only as singular (rank 1).
+    two = unsupervised_from_codes(z[:, :2])
+    assert two.covariance.shape == (2, 2) and two.mutual_info.shape == (2, 2)
+    with pytest.raises(MetricError, match="singular"):
+        unsupervised_from_codes(z[:2, :2])
 
 
 def test_mutual_info_score_matches_sklearn_on_histogram_bins():
@@ -220,12 +332,22 @@ def test_mutual_info_score_matches_sklearn_on_histogram_bins():
     rs = np.random.RandomState(4)
     z = rs.normal(size=(3000, 4))
     z[:, 1] = z[:, 0] ** 3 + 0.3 * z[:, 1]  # strongly dependent, not linearly: covariance stays regular
-    labels = [np.digitize(c, np.histogram(c, 20)[1][:-1]) for c in z.T]
-    mi = np.array([[0.0 if i == j else mutual_info_score(a, b) for j, b in enumerate(labels)] for i, a in enumerate(labels)])
+    mi = histogram_mi(z, 20)
     r = unsupervised_from_codes(z)
     np.testing.assert_allclose(r.mutual_info, mi, atol=1e-10)
     assert r.mutual_info_score == pytest.approx(mi.sum() / 12, abs=1e-12)
     assert r.mutual_info[0, 1] > 10 * r.mutual_info[2, 3]
+    # mutual_info_score: 20 bins by default; num_bins reaches the binning at both levels.
+    score, matrix = binned_mutual_info_score(z)
+    assert score == pytest.approx(mi.sum() / 12, abs=1e-12)
+    np.testing.assert_allclose(matrix.numpy(), mi, atol=1e-10)
+    mi5 = histogram_mi(z, 5)
+    score, matrix = binned_mutual_info_score(z, 5)
+    assert score == pytest.approx(mi5.sum() / 12, abs=1e-12) and score != pytest.approx(mi.sum() / 12, rel=1e-3)
+    np.testing.assert_allclose(matrix.numpy(), mi5, atol=1e-10)
+    five = unsupervised_from_codes(z, num_bins=5)
+    np.testing.assert_allclose(five.mutual_info, mi5, atol=1e-10)
+    assert five.mutual_info_score == pytest.approx(mi5.sum() / 12, abs=1e-12)
 
 
 def test_unsupervised_invariances():
@@ -242,7 +364,12 @@ def test_unsupervised_invariances():
     # A global scale s multiplies W by s^2 and leaves the normalised W unchanged.
     twice = unsupervised_from_codes(3.0 * z)
     assert twice.gaussian_wasserstein_correlation == pytest.approx(9 * base.gaussian_wasserstein_correlation, rel=1e-10)
-    assert twice.gaussian_wasserstein_correlation_norm == pytest.approx(base.gaussian_wasserstein_correlation_norm, rel=1e-10)
+    assert twice.gaussian_wasserstein_correlation_norm == pytest.approx(
+        base.gaussian_wasserstein_correlation_norm, rel=1e-10
+    )
+    # Scales far apart (variances 1e8 and 1e-8 of each other) are no singularity: TC is unchanged.
+    spread = unsupervised_from_codes(z * np.array([1e4, 1e-4, 1.0, 1.0, 1.0]))
+    assert spread.gaussian_total_correlation == pytest.approx(base.gaussian_total_correlation, abs=1e-8)
 
 
 def test_unsupervised_data_level_tc_of_a_known_mixing():
@@ -260,8 +387,23 @@ def test_unsupervised_data_level_tc_of_a_known_mixing():
     assert abs(independent.score) < 0.005 and abs(independent.gaussian_wasserstein_correlation) < 0.02
     same = unsupervised_from_codes(sample_codes(data, represent, 5000, 0)[0])
     assert same.as_dict() == r.as_dict()
-    assert list(r.scalars()) == ["score", "gaussian_total_correlation", "gaussian_wasserstein_correlation",
-                                 "gaussian_wasserstein_correlation_norm", "mutual_info_score"]
+    # The defaults (num_train 10,000, seed 0, 20 bins) and every argument reach the scores.
+    seen = []
+    full = unsupervised(data, counting(represent, seen))
+    assert sum(seen) == 10_000
+    assert full.as_dict() == unsupervised_from_codes(sample_codes(data, represent, 10_000, 0)[0], 20).as_dict()
+    other = unsupervised(data, represent, seed=3, num_train=500, num_bins=5)
+    codes = sample_codes(data, represent, 500, 3)[0]
+    assert other.as_dict() == unsupervised_from_codes(codes, 5).as_dict()
+    assert other.score != unsupervised_from_codes(sample_codes(data, represent, 500, 0)[0], 5).score
+    assert other.mutual_info_score != unsupervised_from_codes(codes, 20).mutual_info_score
+    assert list(r.scalars()) == [
+        "score",
+        "gaussian_total_correlation",
+        "gaussian_wasserstein_correlation",
+        "gaussian_wasserstein_correlation_norm",
+        "mutual_info_score",
+    ]
     json.dumps(r.as_dict())
 
 
@@ -272,8 +414,9 @@ def test_unsupervised_refuses_bad_input():
         unsupervised_from_codes(np.concatenate([z[:, :1], np.ones((100, 1)), z[:, 1:]], 1))
     with pytest.raises(MetricError, match="singular"):
         unsupervised_from_codes(np.concatenate([z, z[:, :1] - 2 * z[:, 1:2]], 1))
-    with pytest.raises(MetricError, match="2 dimensions"):
-        unsupervised_from_codes(z[:, :1])
+    for bad in (z[:, :1], z[:1], z[:, 0], z[:, :, None]):  # one dimension, one point, not [N, D]
+        with pytest.raises(MetricError, match="at least 2 points and 2 dimensions"):
+            unsupervised_from_codes(bad)
     with pytest.raises(MetricError, match="nan or inf"):
         unsupervised_from_codes(np.where(z > 2.5, np.inf, z))
     with pytest.raises(MetricError, match="has no ground-truth factors"):

@@ -1,4 +1,5 @@
 """BetaVAE, DCI, SAP, modularity/explicitness, latents used and ELBO: oracles and identity-vs-noise sanity."""
+
 import json
 import math
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from metric_fakes import FactorData, identity, noise
 from sbvae.metrics import (
     beta_vae_score,
     completeness,
@@ -18,7 +20,6 @@ from sbvae.metrics import (
     sap,
     sap_from_codes,
 )
-from metric_fakes import FactorData, identity, noise
 
 
 def small_data(**kwargs):

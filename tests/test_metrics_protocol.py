@@ -1,5 +1,6 @@
 """The metrics' shared protocol (seeded draws, defaults) and every field of their results, on cases worked out
 by hand or by scikit-learn / numpy directly (METRICS.md), so a wrong seed, size or field shows as a wrong number."""
+
 import itertools
 import math
 import warnings
@@ -11,11 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import mutual_info_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from metric_fakes import FactorData, identity, mig_by_hand
 from sbvae import metrics as M
 from sbvae.metrics.factor_vae import sample_vote_factors
 from sbvae.metrics.sap import continuous_score_matrix, discrete_score_matrix, top_two_gap
 from sbvae.metrics.utils import encode_groups, resolve_device
-from metric_fakes import FactorData, identity, mig_by_hand
 
 
 class JitterData(FactorData):
@@ -98,12 +99,16 @@ def duplicated(x):
     return torch.cat([y, y], dim=1)
 
 
-@pytest.mark.parametrize("metric, from_codes, kwargs", [
-    (M.dci, M.dci_from_codes, {"gbt_kwargs": {"n_estimators": 3}}),
-    (M.sap, M.sap_from_codes, {}),
-    (M.sap, M.sap_from_codes, {"continuous_factors": True}),
-    (M.modularity_explicitness, M.modularity_explicitness_from_codes, {"num_bins": 5}),
-], ids=["dci", "sap", "sap-continuous", "modularity"])
+@pytest.mark.parametrize(
+    "metric, from_codes, kwargs",
+    [
+        (M.dci, M.dci_from_codes, {"gbt_kwargs": {"n_estimators": 3}}),
+        (M.sap, M.sap_from_codes, {}),
+        (M.sap, M.sap_from_codes, {"continuous_factors": True}),
+        (M.modularity_explicitness, M.modularity_explicitness_from_codes, {"num_bins": 5}),
+    ],
+    ids=["dci", "sap", "sap-continuous", "modularity"],
+)
 def test_classifier_metrics_score_the_protocol_train_and_test_sets(metric, from_codes, kwargs):
     data = jitter_data()
     result = metric(data, duplicated, seed=3, num_train=200, num_test=100, **kwargs)
@@ -118,7 +123,9 @@ def test_dci_model_seed_matters_when_codes_tie():
     # The check above can only catch a wrong or missing model seed if the seed changes the result.
     ((train, train_f), (test, test_f)), _ = protocol(jitter_data(), 3, 200, 100)
     train, test = torch.cat([train, train], 1), torch.cat([test, test], 1)
-    runs = [M.dci_from_codes(train, train_f, test, test_f, random_state=s, gbt_kwargs={"n_estimators": 3}) for s in (0, 1)]
+    runs = [
+        M.dci_from_codes(train, train_f, test, test_f, random_state=s, gbt_kwargs={"n_estimators": 3}) for s in (0, 1)
+    ]
     assert not np.array_equal(runs[0].importance_matrix, runs[1].importance_matrix)
     default = M.dci_from_codes(train, train_f, test, test_f, gbt_kwargs={"n_estimators": 3})
     assert np.array_equal(default.importance_matrix, runs[0].importance_matrix)  # random_state defaults to 0
@@ -143,8 +150,16 @@ def test_factor_vae_defaults():
     data, counting = jitter_data(), Counting(represent)
     result = M.factor_vae_score(data, counting)
     assert counting.images == 10_000 + (10_000 + 5_000) * 64
-    explicit = M.factor_vae_score(data, represent, seed=0, batch_size=64, num_train=10_000, num_eval=5_000,
-                                  num_variance_estimate=10_000, prune_threshold=0.05)
+    explicit = M.factor_vae_score(
+        data,
+        represent,
+        seed=0,
+        batch_size=64,
+        num_train=10_000,
+        num_eval=5_000,
+        num_variance_estimate=10_000,
+        prune_threshold=0.05,
+    )
     assert same(result, explicit) and result.num_active_dims == 4
 
 
@@ -155,11 +170,15 @@ def test_beta_vae_defaults():
     assert same(result, M.beta_vae_score(data, identity, seed=0, batch_size=64, num_train=10_000, num_eval=5_000))
 
 
-@pytest.mark.parametrize("metric, kwargs, defaults", [
-    (M.dci, {"gbt_kwargs": {"n_estimators": 1, "max_depth": 1}}, {}),
-    (M.sap, {}, {"continuous_factors": False}),
-    (M.modularity_explicitness, {}, {"num_bins": 20}),
-], ids=["dci", "sap", "modularity"])
+@pytest.mark.parametrize(
+    "metric, kwargs, defaults",
+    [
+        (M.dci, {"gbt_kwargs": {"n_estimators": 1, "max_depth": 1}}, {}),
+        (M.sap, {}, {"continuous_factors": False}),
+        (M.modularity_explicitness, {}, {"num_bins": 20}),
+    ],
+    ids=["dci", "sap", "modularity"],
+)
 def test_classifier_metric_defaults(metric, kwargs, defaults):
     data, counting = jitter_data(), Counting(duplicated)
     result = metric(data, counting, **kwargs)
@@ -171,11 +190,18 @@ def test_classifier_metric_defaults(metric, kwargs, defaults):
 def test_classifier_metric_default_options():
     ((train, train_f), (test, test_f)), _ = protocol(jitter_data(), 5, 300, 300)
     train, test = torch.cat([train, train], 1), torch.cat([test, test], 1)
-    assert same(M.sap_from_codes(train, train_f, test, test_f),
-                M.sap_from_codes(train, train_f, test, test_f, continuous_factors=False))
-    assert same(M.modularity_explicitness_from_codes(train, train_f, test, test_f),
-                M.modularity_explicitness_from_codes(train, train_f, test, test_f, num_bins=20))
-    assert M.sap(jitter_data(), identity, num_train=300, num_test=300, continuous_factors=True).score_matrix.shape == (3, 3)
+    assert same(
+        M.sap_from_codes(train, train_f, test, test_f),
+        M.sap_from_codes(train, train_f, test, test_f, continuous_factors=False),
+    )
+    assert same(
+        M.modularity_explicitness_from_codes(train, train_f, test, test_f),
+        M.modularity_explicitness_from_codes(train, train_f, test, test_f, num_bins=20),
+    )
+    assert M.sap(jitter_data(), identity, num_train=300, num_test=300, continuous_factors=True).score_matrix.shape == (
+        3,
+        3,
+    )
 
 
 # ---------------------------------------------------------------- MIG's pieces against numpy and sklearn
@@ -254,8 +280,9 @@ def test_factor_vae_normalises_local_by_global_variance():
         y = identity(x)
         return (y + 0.05 * torch.randn(y.shape, generator=noise, dtype=torch.float64)) * torch.tensor([100.0, 1.0, 0.1])
 
-    result = M.factor_vae_score(FactorData(SIZES), represent, seed=2, batch_size=16, num_train=150, num_eval=150,
-                                num_variance_estimate=500)
+    result = M.factor_vae_score(
+        FactorData(SIZES), represent, seed=2, batch_size=16, num_train=150, num_eval=150, num_variance_estimate=500
+    )
     assert result.score == result.train_accuracy == result.eval_accuracy == 1.0
     assert result.train_votes.sum() == 150 and result.eval_votes.sum() == 150
     assert (result.eval_votes == torch.diag(result.eval_votes.diagonal())).all()  # every vote on its own factor
@@ -281,22 +308,35 @@ def test_factor_vae_prune_threshold_is_inclusive_with_ddof_1():
 def test_factor_vae_renders_with_the_jitter_of_its_generator():
     # Codes that are only the jitter: without the render generator they would be the constant bin centre.
     jitter = lambda x: identity(x) - identity(x).floor()
-    result = M.factor_vae_score(jitter_data(), jitter, batch_size=8, num_train=90, num_eval=30, num_variance_estimate=200)
+    result = M.factor_vae_score(
+        jitter_data(), jitter, batch_size=8, num_train=90, num_eval=30, num_variance_estimate=200
+    )
     assert result.num_active_dims == 3
     assert (result.train_votes.sum(0) > 0).all()  # pure noise: the votes fall on every dimension
 
 
 def test_factor_vae_single_vote_and_collapsed_codes():
-    one = M.factor_vae_score(FactorData(SIZES), identity, batch_size=2, num_train=1, num_eval=1, num_variance_estimate=50)
+    one = M.factor_vae_score(
+        FactorData(SIZES), identity, batch_size=2, num_train=1, num_eval=1, num_variance_estimate=50
+    )
     assert one.train_accuracy == 1.0 and one.train_votes.sum() == 1  # one vote: the classifier gets it right
     assert one.eval_accuracy in (0.0, 1.0) and one.eval_votes.sum() == 1
     with pytest.warns(UserWarning, match="no code dimension") as warned:
-        none = M.factor_vae_score(FactorData(SIZES), lambda x: torch.zeros(x.shape[0], 4), num_train=5, num_eval=5,
-                                  num_variance_estimate=20)
+        none = M.factor_vae_score(
+            FactorData(SIZES), lambda x: torch.zeros(x.shape[0], 4), num_train=5, num_eval=5, num_variance_estimate=20
+        )
     assert not warned[0].filename.endswith("factor_vae.py")  # it points at the caller, not at the metric's own line
-    assert none.as_dict() == {"score": 0.0, "train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0,
-                              "active_dims": [], "train_votes": [[], [], []], "eval_votes": [[], [], []],
-                              "chance": 1 / 3, "per_factor_accuracy": [0.0, 0.0, 0.0]}
+    assert none.as_dict() == {
+        "score": 0.0,
+        "train_accuracy": 0.0,
+        "eval_accuracy": 0.0,
+        "num_active_dims": 0,
+        "active_dims": [],
+        "train_votes": [[], [], []],
+        "eval_votes": [[], [], []],
+        "chance": 1 / 3,
+        "per_factor_accuracy": [0.0, 0.0, 0.0],
+    }
     assert none.train_votes.dtype == torch.long
     with pytest.raises(ValueError, match="batch_size must be at least 2"):
         M.factor_vae_score(FactorData(SIZES), identity, batch_size=1)
@@ -327,14 +367,18 @@ def test_beta_vae_features_are_mean_absolute_differences_of_pairs_sharing_a_fact
     from sbvae.metrics.beta_vae import _features
 
     # Codes = factors: within a pair the shared factor's difference is 0, so its feature is exactly 0 ...
-    feats, k = _features(FactorData((7, 7, 7)), identity, 50, 10, torch.Generator().manual_seed(0), 64, torch.device("cpu"))
+    feats, k = _features(
+        FactorData((7, 7, 7)), identity, 50, 10, torch.Generator().manual_seed(0), 64, torch.device("cpu")
+    )
     assert feats.shape == (50, 3) and feats.dtype == torch.float64 and len(set(k.tolist())) == 3
     assert (feats[torch.arange(50), k] == 0).all()
     others = feats.clone()
     others[torch.arange(50), k] = 1.0
     assert (others > 0).all()  # the unshared factors differ within some pair of every batch
     # ... unless the images carry their own jitter, drawn from the render generator: then it is not.
-    feats, k = _features(JitterData((7, 7, 7)), identity, 50, 10, torch.Generator().manual_seed(0), 64, torch.device("cpu"))
+    feats, k = _features(
+        JitterData((7, 7, 7)), identity, 50, 10, torch.Generator().manual_seed(0), 64, torch.device("cpu")
+    )
     assert (feats[torch.arange(50), k] > 0.1).all()
 
 
@@ -395,10 +439,16 @@ def test_sap_discrete_is_a_balanced_svm_with_c_001():
     rng = np.random.default_rng(0)
     y = (rng.random((400, 1)) < 0.2).astype(int)
     x = y + rng.normal(scale=0.3, size=(400, 1))
-    expected = np.mean(LinearSVC(C=0.01, class_weight="balanced", random_state=0).fit(x[:200], y[:200, 0]).predict(x[200:]) == y[200:, 0])
+    expected = np.mean(
+        LinearSVC(C=0.01, class_weight="balanced", random_state=0).fit(x[:200], y[:200, 0]).predict(x[200:])
+        == y[200:, 0]
+    )
     assert discrete_score_matrix(x[:200], y[:200], x[200:], y[200:])[0, 0] == expected
     unbalanced = np.mean(LinearSVC(C=0.01, random_state=0).fit(x[:200], y[:200, 0]).predict(x[200:]) == y[200:, 0])
-    loose = np.mean(LinearSVC(C=1.0, class_weight="balanced", random_state=0).fit(x[:200], y[:200, 0]).predict(x[200:]) == y[200:, 0])
+    loose = np.mean(
+        LinearSVC(C=1.0, class_weight="balanced", random_state=0).fit(x[:200], y[:200, 0]).predict(x[200:])
+        == y[200:, 0]
+    )
     assert expected != unbalanced and expected != loose  # so the check above tells them apart
 
 
@@ -412,7 +462,6 @@ def test_sap_continuous_is_the_squared_correlation_in_float64():
     np.testing.assert_allclose(continuous_score_matrix(codes, factors), r, rtol=1e-12, atol=1e-15)
 
 
-
 def test_sap_continuous_zeroes_codes_of_variance_at_most_1e_12():
     # disentanglement_lib's guard: a code dimension scores only when its variance (ddof 1) exceeds 1e-12.
     # Codes [0, 0, d] have variance d^2 / 3; both are proportional to the factor, so R^2 is 1 when scored.
@@ -422,11 +471,14 @@ def test_sap_continuous_zeroes_codes_of_variance_at_most_1e_12():
     # one code dimension alone: the variance divides by the number of images less one, not of dimensions
     np.testing.assert_allclose(continuous_score_matrix(codes[:, :1], factor), [[1.0]], rtol=1e-12)
 
+
 def test_explicitness_is_the_macro_auc_of_a_logistic_regression_on_standardised_codes():
     rng = np.random.default_rng(4)
     factors = rng.integers(0, 3, (300, 2))
     # Codes of std about 0.3 and 5 (one below 1, one above) and a constant one: standardising changes them all.
-    codes = np.concatenate([factors * [[0.2, 5.0]] + rng.normal(scale=0.25, size=(300, 2)), np.full((300, 1), 7.0)], axis=1)
+    codes = np.concatenate(
+        [factors * [[0.2, 5.0]] + rng.normal(scale=0.25, size=(300, 2)), np.full((300, 1), 7.0)], axis=1
+    )
     train, test = slice(0, 200), slice(200, 300)
     test_factors = factors[test].copy()
     test_factors[test_factors[:, 1] == 2, 1] = 1  # class 2 of factor 1 absent from the test split: left out
@@ -485,7 +537,15 @@ def test_evaluate_elbo_uses_the_render_generator_and_the_seed():
     b = M.evaluate_elbo(data, encode, lambda z, x: (z - identity(x)[:, :2]).pow(2).sum(1), num_images=300)
     c = M.evaluate_elbo(data, encode, lambda z, x: (z - identity(x)[:, :2]).pow(2).sum(1), num_images=300, seed=1)
     assert a.as_dict() == b.as_dict() and a.nll != c.nll
-    assert a.kl == pytest.approx(0.5 * float((identity(data.render(data.sample_factors(300, torch.Generator().manual_seed(0))))[:, :2] ** 2).sum(1).mean()), rel=0.2)
+    assert a.kl == pytest.approx(
+        0.5
+        * float(
+            (identity(data.render(data.sample_factors(300, torch.Generator().manual_seed(0))))[:, :2] ** 2)
+            .sum(1)
+            .mean()
+        ),
+        rel=0.2,
+    )
 
 
 def test_evaluate_elbo_on_batches_reads_images_and_stops_at_num_images():
@@ -504,16 +564,37 @@ def test_evaluate_elbo_on_batches_reads_images_and_stops_at_num_images():
 
 
 def test_results_as_dict_and_scalars():
-    result = M.MIGResult(score=0.5, per_factor=torch.tensor([0.25, 0.75]), mutual_info=torch.eye(2),
-                         factor_entropy=torch.ones(2))
-    assert result.as_dict() == {"score": 0.5, "per_factor": [0.25, 0.75], "mutual_info": [[1.0, 0.0], [0.0, 1.0]],
-                                "factor_entropy": [1.0, 1.0], "factor_names": None}
+    result = M.MIGResult(
+        score=0.5, per_factor=torch.tensor([0.25, 0.75]), mutual_info=torch.eye(2), factor_entropy=torch.ones(2)
+    )
+    assert result.as_dict() == {
+        "score": 0.5,
+        "per_factor": [0.25, 0.75],
+        "mutual_info": [[1.0, 0.0], [0.0, 1.0]],
+        "factor_entropy": [1.0, 1.0],
+        "factor_names": None,
+    }
     assert result.scalars() == {"score": 0.5, "factor_0": 0.25, "factor_1": 0.75}
     sap = M.SAPResult(score=np.float64(0.25), score_matrix=np.zeros((1, 1)))
     assert sap.scalars() == {"score": 0.25} and sap.as_dict() == {"score": 0.25, "score_matrix": [[0.0]]}
-    fv = M.FactorVAEResult(1.0, 0.5, 1.0, 2, [0, 3], torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long),
-                           0.5, [1.0, 1.0])
-    assert fv.scalars() == {"score": 1.0, "train_accuracy": 0.5, "eval_accuracy": 1.0, "num_active_dims": 2.0, "chance": 0.5}
+    fv = M.FactorVAEResult(
+        1.0,
+        0.5,
+        1.0,
+        2,
+        [0, 3],
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.ones(1, 2, dtype=torch.long),
+        0.5,
+        [1.0, 1.0],
+    )
+    assert fv.scalars() == {
+        "score": 1.0,
+        "train_accuracy": 0.5,
+        "eval_accuracy": 1.0,
+        "num_active_dims": 2.0,
+        "chance": 0.5,
+    }
     assert fv.as_dict()["per_factor_accuracy"] == [1.0, 1.0]
     assert fv.as_dict()["eval_votes"] == [[1, 1]] and fv.as_dict()["active_dims"] == [0, 3]
     nested = M.DCIResult(0.0, 0.0, 0.0, 0.0, 0.0, {"a": (np.int64(1), torch.tensor(2.0))})
@@ -536,14 +617,18 @@ def test_factor_checks_name_the_factor_and_allow_two_classes():
         M.sap(Plain(), identity, num_train=40, num_test=40)
 
 
-@pytest.mark.parametrize("metric, kwargs", [
-    (M.compute_mig, {"num_points": 200}),
-    (M.factor_vae_score, {"batch_size": 4, "num_train": 20, "num_eval": 20, "num_variance_estimate": 50}),
-    (M.beta_vae_score, {"batch_size": 4, "num_train": 30, "num_eval": 20}),
-    (M.dci, {"num_train": 60, "num_test": 30, "gbt_kwargs": {"n_estimators": 2}}),
-    (M.sap, {"num_train": 60, "num_test": 30}),
-    (M.modularity_explicitness, {"num_train": 60, "num_test": 30}),
-], ids=["mig", "factor_vae", "beta_vae", "dci", "sap", "modularity"])
+@pytest.mark.parametrize(
+    "metric, kwargs",
+    [
+        (M.compute_mig, {"num_points": 200}),
+        (M.factor_vae_score, {"batch_size": 4, "num_train": 20, "num_eval": 20, "num_variance_estimate": 50}),
+        (M.beta_vae_score, {"batch_size": 4, "num_train": 30, "num_eval": 20}),
+        (M.dci, {"num_train": 60, "num_test": 30, "gbt_kwargs": {"n_estimators": 2}}),
+        (M.sap, {"num_train": 60, "num_test": 30}),
+        (M.modularity_explicitness, {"num_train": 60, "num_test": 30}),
+    ],
+    ids=["mig", "factor_vae", "beta_vae", "dci", "sap", "modularity"],
+)
 def test_metrics_draw_only_from_their_own_generator(metric, kwargs):
     # torch's global stream is the training run's: scoring in the middle of a run must not move it.
     torch.manual_seed(123)
@@ -551,8 +636,9 @@ def test_metrics_draw_only_from_their_own_generator(metric, kwargs):
     metric(jitter_data(), scrambled, seed=1, **kwargs)
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(123)
-    M.evaluate_elbo(jitter_data(), lambda x: (identity(x), torch.zeros(len(x), 3)),
-                    lambda z, x: z.pow(2).sum(1), num_images=50)
+    M.evaluate_elbo(
+        jitter_data(), lambda x: (identity(x), torch.zeros(len(x), 3)), lambda z, x: z.pow(2).sum(1), num_images=50
+    )
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -563,8 +649,10 @@ def test_codes_that_carry_gradients_are_scored_as_plain_numbers():
     assert same(M.mig(codes, factors, num_bins=5), M.mig(codes.detach().numpy(), factors, num_bins=5))
     train, test = slice(0, 100), slice(100, 200)
     plain = codes.detach().numpy()
-    assert same(M.sap_from_codes(codes[train], factors[train], codes[test], factors[test]),
-                M.sap_from_codes(plain[train], factors[train], plain[test], factors[test]))
+    assert same(
+        M.sap_from_codes(codes[train], factors[train], codes[test], factors[test]),
+        M.sap_from_codes(plain[train], factors[train], plain[test], factors[test]),
+    )
     assert M.latents_used(std=codes.abs()).score == M.latents_used(std=codes.detach().abs()).score
 
 
@@ -599,5 +687,12 @@ def test_metrics_run_where_the_model_lives():
     # The meta device stands in for a GPU: a module's, or a bound method's module's, device unless one is given.
     model, statistics = torch.nn.Linear(2, 2).to("meta"), torch.nn.BatchNorm1d(2, affine=False).to("meta")
     meta, cpu = torch.device("meta"), torch.device("cpu")
-    assert resolve_device(model, None) == resolve_device(model.forward, None) == resolve_device(statistics, None) == meta
-    assert resolve_device(model, "cpu") == resolve_device(lambda x: x, None) == resolve_device(torch.nn.ReLU(), None) == cpu
+    assert (
+        resolve_device(model, None) == resolve_device(model.forward, None) == resolve_device(statistics, None) == meta
+    )
+    assert (
+        resolve_device(model, "cpu")
+        == resolve_device(lambda x: x, None)
+        == resolve_device(torch.nn.ReLU(), None)
+        == cpu
+    )

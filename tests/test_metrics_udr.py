@@ -1,13 +1,17 @@
 """UDR: disentanglement_lib's udr_test.py cases, exact values on full-factorial codes, hand-derived pairs, the data protocol."""
+
 import itertools
 import json
+import warnings
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+
 from sbvae.datasets.base import GroundTruthData
 from sbvae.metrics.udr import (
+    UDRModelResult,
     gaussian_kl,
     lasso_matrix,
     relative_strength,
@@ -213,9 +217,13 @@ def test_collapsed_dimension_is_filtered():
 def test_zeroing_uses_dls_fixed_001_not_the_filter_threshold():
     g = grid(6, 2)
     c = g.copy()  # every latent informative in the codes; only the KL differs
-    weak = udr_from_codes([g, c], [ONES, np.array([1.0, 0.3])], "spearman", filter_low_kl=False, kl_filter_threshold=0.5)
+    weak = udr_from_codes(
+        [g, c], [ONES, np.array([1.0, 0.3])], "spearman", filter_low_kl=False, kl_filter_threshold=0.5
+    )
     assert weak.score == pytest.approx(1.0, abs=1e-12) and not weak.informative[1, 1]  # 0.3 > 0.01: kept
-    dead = udr_from_codes([g, c], [ONES, np.array([1.0, 0.005])], "spearman", filter_low_kl=True, kl_filter_threshold=0.001)
+    dead = udr_from_codes(
+        [g, c], [ONES, np.array([1.0, 0.005])], "spearman", filter_low_kl=True, kl_filter_threshold=0.001
+    )
     assert dead.informative[1, 1] and dead.score == pytest.approx(0.25, abs=1e-12)  # zeroed, kept: a nan line
 
 
@@ -275,3 +283,188 @@ def test_errors_name_the_fix():
         udr(NoiseImages(), [pixels, lambda x: x.flatten(1)], num_data_points=20)
     with pytest.raises(MetricError, match="nan or inf"):
         udr_from_codes([grid(), np.full((36, 2), np.nan)], [ONES, ONES])
+
+
+@pytest.mark.parametrize(
+    "codes, kls, message",
+    [
+        ([np.zeros((1, 2))] * 2, [ONES] * 2, r"N >= 2 per model, got shape \(1, 2\)"),
+        ([np.arange(36.0)] * 2, [np.ones(1)] * 2, r"N >= 2 per model, got shape \(36,\)"),
+        ([np.zeros((36, 2, 1))] * 2, [ONES] * 2, r"N >= 2 per model, got shape \(36, 2, 1\)"),
+        ([np.zeros((36, 0))] * 2, [np.ones(0)] * 2, r"N >= 2 per model, got shape \(36, 0\)"),
+        ([grid(), np.arange(36.0)], [ONES] * 2, r"model 0 has codes \(36, 2\), model 1 \(36,\)"),
+        ([grid(), grid()], [ONES, np.ones(3)], r"\(2 per model\); model 1 has 3 values"),
+        ([grid(), grid()], [ONES, [1.0, np.nan]], r"\(2 per model\); model 1 has 2 values"),
+        ([grid(), grid()], [ONES, [np.inf, 1.0]], r"\(2 per model\); model 1 has 2 values"),
+    ],
+    ids=["one-point", "1d", "3d", "no-latent", "shape-differs", "kl-length", "kl-nan", "kl-inf"],
+)
+def test_each_code_check_names_its_problem(codes, kls, message):
+    with pytest.raises(MetricError, match=message):
+        udr_from_codes(codes, kls)
+
+
+def test_smallest_valid_codes_two_points_one_latent_and_kl_rows():
+    # N = 2: every pair of columns ranks [1, 2] or [2, 1], |rho| = 1 everywhere -> relative strength 1/2.
+    two = udr_from_codes([[[0.0, 1.0], [1.0, 0.0]], [[2.0, 5.0], [3.0, 4.0]]], [ONES] * 2, "spearman")
+    assert two.score == pytest.approx(0.5, abs=1e-12)
+    one = grid(6, 1)  # D = 1
+    assert udr_from_codes([one, -one], [np.ones(1)] * 2, "spearman").score == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(udr_from_codes([one, 2 * one], [np.ones(1)] * 2, "lasso").scores, 0.9, atol=1e-9)
+    # a KL row [1, D] (a batch-reduced tensor) is that model's KL vector
+    rows = udr_from_codes([grid(), grid()], [torch.ones(1, 2), np.array([[1.0, 0.5]])], "spearman")
+    assert rows.kl.tolist() == [[1.0, 1.0], [1.0, 0.5]]
+
+
+def test_kl_boundaries_zeroing_and_informative():
+    g = grid(6, 2)
+    # mean KL exactly 0.01 is dead (DL zeroes KL <= 0.01): a zero column, a nan Spearman line when unfiltered
+    dead = udr_from_codes([g, g.copy()], [ONES, np.array([1.0, 0.01])], "spearman", filter_low_kl=False)
+    assert dead.score == pytest.approx(0.25, abs=1e-12)
+    alive = udr_from_codes([g, g.copy()], [ONES, np.array([1.0, 0.0101])], "spearman", filter_low_kl=False)
+    assert alive.score == pytest.approx(1.0, abs=1e-12)
+    # exactly at kl_filter_threshold is not informative (mean KL > threshold)
+    edge = udr_from_codes([g, g.copy()], [ONES, np.array([1.0, 0.3])], "spearman", kl_filter_threshold=0.3)
+    assert edge.informative.tolist() == [[True, True], [True, False]]
+    assert edge.score == pytest.approx(0.75, abs=1e-12)  # A -> C's first column only: columns 1, rows (1 + 0) / 2
+
+
+@pytest.mark.parametrize("correlation", ["lasso", "spearman"])
+def test_raw_correlations_diagonal_is_zero_and_spearman_is_transposed(correlation):
+    rs = np.random.RandomState(5)
+    z = rs.randn(60, 3)
+    codes = [z, z[:, [2, 0, 1]] + 0.3 * rs.randn(60, 3), rs.randn(60, 3)]
+    result = udr_from_codes(codes, [np.ones(3)] * 3, correlation)
+    raw = result.raw_correlations
+    for i in range(3):
+        assert not raw[i, i].any()  # no model is compared with itself
+        for j in range(3):
+            if i != j:
+                expected = spearman_matrix(codes[i], codes[j]) if correlation == "spearman" else None
+                if expected is not None:
+                    np.testing.assert_allclose(raw[i, j], expected, atol=1e-12)
+                    np.testing.assert_array_equal(raw[j, i], raw[i, j].T)
+                assert raw[i, j].any()
+
+
+def test_spearman_never_exceeds_one():
+    x = np.arange(17.0)[:, None]  # unclipped, 17 equal rankings give 1 + 2e-16 by rounding
+    assert spearman_matrix(x, x)[0, 0] == 1.0
+    assert spearman_matrix(x, -x)[0, 0] == 1.0
+    assert udr_from_codes([x, 3 * x], [np.ones(1)] * 2, "spearman").pairwise[0, 1] == 1.0
+
+
+def test_zero_and_constant_lines_raise_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert relative_strength(np.zeros((3, 3))) == 0.0
+        assert relative_strength([[1.0, 0.0], [0.0, 0.0]]) == pytest.approx(0.5, abs=1e-12)
+        g = grid(4, 2)
+        const = np.stack([g[:, 0], np.full(len(g), 2.0)], axis=1)
+        corr = spearman_matrix(const, g)
+        assert np.isnan(corr[1]).all() and corr[0] == pytest.approx([1.0, 0.0], abs=1e-12)
+        assert udr_from_codes([g, const], [ONES] * 2, "spearman", filter_low_kl=False).score == pytest.approx(0.25)
+
+
+def test_computed_in_float64_whatever_the_input_precision():
+    rs = np.random.RandomState(7)
+    mu, lv = rs.randn(50, 3).astype(np.float32), (0.3 * rs.randn(50, 3)).astype(np.float32)
+    kl = gaussian_kl(mu, lv)
+    assert kl.dtype == np.float64
+    np.testing.assert_array_equal(kl, gaussian_kl(mu.astype(np.float64), lv.astype(np.float64)))
+    a = rs.randn(80, 3).astype(np.float32)
+    b = (a @ rs.randn(3, 2) + 0.5 * rs.randn(80, 2)).astype(np.float32)
+    np.testing.assert_array_equal(lasso_matrix(a, b), lasso_matrix(a.astype(np.float64), b.astype(np.float64)))
+    m = rs.rand(4, 5).astype(np.float32)
+    assert relative_strength(m) == relative_strength(m.astype(np.float64))
+    # codes and KLs given in float32 (or ints) are compared as their float64 values
+    codes32 = [a, (a[:, [1, 2, 0]] + 0.4 * rs.randn(80, 3)).astype(np.float32)]
+    kls = [np.array([1.1, 2.0, 3.0], dtype=np.float32), np.array([1.5, 0.25, 2.0], dtype=np.float32)]
+    got = udr_from_codes(codes32, kls, "lasso")
+    want = udr_from_codes([c.astype(np.float64) for c in codes32], [k.astype(np.float64) for k in kls], "lasso")
+    np.testing.assert_array_equal(got.pairwise, want.pairwise)
+    assert got.kl.dtype == np.float64 and got.kl.tolist() == want.kl.tolist()
+    ints = udr_from_codes([[[0, 1], [1, 0], [2, 2]]] * 2, [[1, 2], [2, 1]], "spearman")
+    assert ints.kl.dtype == np.float64 and ints.kl.tolist() == [[1.0, 2.0], [2.0, 1.0]]
+
+
+class Fixed(GroundTruthData):
+    """20 fixed images, whatever the factors: encoders get the same batch every call."""
+
+    factor_sizes = (5,)
+    factor_names = ("f0",)
+    channels, image_size = 1, 4
+
+    def render(self, factors, generator=None):
+        return torch.linspace(-1, 1, factors.shape[0] * 16, dtype=torch.float64).view(-1, 1, 4, 4) ** 3
+
+    def factor_values(self, factors):
+        return factors.double()
+
+
+def _bad(out):
+    return lambda x: out(x.flatten(1)[:, :3])
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (_bad(lambda z: (z, z, z)), "encoder 1 must map images"),  # (mean, logvar, sample)
+        (_bad(lambda z: [z[..., None], z[..., None]]), "encoder 1 must map images"),  # [n, D, 1]
+        (_bad(lambda z: (z[:, 0], z[:, 0])), "encoder 1 must map images"),  # [n]
+        (_bad(lambda z: (z, z[:, :2])), "encoder 1 must map images"),  # logvar of another size
+        (_bad(lambda z: (z[:-1], z[:-1])), "encoder 1 must map images"),  # one row short
+        (_bad(lambda z: (z.numpy(), z.numpy())), "encoder 1 must map images"),  # not tensors
+        (_bad(lambda z: torch.stack([z, z])), "encoder 1 must map images"),  # one stacked tensor
+        (_bad(lambda z: (z.clone().fill_(float("nan")), z)), "encoder 1 returned nan or inf"),
+        (_bad(lambda z: (z, z.clone().fill_(float("inf")))), "encoder 1 returned nan or inf"),
+    ],
+    ids=["triple", "3d", "1d", "logvar-size", "rows", "numpy", "stacked", "nan-mean", "inf-logvar"],
+)
+def test_encoder_outputs_are_checked(second, message):
+    first = _bad(lambda z: (z, torch.zeros_like(z)))
+    with pytest.raises(MetricError, match=message):
+        udr(Fixed(), [first, second], num_data_points=20, batch_size=10)
+
+
+def test_float32_encoders_get_a_float64_kl():
+    def encode(x):
+        z = x.flatten(1)[:, :3].float() * torch.tensor([1.0, 3.0, 0.5])
+        return z, (0.1 * z - 0.2).float()
+
+    result = udr(Fixed(), [encode, encode], num_data_points=20, batch_size=10, chunk_size=20, correlation="spearman")
+    mean, logvar = encode(Fixed().render(torch.zeros(20, 1)))
+    expected = gaussian_kl(mean.double().numpy(), logvar.double().numpy())
+    in_float32 = (0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)).mean(0).numpy()
+    assert not np.allclose(in_float32, expected, rtol=1e-12, atol=0)  # the precision the test can tell apart
+    np.testing.assert_allclose(result.kl, [expected, expected], rtol=1e-14)
+
+
+def test_for_model_is_one_models_share():
+    g = grid(4, 2)
+    codes = [g, g[:, [1, 0]] * -2.0, np.stack([g[:, 0], g[:, 0] + g[:, 1]], axis=1)]
+    result = udr_from_codes(codes, [ONES, np.array([1.0, 0.005]), ONES], correlation="spearman")
+    assert len(set(result.scores.round(9))) == 3  # three different UDRs, so the index matters
+    for k in range(3):
+        share = result.for_model(k)
+        assert isinstance(share, UDRModelResult)
+        assert share.score == result.scores[k] and type(share.score) is float
+        assert share.model == k and share.group_size == 3 and share.correlation == "spearman"
+        assert share.group_mean == result.score and type(share.group_mean) is float
+        np.testing.assert_array_equal(share.pairwise, result.pairwise[:, k])
+        assert share.pairwise[k] == 0.0
+        assert share.informative_dims == [2, 1, 2][k] and type(share.informative_dims) is int
+    share = result.for_model(1)
+    share.pairwise[0] = 7.0  # its own copy
+    assert result.pairwise[0, 1] != 7.0
+    record = json.loads(json.dumps(share.as_dict()))
+    assert record["score"] == pytest.approx(result.scores[1]) and record["model"] == 1
+    assert share.scalars() == {
+        "score": share.score,
+        "model": 1.0,
+        "group_size": 3.0,
+        "group_mean": share.group_mean,
+        "informative_dims": 1.0,
+    }
+    lasso = udr_from_codes(codes[:2], [ONES] * 2).for_model(0)
+    assert lasso.correlation == "lasso" and lasso.group_size == 2

@@ -2,6 +2,7 @@
 
 Kept small (16-32 px, narrow layers) so the whole file runs in seconds on a 2-core CPU.
 """
+
 import math
 import warnings
 
@@ -39,6 +40,7 @@ def n_params(module: nn.Module) -> int:
 
 # --------------------------------------------------------------------------- parameter counts
 
+
 def conv(c_in, c_out, k=4):  # weights + biases of one (de)conv layer
     return c_in * c_out * k * k + c_out
 
@@ -54,15 +56,19 @@ def fc(n_in, n_out):
         # Table 1 encoder: 4 x Conv(k4, s2, 64) down to 4 x 4 x 64, FC(256), FC(2 x 10) = 467,476.
         (lambda: ConvEncoder(), conv(3, 64) + 3 * conv(64, 64) + fc(4 * 4 * 64, 256) + fc(256, 20)),
         # Table 2 encoder: Conv 32, 32, 64, 64 = 383,956.
-        (lambda: ConvEncoder(channels=(32, 32, 64, 64)),
-         conv(3, 32) + conv(32, 32) + conv(32, 64) + conv(64, 64) + fc(4 * 4 * 64, 256) + fc(256, 20)),
+        (
+            lambda: ConvEncoder(channels=(32, 32, 64, 64)),
+            conv(3, 32) + conv(32, 32) + conv(32, 64) + conv(64, 64) + fc(4 * 4 * 64, 256) + fc(256, 20),
+        ),
         # Table 1 DeConv decoder: FC(10 -> 256) = reshape 2 x 2 x 64, 4 x DeConv 64, DeConv 3 = 268,291.
         (lambda: DeConvDecoder(), fc(10, 256) + 4 * conv(64, 64) + conv(64, 3)),
         # Table 8 DeConv decoder with a 2-layer MLP: FC(256), FC(256) = reshape, then Table 1's deconvs.
         (lambda: DeConvDecoder(mlp_layers=2), fc(10, 256) + fc(256, 256) + 4 * conv(64, 64) + conv(64, 3)),
         # Table 2 DeConv decoder: FC(10 -> 2 x 2 x 64), DeConv 64, 64, 32, 32, 3 = 184,771.
-        (lambda: DeConvDecoder(channels=(64, 64, 32, 32)),
-         fc(10, 256) + 2 * conv(64, 64) + conv(64, 32) + conv(32, 32) + conv(32, 3)),
+        (
+            lambda: DeConvDecoder(channels=(64, 64, 32, 32)),
+            fc(10, 256) + 2 * conv(64, 64) + conv(64, 32) + conv(32, 32) + conv(32, 3),
+        ),
         # Table 1 Spatial Broadcast decoder: Conv(10 + 2 -> 64), Conv(64 -> 64), Conv(64 -> 3) = 81,027.
         (lambda: SpatialBroadcastDecoder(), conv(12, 64) + conv(64, 64) + conv(64, 3)),
         # CoordConv: the DeConv decoder plus 2 input channels on each of its 5 deconvs = 276,579.
@@ -90,6 +96,7 @@ def test_spatial_broadcast_options_change_parameters_as_expected():
 
 # --------------------------------------------------------------------------- output shapes
 
+
 @pytest.mark.parametrize("size, channels", [(16, (8,) * 4), (32, (8,) * 4), (64, (8,) * 4), (16, (4, 4))])
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_encoder_shapes(size, channels, in_channels):
@@ -114,8 +121,7 @@ def test_decoders_at_paper_defaults(name):
 @pytest.mark.parametrize("mlp_layers", [1, 2, 3])
 @pytest.mark.parametrize("cls", [DeConvDecoder, CoordConvDecoder])
 def test_deconv_mlp_depths(cls, mlp_layers):  # Table 8
-    dec = cls(latent_dim=4, out_channels=3, image_size=16, channels=(8, 8),
-              mlp_layers=mlp_layers, mlp_width=32)
+    dec = cls(latent_dim=4, out_channels=3, image_size=16, channels=(8, 8), mlp_layers=mlp_layers, mlp_width=32)
     assert sum(isinstance(m, nn.Linear) for m in dec.modules()) == mlp_layers
     assert dec(torch.randn(2, 4)).shape == (2, 3, 16, 16)
 
@@ -131,17 +137,23 @@ def test_deconv_depths(depth):  # Table 6 (and shallower)
 @pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.parametrize("size", [16, 32])
 def test_spatial_broadcast_mlp_and_padding(mlp_layers, padding, size):  # Tables 7, 9
-    dec = SpatialBroadcastDecoder(latent_dim=4, out_channels=3, image_size=size, channels=(8, 8),
-                                  padding=padding, mlp_layers=mlp_layers, mlp_width=16)
+    dec = SpatialBroadcastDecoder(
+        latent_dim=4,
+        out_channels=3,
+        image_size=size,
+        channels=(8, 8),
+        padding=padding,
+        mlp_layers=mlp_layers,
+        mlp_width=16,
+    )
     assert dec(torch.randn(2, 4)).shape == (2, 3, size, size)
 
 
 @pytest.mark.parametrize("upscales", [0, 1, 2, 3])
 @pytest.mark.parametrize("size", [16, 32])
 def test_spatial_broadcast_upscales(upscales, size):  # Table 10
-    dec = SpatialBroadcastDecoder(latent_dim=4, out_channels=3, image_size=size, channels=(8, 8),
-                                  upscales=upscales)
-    assert dec.tile_size == size // 2 ** upscales
+    dec = SpatialBroadcastDecoder(latent_dim=4, out_channels=3, image_size=size, channels=(8, 8), upscales=upscales)
+    assert dec.tile_size == size // 2**upscales
     assert dec.coords.shape == (2, dec.tile_size, dec.tile_size)
     kinds = [type(m) for m in dec.convs if not isinstance(m, nn.ReLU)]
     assert [isinstance(m, nn.ReLU) for m in dec.convs] == [False, True] * 2 + [False]  # none on the logits
@@ -153,8 +165,9 @@ def test_spatial_broadcast_upscales(upscales, size):  # Table 10
 @pytest.mark.parametrize("n_convs", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_spatial_broadcast_depths(n_convs, padding):  # Table 5 and 3D Object-in-Room's 6 layers
-    dec = SpatialBroadcastDecoder(latent_dim=4, out_channels=1, image_size=16, channels=(4,) * (n_convs - 1),
-                                  padding=padding)
+    dec = SpatialBroadcastDecoder(
+        latent_dim=4, out_channels=1, image_size=16, channels=(4,) * (n_convs - 1), padding=padding
+    )
     assert dec(torch.randn(2, 4)).shape == (2, 1, 16, 16)
 
 
@@ -186,6 +199,7 @@ def test_discriminator_shape(layers):
 
 
 # --------------------------------------------------------------------------- coordinate channels
+
 
 def test_coordinate_grid_is_linspace_x_along_width_y_along_height():
     grid = coordinate_grid(5, 7)
@@ -245,24 +259,30 @@ def test_half_precision_input_keeps_its_dtype():
     # Under autocast the grid buffer stays float32 while activations are bfloat16: cat must not promote them.
     coords = AppendCoords(3, 5)
     out = coords(torch.randn(2, 4, 3, 5, dtype=torch.bfloat16))
-    assert out.dtype == torch.bfloat16 and torch.equal(out[:, 4:], coordinate_grid(3, 5).to(torch.bfloat16).expand(2, -1, -1, -1))
+    assert out.dtype == torch.bfloat16 and torch.equal(
+        out[:, 4:], coordinate_grid(3, 5).to(torch.bfloat16).expand(2, -1, -1, -1)
+    )
     assert repr(coords) == "AppendCoords(height=3, width=5)"
 
 
 # --------------------------------------------------------------------------- shuffle ablation
 
+
 def _shuffled(seed, size=8):
-    return SpatialBroadcastDecoder(latent_dim=2, out_channels=1, image_size=size, channels=(4,),
-                                   shuffle_coords=True, shuffle_seed=seed)
+    return SpatialBroadcastDecoder(
+        latent_dim=2, out_channels=1, image_size=size, channels=(4,), shuffle_coords=True, shuffle_seed=seed
+    )
 
 
 def test_shuffled_coords_are_a_permutation_of_the_grid_pairs():
     plain = coordinate_grid(8, 8).flatten(1).T  # [64, 2] (x, y) pairs
     shuffled = _shuffled(0).coords.flatten(1).T
     assert not torch.equal(shuffled, plain)
+
     # Same multiset of pairs (each pair kept together): sort lexicographically and compare.
     def sort_pairs(p):
         return p[torch.argsort(p[:, 0] * 10 + p[:, 1])]
+
     torch.testing.assert_close(sort_pairs(shuffled), sort_pairs(plain))
     assert torch.unique(shuffled, dim=0).shape[0] == 64  # every location still unique
 
@@ -293,8 +313,9 @@ def test_shuffled_input_uses_the_shuffled_grid():
 NETS = {  # built inside the tests, so what is tested is the code as it is when the test runs
     "ConvEncoder": lambda: ConvEncoder(3, 16, channels=(8, 8), hidden=32),
     "DeConvDecoder": lambda: DeConvDecoder(image_size=16, channels=(8, 8)),
-    "SpatialBroadcastDecoder": lambda: SpatialBroadcastDecoder(image_size=16, channels=(8, 8), mlp_layers=1,
-                                                               mlp_width=32, upscales=1),
+    "SpatialBroadcastDecoder": lambda: SpatialBroadcastDecoder(
+        image_size=16, channels=(8, 8), mlp_layers=1, mlp_width=32, upscales=1
+    ),
     "CoordConvDecoder": lambda: CoordConvDecoder(image_size=16, channels=(8, 8)),
     "Discriminator": lambda: Discriminator(hidden=32, layers=2),
 }
@@ -326,6 +347,7 @@ def test_init_std_uses_input_channels_for_deconvs():
 
 
 # --------------------------------------------------------------------------- invalid arguments
+
 
 @pytest.mark.parametrize(
     "make",
@@ -376,6 +398,7 @@ def test_decoders_reject_wrong_latent_shape(name):
 
 # --------------------------------------------------------------------------- learning
 
+
 def _squares(n=8, size=16):
     """n images of 5x5 coloured squares at random places: they differ only by position and colour."""
     g = torch.Generator().manual_seed(0)
@@ -384,7 +407,7 @@ def _squares(n=8, size=16):
         r, c = torch.randint(0, size - 5, (2,), generator=g).tolist()
         colour = torch.rand(3, generator=g).round()
         colour[i % 3] = 1.0
-        x[i, :, r:r + 5, c:c + 5] = colour[:, None, None]
+        x[i, :, r : r + 5, c : c + 5] = colour[:, None, None]
     return x
 
 

@@ -1,4 +1,5 @@
 """sbvae.objectives against values worked out by hand (nats per image) or by torch.distributions."""
+
 import math
 
 import pytest
@@ -42,7 +43,9 @@ def test_reconstruction_nll_dispatches_on_the_likelihood():
 
 def test_mean_image_is_the_sigmoid_or_the_clamped_mean():
     out = torch.tensor([-1.0, 0.0, 0.5, LN3, 2.0])
-    torch.testing.assert_close(ob.mean_image(out, "bernoulli"), torch.tensor([1 / (1 + math.e), 0.5, 0.6224593, 0.75, 0.8807971]))
+    torch.testing.assert_close(
+        ob.mean_image(out, "bernoulli"), torch.tensor([1 / (1 + math.e), 0.5, 0.6224593, 0.75, 0.8807971])
+    )
     torch.testing.assert_close(ob.mean_image(out, "gaussian"), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
 
 
@@ -88,8 +91,15 @@ def test_discriminator_loss_labels_joint_0_and_permuted_1():
 def test_vae_loss_with_gaussian_likelihood_and_beta():
     """The model's objective from its own parts: Gaussian NLL of the decoded sample plus beta KL."""
     torch.manual_seed(0)
-    model = VAE(image_size=16, channels=1, likelihood="gaussian", gaussian_variance=0.5, beta=3.0,
-                encoder_options={"channels": [4] * 4, "hidden": 8}, decoder_options={"channels": [4]})
+    model = VAE(
+        image_size=16,
+        channels=1,
+        likelihood="gaussian",
+        gaussian_variance=0.5,
+        beta=3.0,
+        encoder_options={"channels": [4] * 4, "hidden": 8},
+        decoder_options={"channels": [4]},
+    )
     x, noise = torch.rand(3, 1, 16, 16), torch.randn(3, 10)
     terms = model.loss_terms(x, noise)
     mean, logvar = model.encode(x)

@@ -1,4 +1,5 @@
 """Replica-parallel training: replica k is the single run with seed base + k, frozen alone when it diverges."""
+
 import json
 import os
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from sbvae.cli.evaluate import main as evaluate
 from sbvae import keyed
+from sbvae.cli.evaluate import main as evaluate
 from sbvae.engine import Engine
 from sbvae.factorvae import FactorVAE
 from sbvae.module import VAE
@@ -34,10 +35,19 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
         # Its TensorBoard curve is the single run's: the same steps, the same values.
         # Its pictures are the single run's settings (images.num_seeds traversals, num_images reconstructions).
         mine, single = tags(os.path.join(run, f"replica_{k}")), tags(single_dir(seed))
-        assert sorted(mine.Tags()["images"]) == sorted(single.Tags()["images"]) == ["reconstructions", "traversals/seed_0", "traversals/seed_1"]
+        assert (
+            sorted(mine.Tags()["images"])
+            == sorted(single.Tags()["images"])
+            == ["reconstructions", "traversals/seed_0", "traversals/seed_1"]
+        )
         for tag in single.Tags()["images"]:
-            assert [(e.step, e.width, e.height) for e in mine.Images(tag)] == [(e.step, e.width, e.height) for e in single.Images(tag)]
-        for tag, steps in (("train/loss", list(range(6))), *((f"val/{n}", [2, 5]) for n in ("elbo", "loss", "latents_used"))):
+            assert [(e.step, e.width, e.height) for e in mine.Images(tag)] == [
+                (e.step, e.width, e.height) for e in single.Images(tag)
+            ]
+        for tag, steps in (
+            ("train/loss", list(range(6))),
+            *((f"val/{n}", [2, 5]) for n in ("elbo", "loss", "latents_used")),
+        ):
             ours, theirs = (tags(d).Scalars(tag) for d in (os.path.join(run, f"replica_{k}"), single_dir(seed)))
             assert [e.step for e in ours] == [e.step for e in theirs] == steps, tag
             torch.testing.assert_close([e.value for e in ours], [e.value for e in theirs], rtol=1e-4, atol=0)
@@ -45,7 +55,9 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
         (best,) = [f for f in os.listdir(os.path.join(single_dir(seed), "checkpoints")) if f.startswith("best-")]
         assert sorted(os.listdir(os.path.join(run, f"replica_{k}", "checkpoints"))) == [best, "last.ckpt"]
         mine = torch.load(os.path.join(run, f"replica_{k}", "checkpoints", best), weights_only=True)["state_dict"]
-        for name, value in torch.load(os.path.join(single_dir(seed), "checkpoints", best), weights_only=True)["state_dict"].items():
+        for name, value in torch.load(os.path.join(single_dir(seed), "checkpoints", best), weights_only=True)[
+            "state_dict"
+        ].items():
             torch.testing.assert_close(mine[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert not [f for f in os.listdir(os.path.join(run, "checkpoints")) if f.startswith("best-")]  # no best of the mean
 
@@ -55,7 +67,9 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
     scores = []
     for ckpt in (single_ckpt, replica_ckpt):
         out = tmp_path / f"eval{len(scores)}.json"
-        evaluate(["--ckpt", ckpt, "--metrics", "elbo,mig", "--preset", "quick", "--output", str(out), "--device", "cpu"])
+        evaluate(
+            ["--ckpt", ckpt, "--metrics", "elbo,mig", "--preset", "quick", "--output", str(out), "--device", "cpu"]
+        )
         scores.append(json.load(open(out)))
     for metric in ("elbo", "mig"):
         a, b = (s["metrics"][metric]["score"] for s in scores)
@@ -63,8 +77,10 @@ def test_replica_k_equals_the_single_run_with_seed_base_plus_k(tmp_path, config_
 
 
 def replica_checkpoints(run, replicas):
-    return [torch.load(os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
-            for k in range(replicas)]
+    return [
+        torch.load(os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+        for k in range(replicas)
+    ]
 
 
 def test_resume_continues_every_replica_exactly(tmp_path, config_path):
@@ -85,7 +101,16 @@ def test_resume_continues_every_replica_exactly(tmp_path, config_path):
     newer["sbvae_replica_best"] = [-1e9, newer["sbvae_replica_best"][1]]
     torch.save(newer, os.path.join(folder_1, ".last.ckpt.pending"))
     kept_best = newer["sbvae_replica_best"][1]
-    fit(config_path("quickstart.yaml"), tmp_path / "cut", "--replicas", "2", "--trainer.max_steps", "9", "--ckpt_path", run)
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path / "cut",
+        "--replicas",
+        "2",
+        "--trainer.max_steps",
+        "9",
+        "--ckpt_path",
+        run,
+    )
     assert run_dirs(tmp_path / "cut") == [run]  # one run, one folder
     fit(config_path("quickstart.yaml"), tmp_path / "whole", "--replicas", "2", "--trainer.max_steps", "9")
     assert sorted(os.listdir(folder_1)) == [kept_best, "last.ckpt"]
@@ -111,8 +136,19 @@ def test_a_replica_resume_trains_with_the_command_lines_lr_and_this_devices_adam
         path = os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt")
         torch.save(as_a_gpu_run_saved_it(torch.load(path, map_location="cpu", weights_only=False)), path)
     run_probes.SEEN.clear()
-    fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--trainer.max_steps", "7", "--ckpt_path", run,
-        "--model.init_args.lr", "1e-05", "--trainer.callbacks+=run_probes.OptimizerSettings")
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path,
+        "--replicas",
+        "2",
+        "--trainer.max_steps",
+        "7",
+        "--ckpt_path",
+        run,
+        "--model.init_args.lr",
+        "1e-05",
+        "--trainer.callbacks+=run_probes.OptimizerSettings",
+    )
     (seen,) = run_probes.SEEN
     (group,) = seen["groups"][0]
     assert group["lr"] == 1e-05 and group["capturable"] is False and group["fused"] is True
@@ -137,6 +173,7 @@ def test_a_diverged_replica_stays_frozen_across_a_resume(tmp_path, config_path, 
     record = json.load(open(os.path.join(frozen_dir, "status.json")))
     assert record["status"] == "diverged" and record["step"] == 3
 
+
 def test_a_run_killed_after_its_last_checkpoint_completes_on_resume(tmp_path, config_path):
     """Killed after the final checkpoint but before the replicas' statuses said "completed": the resume has no
     step left to train, and still leaves every replica completed (a sweep would otherwise retry it forever);
@@ -160,6 +197,7 @@ def test_replica_checkpoint_writes_report_a_full_disk_as_an_os_error(monkeypatch
     import contextlib
     import errno
     import pathlib
+
     from sbvae import runs
     from sbvae.replicas import outputs as module
 
@@ -185,19 +223,46 @@ def test_replicas_split_over_two_processes(tmp_path, config_path):
     """--trainer.devices 2 gives process 0 replicas 0-1 and process 1 replica 2; no gradient is shared, each
     process resumes its own share, and every replica ends where one process training all three ends."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    base = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY,
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "split"), "--replicas", "3", "--seed_everything", "4",
-            "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    base = [
+        sys.executable,
+        "-m",
+        "sbvae.cli.train",
+        "fit",
+        "--config",
+        config_path("quickstart.yaml"),
+        *TINY,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "split"),
+        "--replicas",
+        "3",
+        "--seed_everything",
+        "4",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+    ]
     done = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "process 0: 2 of 2 replicas completed" in done.stdout and "process 1: 1 of 1 replicas completed" in done.stdout
+    assert (
+        "process 0: 2 of 2 replicas completed" in done.stdout and "process 1: 1 of 1 replicas completed" in done.stdout
+    )
     assert "3 of 3 replicas completed, 0 diverged" in done.stdout
     (run,) = run_dirs(tmp_path / "split")
-    done = subprocess.run(base + ["--trainer.max_steps", "9", "--ckpt_path", run], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        base + ["--trainer.max_steps", "9", "--ckpt_path", run], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    fit(config_path("quickstart.yaml"), tmp_path / "one", "--replicas", "3", "--seed_everything", "4",
-        "--trainer.max_steps", "9")
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path / "one",
+        "--replicas",
+        "3",
+        "--seed_everything",
+        "4",
+        "--trainer.max_steps",
+        "9",
+    )
     split, one = (replica_checkpoints(r, 3) for r in (run, run_dirs(tmp_path / "one")[0]))
     for k in range(3):
         # Each process keeps its own replicas' best checkpoints across the resume, as one process does.
@@ -220,8 +285,18 @@ def test_a_nan_in_one_replica_freezes_only_that_replica():
     dm = tiny_data()
     seeds = torch.tensor(replicas.seeds)
     optimizer = replicas.configure_optimizers()
-    engine = Engine(replicas, [optimizer], lambda s: dm.training_batch(seeds, 0, s, "cpu"), seed=seeds, rank=0,
-                    mode="eager", start_step=0, device=torch.device("cpu"), max_loss=1e6, replicas=3)
+    engine = Engine(
+        replicas,
+        [optimizer],
+        lambda s: dm.training_batch(seeds, 0, s, "cpu"),
+        seed=seeds,
+        rank=0,
+        mode="eager",
+        start_step=0,
+        device=torch.device("cpu"),
+        max_loss=1e6,
+        replicas=3,
+    )
     engine.step()
     poison = torch.ones(3)
     real = replicas.loss_pieces  # on the CPU the engine runs the replicas one piece each
@@ -236,8 +311,12 @@ def test_a_nan_in_one_replica_freezes_only_that_replica():
     for name, now in replicas.stacked.items():
         assert torch.equal(now[1], before[name][1]), name  # frozen at its last good step
         assert torch.isfinite(now).all()
-    assert all(not torch.equal(now[k], before[n][k]) for n, now in replicas.stacked.items() for k in (0, 2)
-               if now.ndim > 1 and now.shape[-1] > 1)
+    assert all(
+        not torch.equal(now[k], before[n][k])
+        for n, now in replicas.stacked.items()
+        for k in (0, 2)
+        if now.ndim > 1 and now.shape[-1] > 1
+    )
 
 
 def test_replicas_drawing_steps_in_blocks_train_exactly_as_one_step_at_a_time():
@@ -245,9 +324,22 @@ def test_replicas_drawing_steps_in_blocks_train_exactly_as_one_step_at_a_time():
     dm = tiny_data()
     sets = [ReplicaSet(VAE(**SMALL), [0, 1, 2]) for _ in range(2)]
     seeds = torch.tensor([0, 1, 2])
-    engines = [Engine(rs, [rs.configure_optimizers()], lambda s: dm.training_batch(seeds, 0, s, "cpu"), seed=seeds,
-                      rank=0, mode="eager", start_step=1, device=torch.device("cpu"), max_loss=1e6, replicas=3,
-                      draw_ahead=ahead) for rs, ahead in zip(sets, (1, 2))]
+    engines = [
+        Engine(
+            rs,
+            [rs.configure_optimizers()],
+            lambda s: dm.training_batch(seeds, 0, s, "cpu"),
+            seed=seeds,
+            rank=0,
+            mode="eager",
+            start_step=1,
+            device=torch.device("cpu"),
+            max_loss=1e6,
+            replicas=3,
+            draw_ahead=ahead,
+        )
+        for rs, ahead in zip(sets, (1, 2))
+    ]
     for _ in range(4):  # steps 1 to 4, across three blocks
         a, b = (engine.step() for engine in engines)
         assert all(torch.equal(a[name], b[name]) for name in a)
@@ -268,8 +360,18 @@ def test_factorvae_replicas_each_train_their_own_discriminator():
         singles.append(model.state_dict())
     replicas = ReplicaSet(FactorVAE(**options), [0, 1])
     seeds = torch.tensor(replicas.seeds)
-    engine = Engine(replicas, list(replicas.configure_optimizers()), lambda s: dm.training_batch(seeds, 0, s, "cpu"),
-                    seed=seeds, rank=0, mode="eager", start_step=0, device=torch.device("cpu"), max_loss=1e6, replicas=2)
+    engine = Engine(
+        replicas,
+        list(replicas.configure_optimizers()),
+        lambda s: dm.training_batch(seeds, 0, s, "cpu"),
+        seed=seeds,
+        rank=0,
+        mode="eager",
+        start_step=0,
+        device=torch.device("cpu"),
+        max_loss=1e6,
+        replicas=2,
+    )
     for _ in range(3):
         engine.step()
     for k, single in enumerate(singles):
@@ -278,7 +380,11 @@ def test_factorvae_replicas_each_train_their_own_discriminator():
         for name, value in single.items():
             torch.testing.assert_close(mine[name], value, rtol=1e-4, atol=1e-5, msg=f"replica {k}: {name}")
     start = ReplicaSet(FactorVAE(**options), [0, 1])  # the discriminators moved away from their initial weights
-    assert all(not torch.equal(replicas.stacked[n], start.stacked[n]) for n in replicas.stacked if n.startswith("discriminator"))
+    assert all(
+        not torch.equal(replicas.stacked[n], start.stacked[n])
+        for n in replicas.stacked
+        if n.startswith("discriminator")
+    )
 
 
 def test_vmapped_and_looped_replicas_compute_the_same_step():
@@ -310,26 +416,47 @@ def engine_replicas_against_single_runs(device: torch.device, mode: str, steps: 
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
         model = VAE(**SMALL).to(device)
-        engine = Engine(model, [model.configure_optimizers()], lambda s, seed=seed: dm.training_batch(seed, 0, s, device),
-                        seed=seed, rank=0, mode=mode, start_step=0, device=device)
+        engine = Engine(
+            model,
+            [model.configure_optimizers()],
+            lambda s, seed=seed: dm.training_batch(seed, 0, s, device),
+            seed=seed,
+            rank=0,
+            mode=mode,
+            start_step=0,
+            device=device,
+        )
         terms = [engine.step() for _ in range(steps)][-1]
         singles.append((model.state_dict(), {n: v.clone() for n, v in terms.items()}))
     replicas = ReplicaSet(VAE(**SMALL), [0, 1, 2], vectorize=vectorize).to(device)
     seeds = torch.tensor(replicas.seeds, device=device)
-    engine = Engine(replicas, [replicas.configure_optimizers()], lambda s: dm.training_batch(seeds, 0, s, device),
-                    seed=seeds, rank=0, mode=mode, start_step=0, device=device,
-                    max_loss=replicas.model_hparams["max_loss"], replicas=3)
+    engine = Engine(
+        replicas,
+        [replicas.configure_optimizers()],
+        lambda s: dm.training_batch(seeds, 0, s, device),
+        seed=seeds,
+        rank=0,
+        mode=mode,
+        start_step=0,
+        device=device,
+        max_loss=replicas.model_hparams["max_loss"],
+        replicas=3,
+    )
     terms = [engine.step() for _ in range(steps)][-1]
     if mode == "graph":
         assert engine._graph is not None  # the later steps were replays
-    return [(replicas.replica_state_dict(k), single, {n: v[k] for n, v in terms.items()}, single_terms)
-            for k, (single, single_terms) in enumerate(singles)]
+    return [
+        (replicas.replica_state_dict(k), single, {n: v[k] for n, v in terms.items()}, single_terms)
+        for k, (single, single_terms) in enumerate(singles)
+    ]
 
 
 def test_vmapped_replicas_through_the_engine_equal_single_runs():
     """The accelerator program (one vmap over the replicas, the engine's guarded update) on the CPU: replica k
     is still the single run of seed k after 5 steps."""
-    for mine, single, my_terms, single_terms in engine_replicas_against_single_runs(torch.device("cpu"), "eager", 5, True):
+    for mine, single, my_terms, single_terms in engine_replicas_against_single_runs(
+        torch.device("cpu"), "eager", 5, True
+    ):
         for name, value in single.items():
             torch.testing.assert_close(mine[name], value, rtol=1e-4, atol=1e-5, msg=name)
         for name, value in single_terms.items():
@@ -380,8 +507,20 @@ def test_replicas_refuse_what_scores_one_model(config_path):
 
 def test_every_replica_diverging_stops_the_run_with_the_way_on(tmp_path, config_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path("quickstart.yaml"), tmp_path, "--replicas", "2", "--model.init_args.max_loss", "1.0",
-            "--trainer.log_every_n_steps", "2", "--trainer.max_steps", "20", "--data.steps_per_epoch", "10")
+        fit(
+            config_path("quickstart.yaml"),
+            tmp_path,
+            "--replicas",
+            "2",
+            "--model.init_args.max_loss",
+            "1.0",
+            "--trainer.log_every_n_steps",
+            "2",
+            "--trainer.max_steps",
+            "20",
+            "--data.steps_per_epoch",
+            "10",
+        )
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "every replica diverged (first at step 0" in err and "replica_K/checkpoints/last.ckpt" in err
@@ -396,6 +535,7 @@ def test_running_replicas_get_a_heartbeat_and_keep_their_final_status(tmp_path):
     interrupted after five minutes); a final status is never overwritten by the heartbeat."""
     import time
     import types
+
     from sbvae.replicas import ReplicaOutputs
 
     outputs = ReplicaOutputs(heartbeat_seconds=0.02)
@@ -422,13 +562,19 @@ def test_a_resume_in_the_wrong_mode_is_refused_before_the_run_is_touched(tmp_pat
     fit(config_path("quickstart.yaml"), tmp_path / "set", "--replicas", "2")
     fit(config_path("quickstart.yaml"), tmp_path / "one")
     (replica_run,), (single_run,) = run_dirs(tmp_path / "set"), run_dirs(tmp_path / "one")
-    listing = lambda run: {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-                           for d, _, files in os.walk(run) for f in files}
+    listing = lambda run: {
+        os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(run) for f in files
+    }
     before = {run: listing(run) for run in (replica_run, single_run)}
     for out, extra, says in (
-            ("set", ["--ckpt_path", replica_run], "is a replica-parallel run of 2 replicas: resume it with --replicas 2"),
-            ("set", ["--ckpt_path", replica_run, "--replicas", "3"], "resume it with --replicas 2"),
-            ("one", ["--ckpt_path", single_run, "--replicas", "2"], "is a single run's checkpoint: resume it without --replicas")):
+        ("set", ["--ckpt_path", replica_run], "is a replica-parallel run of 2 replicas: resume it with --replicas 2"),
+        ("set", ["--ckpt_path", replica_run, "--replicas", "3"], "resume it with --replicas 2"),
+        (
+            "one",
+            ["--ckpt_path", single_run, "--replicas", "2"],
+            "is a single run's checkpoint: resume it without --replicas",
+        ),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             fit(config_path("quickstart.yaml"), tmp_path / out, "--trainer.max_steps", "9", *extra)
         assert exit_info.value.code == 2
@@ -450,9 +596,19 @@ def test_the_vmapped_replica_program_falls_back_to_eager_steps_like_a_single_run
         replicas = ReplicaSet(VAE(**SMALL), [0, 1, 2], vectorize=True)
         monkeypatch.setattr(engine_module, "graph_runner", lambda: StandInGraph(fail, replicas))
         seeds = torch.tensor(replicas.seeds)
-        engine = Engine(replicas, [replicas.configure_optimizers()], lambda s: dm.training_batch(seeds, 0, s, "cpu"),
-                        seed=seeds, rank=0, mode=mode, start_step=0, device=torch.device("cpu"),
-                        max_loss=replicas.model_hparams["max_loss"], replicas=3, fallback=True)
+        engine = Engine(
+            replicas,
+            [replicas.configure_optimizers()],
+            lambda s: dm.training_batch(seeds, 0, s, "cpu"),
+            seed=seeds,
+            rank=0,
+            mode=mode,
+            start_step=0,
+            device=torch.device("cpu"),
+            max_loss=replicas.model_hparams["max_loss"],
+            replicas=3,
+            fallback=True,
+        )
         losses = [engine.step()["loss"].clone() for _ in range(6)]
         return engine, losses, [replicas.replica_state_dict(k) for k in range(3)]
 
@@ -477,7 +633,16 @@ def test_a_replica_continued_as_a_single_run_keeps_its_seed(tmp_path, config_pat
     assert load(replica)["sbvae_seeds"] == {"seed_everything": 5, "data": 5}
     for flag in ("--seed_everything", "--data.seed"):
         with pytest.raises(SystemExit) as exit_info:
-            fit(config_path("quickstart.yaml"), tmp_path / "set", "--ckpt_path", replica, flag, "0", "--trainer.max_steps", "9")
+            fit(
+                config_path("quickstart.yaml"),
+                tmp_path / "set",
+                "--ckpt_path",
+                replica,
+                flag,
+                "0",
+                "--trainer.max_steps",
+                "9",
+            )
         assert exit_info.value.code == 2
         assert f"--ckpt_path {replica} continues a run trained with {flag} 5: drop {flag} 0" in capsys.readouterr().err
     assert load(replica)["global_step"] == 6
@@ -486,7 +651,10 @@ def test_a_replica_continued_as_a_single_run_keeps_its_seed(tmp_path, config_pat
     fit(config_path("quickstart.yaml"), tmp_path / "single", "--seed_everything", "5", "--trainer.max_steps", "9")
     (single,) = run_dirs(tmp_path / "single")
     continued, alone = load(replica), load(os.path.join(single, "checkpoints", "last.ckpt"))
-    assert continued["global_step"] == 9 and continued["sbvae_seeds"] == alone["sbvae_seeds"] == {"seed_everything": 5, "data": 5}
+    assert continued["global_step"] == 9 and continued["sbvae_seeds"] == alone["sbvae_seeds"] == {
+        "seed_everything": 5,
+        "data": 5,
+    }
     for name, value in alone["state_dict"].items():
         torch.testing.assert_close(continued["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 

@@ -1,4 +1,5 @@
 """Runs that survive: status you can trust, checkpoints on time and on signals, full disks, no code from files."""
+
 import errno
 import json
 import os
@@ -31,6 +32,7 @@ def saved_steps(run):
 
 # -- status.json and run_state ------------------------------------------------------------------
 
+
 def test_run_state_believes_running_only_with_a_live_process_and_a_fresh_heartbeat(tmp_path):
     assert runs.run_state(tmp_path)["status"] == "unknown"
     record = runs.write_status(tmp_path, "running", 12, started=time.time())
@@ -56,8 +58,15 @@ def test_run_state_believes_running_only_with_a_live_process_and_a_fresh_heartbe
 def test_heartbeat_refreshes_status_while_training(tmp_path, config_path, monkeypatch):
     monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 0.05)
     run_probes.SEEN.clear()
-    fit(config_path("quickstart.yaml"), tmp_path, *LONG, "--trainer.max_steps", "3",
-        "--trainer.callbacks+=run_probes.SlowSteps", "--trainer.callbacks.seconds=0.3")
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path,
+        *LONG,
+        "--trainer.max_steps",
+        "3",
+        "--trainer.callbacks+=run_probes.SlowSteps",
+        "--trainer.callbacks.seconds=0.3",
+    )
     beats = run_probes.SEEN
     assert [b["status"] for b in beats] == ["running"] * 3
     # No step writes the file: the background thread does, so the heartbeat moves between steps.
@@ -67,8 +76,19 @@ def test_heartbeat_refreshes_status_while_training(tmp_path, config_path, monkey
 
 def test_a_killed_run_reads_interrupted_and_running_again_once_resumed(tmp_path, config_path):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY,
-           "--trainer.max_steps", "100000", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sbvae.cli.train",
+        "fit",
+        "--config",
+        config_path("quickstart.yaml"),
+        *TINY,
+        "--trainer.max_steps",
+        "100000",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = os.path.join(tmp_path, "quickstart", "version_0")
     deadline = time.time() + 240
@@ -83,8 +103,15 @@ def test_a_killed_run_reads_interrupted_and_running_again_once_resumed(tmp_path,
 
     step = saved_steps(run)
     run_probes.SEEN.clear()
-    fit(config_path("quickstart.yaml"), tmp_path, "--ckpt_path", runs.last_checkpoint(run),
-        "--trainer.max_steps", str(step + 2), "--trainer.callbacks+=run_probes.StatusProbe")
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path,
+        "--ckpt_path",
+        runs.last_checkpoint(run),
+        "--trainer.max_steps",
+        str(step + 2),
+        "--trainer.callbacks+=run_probes.StatusProbe",
+    )
     (seen,) = run_probes.SEEN
     assert seen["status"] == "running" and seen["pid"] == os.getpid() and seen["global_step"] == step
     assert run_dirs(tmp_path) == [run]
@@ -92,6 +119,7 @@ def test_a_killed_run_reads_interrupted_and_running_again_once_resumed(tmp_path,
 
 
 # -- last.ckpt on time and on signals ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("minutes, expected", [(10, [3, 6, 7]), (0, [7])])
 def test_time_based_checkpoints(tmp_path, config_path, monkeypatch, minutes, expected):
@@ -106,8 +134,16 @@ def test_time_based_checkpoints(tmp_path, config_path, monkeypatch, minutes, exp
 
     monkeypatch.setattr("sbvae.callbacks.monotonic", lambda: run_probes.CLOCK[0])
     monkeypatch.setattr(L.Trainer, "save_checkpoint", spy)
-    fit(config_path("quickstart.yaml"), tmp_path, *LONG, "--trainer.max_steps", "7",
-        "--trainer.callbacks+=run_probes.Clock", "--last_checkpoint.every_n_minutes", str(minutes))
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path,
+        *LONG,
+        "--trainer.max_steps",
+        "7",
+        "--trainer.callbacks+=run_probes.Clock",
+        "--last_checkpoint.every_n_minutes",
+        str(minutes),
+    )
     assert writes == expected
     assert saved_steps(run_dirs(tmp_path)[0]) == 7
 
@@ -116,8 +152,14 @@ def test_time_based_checkpoints(tmp_path, config_path, monkeypatch, minutes, exp
 def test_signal_saves_last_checkpoint_and_stops(tmp_path, config_path, capsys, signum):
     before = signal.getsignal(signum)
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path("quickstart.yaml"), tmp_path, *LONG, "--trainer.callbacks+=run_probes.SendSignal",
-            f"--trainer.callbacks.signum={int(signum)}", "--trainer.callbacks.at_step=4")
+        fit(
+            config_path("quickstart.yaml"),
+            tmp_path,
+            *LONG,
+            "--trainer.callbacks+=run_probes.SendSignal",
+            f"--trainer.callbacks.signum={int(signum)}",
+            "--trainer.callbacks.at_step=4",
+        )
     assert exit_info.value.code == 128 + signum
     assert signal.getsignal(signum) == before  # the handler was only borrowed
     (run,) = run_dirs(tmp_path)
@@ -137,19 +179,49 @@ def test_signal_under_ddp_saves_once_at_an_agreed_step_and_resumes(tmp_path, con
     from sbvae.callbacks import AGREE_EVERY_N_STEPS
 
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config_path("quickstart.yaml"), *TINY, *LONG,
-           "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.accelerator", "cpu"]
-    done = subprocess.run(cmd + ["--trainer.callbacks+=run_probes.SignalAllProcesses", "--trainer.callbacks.signum=15",
-                                 "--trainer.callbacks.at_step=4"],
-                          env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "sbvae.cli.train",
+        "fit",
+        "--config",
+        config_path("quickstart.yaml"),
+        *TINY,
+        *LONG,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+    ]
+    done = subprocess.run(
+        cmd
+        + [
+            "--trainer.callbacks+=run_probes.SignalAllProcesses",
+            "--trainer.callbacks.signum=15",
+            "--trainer.callbacks.at_step=4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     assert saved_steps(run) == AGREE_EVERY_N_STEPS and checkpoint_files(run) == ["last.ckpt"]
     assert f"SIGTERM stopped training at step {AGREE_EVERY_N_STEPS}" in done.stderr
     assert runs.run_state(run)["status"] == "interrupted"
-    done = subprocess.run(cmd + ["--trainer.max_steps", str(AGREE_EVERY_N_STEPS + 2), "--ckpt_path", run], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cmd + ["--trainer.max_steps", str(AGREE_EVERY_N_STEPS + 2), "--ckpt_path", run],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert run_dirs(tmp_path) == [run] and saved_steps(run) == AGREE_EVERY_N_STEPS + 2
     assert runs.run_state(run)["status"] == "completed"
@@ -157,8 +229,14 @@ def test_signal_under_ddp_saves_once_at_an_agreed_step_and_resumes(tmp_path, con
 
 def test_no_checkpoint_is_written_after_divergence(tmp_path, config_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path("quickstart.yaml"), tmp_path, "--model.class_path", "run_probes.DivergedOnDevice",
-            "--model.init_args.bad_step", "4")
+        fit(
+            config_path("quickstart.yaml"),
+            tmp_path,
+            "--model.class_path",
+            "run_probes.DivergedOnDevice",
+            "--model.init_args.bad_step",
+            "4",
+        )
     assert exit_info.value.code == 3
     (run,) = run_dirs(tmp_path)
     assert saved_steps(run) == 3  # the validation at step 6 found the divergence before writing anything
@@ -185,7 +263,9 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, config_path, capsys, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     message = err.strip().splitlines()[-1]
-    assert message.startswith(f"sbvae-train: cannot write last.ckpt in {runs.checkpoint_dir(run)} (No space left on device)")
+    assert message.startswith(
+        f"sbvae-train: cannot write last.ckpt in {runs.checkpoint_dir(run)} (No space left on device)"
+    )
     assert "free space" in message and "--ckpt_path" in message and "Traceback" not in err
     assert open(last, "rb").read() == before and checkpoint_files(run) == files  # nothing half-written left
     status = runs.run_state(run)
@@ -193,6 +273,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, config_path, capsys, 
 
 
 # -- no code from files --------------------------------------------------------------------------
+
 
 class Payload:
     """Unpickling it with weights_only=False creates a file: the stand-in for a hidden program."""
@@ -219,6 +300,7 @@ def test_a_process_that_could_not_write_its_part_stops_the_rename(tmp_path):
     """Process 0 renames the set's new last.ckpt into place only when every process wrote its part of the
     checkpoint (a replica share's files): else the step would be committed with a part missing."""
     import types
+
     from sbvae.callbacks import LastCheckpoint
     from sbvae.errors import SBVAEError
 
@@ -229,10 +311,12 @@ def test_a_process_that_could_not_write_its_part_stops_the_rename(tmp_path):
     votes = iter([True])  # the first vote: another process failed
 
     trainer = types.SimpleNamespace(
-        log_dir=str(tmp_path), is_global_zero=True,
+        log_dir=str(tmp_path),
+        is_global_zero=True,
         save_checkpoint=lambda path, weights_only: open(path, "wb").write(b"the new checkpoint"),
         strategy=types.SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision or next(votes)),
-        callbacks=[types.SimpleNamespace(commit_checkpoint=lambda: committed.append(True))])
+        callbacks=[types.SimpleNamespace(commit_checkpoint=lambda: committed.append(True))],
+    )
     with pytest.raises(SBVAEError, match="another process could not write its part of this checkpoint"):
         LastCheckpoint()._write(trainer)
     assert (folder / "last.ckpt").read_bytes() == b"the previous checkpoint"
@@ -262,8 +346,15 @@ def test_eval_refuses_a_checkpoint_that_would_run_code(capsys, crafted):
 def test_eval_builds_only_sbvae_models(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     path = tmp_path / "names-a-function.ckpt"  # plain data that names a callable and its arguments
-    torch.save({"sbvae_model_class": "builtins.open", "hyper_parameters": {"file": str(marker), "mode": "w"},
-                "datamodule_hyper_parameters": {}, "state_dict": {}}, path)
+    torch.save(
+        {
+            "sbvae_model_class": "builtins.open",
+            "hyper_parameters": {"file": str(marker), "mode": "w"},
+            "datamodule_hyper_parameters": {},
+            "state_dict": {},
+        },
+        path,
+    )
     with pytest.raises(SystemExit):
         evaluate(["--ckpt", str(path), "--device", "cpu"])
     assert f"refusing to build {path}: its model class 'builtins.open'" in capsys.readouterr().err

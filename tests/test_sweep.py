@@ -1,4 +1,5 @@
 """sbvae-sweep: grid expansion, run states, dry-run and Slurm output, and one tiny real sweep end to end."""
+
 import json
 import math
 import os
@@ -32,59 +33,107 @@ def write_sweep(folder, **content):
 
 
 def test_grid_expands_to_exact_groups_tasks_and_runs(tmp_path):
-    path = write_sweep(tmp_path, name="grid", base=QUICKSTART, steps=50, seeds=[5, 0, 1, 2], replicas=2,
-                       overrides={"data.image_size": 16},
-                       grid={"model.init_args.decoder": ["spatial_broadcast", "deconv"],
-                             "model.init_args.beta": [0.5, 2]})
+    path = write_sweep(
+        tmp_path,
+        name="grid",
+        base=QUICKSTART,
+        steps=50,
+        seeds=[5, 0, 1, 2],
+        replicas=2,
+        overrides={"data.image_size": 16},
+        grid={"model.init_args.decoder": ["spatial_broadcast", "deconv"], "model.init_args.beta": [0.5, 2]},
+    )
     sweep = load_sweep(str(path))
     # "_" joins the labels of a group name, so inside a label it becomes "-".
     assert [g.name for g in sweep.groups] == [
-        "spatial-broadcast_beta0.5", "spatial-broadcast_beta2", "deconv_beta0.5", "deconv_beta2"]
+        "spatial-broadcast_beta0.5",
+        "spatial-broadcast_beta2",
+        "deconv_beta0.5",
+        "deconv_beta2",
+    ]
     group = sweep.groups[2]
     assert group.overrides == {"data.image_size": 16, "model.init_args.decoder": "deconv", "model.init_args.beta": 0.5}
     assert group.config == QUICKSTART
     # Seeds sorted, cut into consecutive blocks of at most 2 replicas: {0, 1}, {2}, {5}.
-    assert [t.name for t in group.tasks] == ["deconv_beta0.5/seeds_0-1", "deconv_beta0.5/seed_2", "deconv_beta0.5/seed_5"]
+    assert [t.name for t in group.tasks] == [
+        "deconv_beta0.5/seeds_0-1",
+        "deconv_beta0.5/seed_2",
+        "deconv_beta0.5/seed_5",
+    ]
     assert [(r.seed, r.folder) for r in group.runs()] == [
-        (0, "runs/deconv_beta0.5/seeds_0-1/replica_0"), (1, "runs/deconv_beta0.5/seeds_0-1/replica_1"),
-        (2, "runs/deconv_beta0.5/seed_2"), (5, "runs/deconv_beta0.5/seed_5")]
+        (0, "runs/deconv_beta0.5/seeds_0-1/replica_0"),
+        (1, "runs/deconv_beta0.5/seeds_0-1/replica_1"),
+        (2, "runs/deconv_beta0.5/seed_2"),
+        (5, "runs/deconv_beta0.5/seed_5"),
+    ]
     assert len(sweep.runs()) == 16 and len(sweep.tasks()) == 12
 
 
 def test_variants_labels_and_set(tmp_path):
-    path = write_sweep(tmp_path, base=QUICKSTART, steps=10, seeds=2,
-                       overrides={"model.init_args.lr": 0.01},
-                       grid={"variant": {"a": {"config": os.path.join(CONFIGS, "sprites", "vae-deconv.yaml"),
-                                               "model.init_args.lr": 0.1},
-                                         "b": {"model.init_args.beta": 3}},
-                             "model.init_args.decoder_options.channels": [[32], [32, 32]]})
-    sweep = load_sweep(str(path), ["steps=7", "seeds=[4]", "data.image_size=32",
-                                   "model.init_args.decoder_options.channels=[[16]]"])
+    path = write_sweep(
+        tmp_path,
+        base=QUICKSTART,
+        steps=10,
+        seeds=2,
+        overrides={"model.init_args.lr": 0.01},
+        grid={
+            "variant": {
+                "a": {"config": os.path.join(CONFIGS, "sprites", "vae-deconv.yaml"), "model.init_args.lr": 0.1},
+                "b": {"model.init_args.beta": 3},
+            },
+            "model.init_args.decoder_options.channels": [[32], [32, 32]],
+        },
+    )
+    sweep = load_sweep(
+        str(path), ["steps=7", "seeds=[4]", "data.image_size=32", "model.init_args.decoder_options.channels=[[16]]"]
+    )
     assert sweep.name == "sweep" and sweep.steps == 7 and sweep.seeds == (4,)
     assert [g.name for g in sweep.groups] == ["a_channels16", "b_channels16"]
     a, b = sweep.groups
     assert a.config.endswith("vae-deconv.yaml") and b.config == QUICKSTART
-    assert a.overrides == {"model.init_args.lr": 0.1, "data.image_size": 32, "model.init_args.decoder_options.channels": [16]}
-    assert b.overrides == {"model.init_args.lr": 0.01, "data.image_size": 32, "model.init_args.beta": 3,
-                           "model.init_args.decoder_options.channels": [16]}
+    assert a.overrides == {
+        "model.init_args.lr": 0.1,
+        "data.image_size": 32,
+        "model.init_args.decoder_options.channels": [16],
+    }
+    assert b.overrides == {
+        "model.init_args.lr": 0.01,
+        "data.image_size": 32,
+        "model.init_args.beta": 3,
+        "model.init_args.decoder_options.channels": [16],
+    }
     assert [t.name for t in a.tasks] == ["a_channels16/seed_4"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"steps": 5, "seeds": 1}, "missing key 'base'"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "epochs": 3}, "unknown key(s) ['epochs']"),
-    ({"base": "nowhere.yaml", "steps": 5, "seeds": 1}, "relative to the sweep file's folder"),
-    ({"base": QUICKSTART, "steps": 0, "seeds": 1}, "steps must be an integer >= 1"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": [1, 1]}, "seeds repeat a value"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "overrides": {"trainer.max_steps": 9}}, "use steps instead"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "overrides": {"beta": 9}}, "must be a dotted sbvae-train key"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "metrics": ["mig", "bogus"]}, "unknown metric"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "grid": {"model.init_args.beta": []}}, "non-empty list"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "grid": {"model.init_args.beta": [1]}, "pool": ["data.x"]}, "not grid keys"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "targets": "table99",
-      "targets_file": os.path.join(CONFIGS, "paper", "targets.yaml")}, "targets table 'table99' is not in"),
-    ({"base": QUICKSTART, "steps": 5, "seeds": 1, "targets": "colored-sprites"}, "targets file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"steps": 5, "seeds": 1}, "missing key 'base'"),
+        ({"base": QUICKSTART, "steps": 5, "seeds": 1, "epochs": 3}, "unknown key(s) ['epochs']"),
+        ({"base": "nowhere.yaml", "steps": 5, "seeds": 1}, "relative to the sweep file's folder"),
+        ({"base": QUICKSTART, "steps": 0, "seeds": 1}, "steps must be an integer >= 1"),
+        ({"base": QUICKSTART, "steps": 5, "seeds": [1, 1]}, "seeds repeat a value"),
+        ({"base": QUICKSTART, "steps": 5, "seeds": 1, "overrides": {"trainer.max_steps": 9}}, "use steps instead"),
+        ({"base": QUICKSTART, "steps": 5, "seeds": 1, "overrides": {"beta": 9}}, "must be a dotted sbvae-train key"),
+        ({"base": QUICKSTART, "steps": 5, "seeds": 1, "metrics": ["mig", "bogus"]}, "unknown metric"),
+        ({"base": QUICKSTART, "steps": 5, "seeds": 1, "grid": {"model.init_args.beta": []}}, "non-empty list"),
+        (
+            {"base": QUICKSTART, "steps": 5, "seeds": 1, "grid": {"model.init_args.beta": [1]}, "pool": ["data.x"]},
+            "not grid keys",
+        ),
+        (
+            {
+                "base": QUICKSTART,
+                "steps": 5,
+                "seeds": 1,
+                "targets": "table99",
+                "targets_file": os.path.join(CONFIGS, "paper", "targets.yaml"),
+            },
+            "targets table 'table99' is not in",
+        ),
+        ({"base": QUICKSTART, "steps": 5, "seeds": 1, "targets": "colored-sprites"}, "targets file"),
+    ],
+)
 def test_bad_sweep_files_name_the_fix(tmp_path, content, message):
     path = write_sweep(tmp_path, **content)
     with pytest.raises(SBVAEError) as info:
@@ -112,12 +161,25 @@ def test_dry_run_prints_runs_groups_replicas_and_time(tmp_path, capsys):
     (repo / "benchmarks" / "results").mkdir(parents=True)
     (repo / "configs").mkdir()
     with open(repo / "benchmarks" / "results" / "throughput-h100.json", "w") as f:
-        json.dump({"device": "NVIDIA H100", "results": [
-            {"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": 2000.0},
-            {"model": "sbd", "batch": 16, "replicas": 3, "path": "trainer", "images_per_s": 6000.0}]}, f)
-    path = write_sweep(repo / "configs", name="dry", base=QUICKSTART, steps=1000, seeds=3,
-                       overrides={"data.batch_size": 16, "data.image_size": 64, "trainer.accelerator": "auto"},
-                       grid={"model.init_args.decoder": {"sbd": "spatial_broadcast", "deconv": "deconv"}})
+        json.dump(
+            {
+                "device": "NVIDIA H100",
+                "results": [
+                    {"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": 2000.0},
+                    {"model": "sbd", "batch": 16, "replicas": 3, "path": "trainer", "images_per_s": 6000.0},
+                ],
+            },
+            f,
+        )
+    path = write_sweep(
+        repo / "configs",
+        name="dry",
+        base=QUICKSTART,
+        steps=1000,
+        seeds=3,
+        overrides={"data.batch_size": 16, "data.image_size": 64, "trainer.accelerator": "auto"},
+        grid={"model.init_args.decoder": {"sbd": "spatial_broadcast", "deconv": "deconv"}},
+    )
     sweep_main(["run", path, "--dry-run", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "6 runs in 2 groups, 2 training processes; 1,000 steps per run" in out
@@ -137,12 +199,32 @@ def test_dry_run_of_a_cpu_sweep_times_it_from_cpu_rows_and_shares_the_cores(tmp_
     repo = tmp_path / "repo"
     (repo / "benchmarks" / "results").mkdir(parents=True)
     (repo / "configs").mkdir()
-    (repo / "benchmarks" / "results" / "throughput-cpu.json").write_text(json.dumps({"device": "cpu (2 cores, 1 threads)",
-        "image_size": 32, "results": [{"model": "sbd", "batch": 16, "replicas": 2, "path": "trainer", "images_per_s": 160.0}]}))
-    (repo / "benchmarks" / "results" / "throughput-cuda.json").write_text(json.dumps({"device": "NVIDIA H200",
-        "results": [{"model": "sbd", "batch": 16, "replicas": 2, "path": "trainer", "images_per_s": 99999.0}]}))
-    path = write_sweep(repo / "configs", name="cpu", base=QUICKSTART, steps=100, seeds=4, replicas=2,
-                       overrides={"data.batch_size": 16, "data.image_size": 32})
+    (repo / "benchmarks" / "results" / "throughput-cpu.json").write_text(
+        json.dumps(
+            {
+                "device": "cpu (2 cores, 1 threads)",
+                "image_size": 32,
+                "results": [{"model": "sbd", "batch": 16, "replicas": 2, "path": "trainer", "images_per_s": 160.0}],
+            }
+        )
+    )
+    (repo / "benchmarks" / "results" / "throughput-cuda.json").write_text(
+        json.dumps(
+            {
+                "device": "NVIDIA H200",
+                "results": [{"model": "sbd", "batch": 16, "replicas": 2, "path": "trainer", "images_per_s": 99999.0}],
+            }
+        )
+    )
+    path = write_sweep(
+        repo / "configs",
+        name="cpu",
+        base=QUICKSTART,
+        steps=100,
+        seeds=4,
+        replicas=2,
+        overrides={"data.batch_size": 16, "data.image_size": 32},
+    )
     sweep_main(["run", path, "--dry-run", "--jobs", "2", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     # 2 processes x 100 steps x 16 images x 2 replicas at 160 img/s = 20 s each, 40 s in all, 20 s with 2 jobs.
@@ -151,12 +233,23 @@ def test_dry_run_of_a_cpu_sweep_times_it_from_cpu_rows_and_shares_the_cores(tmp_
 
 
 def test_throughput_lookup_prefers_same_batch_and_replicas_and_scales_pixels(tmp_path):
-    (tmp_path / "throughput-a.json").write_text(json.dumps({"device": "H100", "results": [
-        {"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": 1000.0},
-        {"model": "sbd", "batch": 16, "replicas": 16, "path": "trainer", "images_per_s": 50000.0},
-        {"model": "sbd", "batch": 256, "replicas": 1, "path": "trainer", "images_per_s": 15000.0}]}))
-    (tmp_path / "train-cpu.json").write_text(json.dumps({"device": "cpu (2 cores)", "results": [
-        {"model": "vae-deconv", "batch_size": 16, "images_per_s": 10.0}]}))
+    (tmp_path / "throughput-a.json").write_text(
+        json.dumps(
+            {
+                "device": "H100",
+                "results": [
+                    {"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": 1000.0},
+                    {"model": "sbd", "batch": 16, "replicas": 16, "path": "trainer", "images_per_s": 50000.0},
+                    {"model": "sbd", "batch": 256, "replicas": 1, "path": "trainer", "images_per_s": 15000.0},
+                ],
+            }
+        )
+    )
+    (tmp_path / "train-cpu.json").write_text(
+        json.dumps(
+            {"device": "cpu (2 cores)", "results": [{"model": "vae-deconv", "batch_size": 16, "images_per_s": 10.0}]}
+        )
+    )
     rows = read_rows(str(tmp_path))
     assert [(r["kind"], r["cpu"]) for r in rows] == [("sbd", False)] * 3 + [("deconv", True)]
     assert lookup(rows, "sbd", 16, 15, 64).images_per_s == 50000.0
@@ -165,8 +258,15 @@ def test_throughput_lookup_prefers_same_batch_and_replicas_and_scales_pixels(tmp
     assert lookup(rows, "deconv", 16, 1, 64).images_per_s == DEFAULT_IMAGES_PER_S  # a CPU row never times a GPU run
     # A CPU run is timed by CPU rows only, and the row of its own image size beats a scaled one.
     assert lookup(rows, "deconv", 16, 1, 64, cpu=True).images_per_s == 10.0
-    (tmp_path / "throughput-cpu-32px.json").write_text(json.dumps({"device": "cpu (2 cores)", "image_size": 32, "results": [
-        {"model": "deconv", "batch": 16, "replicas": 4, "path": "trainer", "images_per_s": 30.0}]}))
+    (tmp_path / "throughput-cpu-32px.json").write_text(
+        json.dumps(
+            {
+                "device": "cpu (2 cores)",
+                "image_size": 32,
+                "results": [{"model": "deconv", "batch": 16, "replicas": 4, "path": "trainer", "images_per_s": 30.0}],
+            }
+        )
+    )
     assert lookup(read_rows(str(tmp_path)), "deconv", 16, 1, 32, cpu=True).images_per_s == 30.0
     unknown = lookup(rows, "sbd", 16, 1, 64, cpu=True)
     assert math.isnan(unknown.images_per_s) and "no CPU row in benchmarks/results measures sbd" in unknown.source
@@ -174,25 +274,36 @@ def test_throughput_lookup_prefers_same_batch_and_replicas_and_scales_pixels(tmp
 
 def test_emit_slurm_names_every_task(tmp_path, capsys):
     out = tmp_path / "out"
-    sweep_main(["run", os.path.join(CONFIGS, "paper", "fig4-rate-distortion.yaml"), "--emit", "slurm", "--out", str(out),
-                "--set", "replicas=5"])
+    sweep_main(
+        [
+            "run",
+            os.path.join(CONFIGS, "paper", "fig4-rate-distortion.yaml"),
+            "--emit",
+            "slurm",
+            "--out",
+            str(out),
+            "--set",
+            "replicas=5",
+        ]
+    )
     script = (out / "sweep.sbatch").read_text()
     sweep = load_sweep(str(out / "sweep.yaml"))  # the resolved sweep file is rerunnable as it is
     names = [t.name for t in sweep.tasks()]
     assert len(names) == 2 * 7 * 2 and "sbd_beta0.4/seeds_0-4" in names and "deconv_beta5.4/seeds_5-9" in names
     assert f"#SBATCH --array=0-{len(names) - 1}" in script
     assert "TASKS=(" + " ".join(names) + ")" in script
-    assert f"sbvae.cli.sweep run {out / 'sweep.yaml'} --out {out} --only \"$TASK\"" in script
+    assert f'sbvae.cli.sweep run {out / "sweep.yaml"} --out {out} --only "$TASK"' in script
     assert subprocess.run(["bash", "-n", str(out / "sweep.sbatch")]).returncode == 0
     assert json.load(open(out / "sweep.json"))["groups"][0]["tasks"][0]["name"] == "sbd_beta0.4/seeds_0-4"
     assert "28 array tasks" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(CONFIGS, "paper"))
-                                         if f.endswith(".yaml") and f != "targets.yaml"))
+@pytest.mark.parametrize(
+    "name", sorted(f for f in os.listdir(os.path.join(CONFIGS, "paper")) if f.endswith(".yaml") and f != "targets.yaml")
+)
 def test_paper_sweep_files_load_and_match_their_targets(name):
-    from sbvae.report.tables import row_name
     from sbvae.paper import target_row
+    from sbvae.report.tables import row_name
 
     sweep = load_sweep(os.path.join(CONFIGS, "paper", name))
     assert sweep.groups and all(os.path.isfile(g.config) for g in sweep.groups)
@@ -202,11 +313,12 @@ def test_paper_sweep_files_load_and_match_their_targets(name):
         mapped = manifest["targets"].get("rows") or {}
         names = [row_name(group, manifest["pool"], manifest["name"]) for group in manifest["groups"]]
         # A sweep that maps rows explicitly names the ones the paper has numbers for (cpu-study's circles have none).
-        for row in (set(mapped) if mapped else names):
+        for row in set(mapped) if mapped else names:
             assert row in names and target_row(manifest["targets"], row) is not None, row
 
 
 # -- run states -------------------------------------------------------------------------------------
+
 
 def dead_pid():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -224,13 +336,24 @@ def test_run_state_reads_liveness(tmp_path):
     assert S.run_state(str(tmp_path / "none")).status == "pending"
     write_status(tmp_path / "a", status="running", global_step=7, pid=dead_pid(), hostname=S.socket.gethostname())
     assert S.run_state(str(tmp_path / "a")).status == "interrupted"
-    write_status(tmp_path / "b", status="running", global_step=7, pid=os.getpid(), hostname=S.socket.gethostname(),
-                 heartbeat=S.time.time())
+    write_status(
+        tmp_path / "b",
+        status="running",
+        global_step=7,
+        pid=os.getpid(),
+        hostname=S.socket.gethostname(),
+        heartbeat=S.time.time(),
+    )
     assert S.run_state(str(tmp_path / "b")).status == "running"
     write_status(tmp_path / "c", status="running", pid=1, hostname="elsewhere", heartbeat=S.time.time() - 3600)
     assert S.run_state(str(tmp_path / "c")).status == "interrupted"
-    write_status(tmp_path / "e", status="running", pid=os.getpid(), hostname=S.socket.gethostname(),
-                 heartbeat=S.time.time() - 3600)  # alive but silent for an hour: hung, not running
+    write_status(
+        tmp_path / "e",
+        status="running",
+        pid=os.getpid(),
+        hostname=S.socket.gethostname(),
+        heartbeat=S.time.time() - 3600,
+    )  # alive but silent for an hour: hung, not running
     assert S.run_state(str(tmp_path / "e")).status == "interrupted"
     write_status(tmp_path / "d", status="diverged", global_step=3)
     assert (S.run_state(str(tmp_path / "d")).status, S.run_state(str(tmp_path / "d")).global_step) == ("diverged", 3)
@@ -256,7 +379,9 @@ def test_pidless_running_status_is_interrupted_unless_a_live_sweep_holds_the_tas
 
 
 def test_diverged_and_completed_runs_are_not_trained_again(tmp_path, capsys):
-    path = write_sweep(tmp_path, name="skip", base=QUICKSTART, steps=10, seeds=2, replicas=1, metrics=["mig"], preset="quick")
+    path = write_sweep(
+        tmp_path, name="skip", base=QUICKSTART, steps=10, seeds=2, replicas=1, metrics=["mig"], preset="quick"
+    )
     sweep = load_sweep(str(path))
     out = tmp_path / "out"
     write_status(out / "runs" / "skip" / "seed_0", status="diverged", global_step=4, step=4)
@@ -266,9 +391,15 @@ def test_diverged_and_completed_runs_are_not_trained_again(tmp_path, capsys):
     with open(run1 / "checkpoints" / "eval-quick-seed0.json", "w") as f:
         json.dump({"global_step": 10, "preset": "quick", "metrics": {"mig": {"score": 0.1}}}, f)
     outcomes = Runner(sweep, str(out)).run(sweep.tasks())
-    assert [(o.action, dict(o.statuses), o.scored) for o in outcomes] == [("done", {"diverged": 1}, 0), ("done", {"completed": 1}, 0)]
+    assert [(o.action, dict(o.statuses), o.scored) for o in outcomes] == [
+        ("done", {"diverged": 1}, 0),
+        ("done", {"completed": 1}, 0),
+    ]
     printed = capsys.readouterr().out
-    assert "[skip/seed_0] nothing to train: 1 diverged" in printed and "[skip/seed_1] nothing to train: 1 completed" in printed
+    assert (
+        "[skip/seed_0] nothing to train: 1 diverged" in printed
+        and "[skip/seed_1] nothing to train: 1 completed" in printed
+    )
     assert not (out / "logs").exists()  # no process was started
 
 
@@ -313,8 +444,16 @@ def test_cpu_jobs_share_the_cores_and_record_their_threads(tmp_path, monkeypatch
 
 # -- a tiny real sweep: the smoke sweep, 2 seeds as replicas of one process per group, 12 steps ----------
 
-TINY = ["--set", "steps=12", "--set", "data.steps_per_epoch=6", "--set", "data.val_size=32",
-        "--set", "images.order_images=32"]
+TINY = [
+    "--set",
+    "steps=12",
+    "--set",
+    "data.steps_per_epoch=6",
+    "--set",
+    "data.val_size=32",
+    "--set",
+    "images.order_images=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -336,8 +475,12 @@ def test_smoke_sweep_trains_seeds_as_replicas_and_scores_every_run(smoke, capsys
             assert json.load(open(run / "status.json"))["status"] == "completed"
             scores = json.load(open(run / "checkpoints" / "eval-quick-seed0.json"))
             assert scores["global_step"] == 12 and set(scores["metrics"]) == {"elbo", "mig", "factor_vae"}
-        first, second = (json.load(open(smoke / "runs" / group / "seeds_0-1" / f"replica_{k}" / "checkpoints"
-                                        / "eval-quick-seed0.json"))["metrics"]["elbo"] for k in range(2))
+        first, second = (
+            json.load(
+                open(smoke / "runs" / group / "seeds_0-1" / f"replica_{k}" / "checkpoints" / "eval-quick-seed0.json")
+            )["metrics"]["elbo"]
+            for k in range(2)
+        )
         assert first != second  # two seeds, two models
     sweep_main(["status", str(smoke)])
     out = capsys.readouterr().out
@@ -387,8 +530,21 @@ def test_changed_settings_are_refused(smoke, capsys):
 def test_a_failing_run_is_reported_with_its_error(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        sweep_main(["run", SMOKE, "--out", str(out), *TINY, "--set", "seeds=1", "--only", "sbd",
-                    "--set", "data.dataset=nosuchdata"])
+        sweep_main(
+            [
+                "run",
+                SMOKE,
+                "--out",
+                str(out),
+                *TINY,
+                "--set",
+                "seeds=1",
+                "--only",
+                "sbd",
+                "--set",
+                "data.dataset=nosuchdata",
+            ]
+        )
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     assert "sbvae-train exited 2" in captured.out and "nosuchdata" in captured.out
@@ -407,10 +563,14 @@ def test_report_of_the_smoke_sweep(smoke):
         assert (smoke / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.load(open(smoke / "report" / "summary.json"))
     sbd = summary["rows"][0]
-    migs = [json.load(open(smoke / "runs" / "sbd" / "seeds_0-1" / f"replica_{k}" / "checkpoints" / "eval-quick-seed0.json"))
-            ["metrics"]["mig"]["score"] for k in range(2)]
+    migs = [
+        json.load(
+            open(smoke / "runs" / "sbd" / "seeds_0-1" / f"replica_{k}" / "checkpoints" / "eval-quick-seed0.json")
+        )["metrics"]["mig"]["score"]
+        for k in range(2)
+    ]
     assert sbd["stats"]["mig"]["n"] == 2 and sbd["stats"]["mig"]["mean"] == pytest.approx(sum(migs) / 2, rel=1e-12)
-    assert sbd["stats"]["mig"]["std"] == pytest.approx(abs(migs[0] - migs[1]) / 2 ** 0.5, rel=1e-9)  # sample std
+    assert sbd["stats"]["mig"]["std"] == pytest.approx(abs(migs[0] - migs[1]) / 2**0.5, rel=1e-9)  # sample std
     assert sbd["paper"]["mig"] == [0.147, 0.057] and sbd["devices"][0].startswith("cpu")
     # The figures also went to TensorBoard: the traversal into the run's own log.
     events = EventAccumulator(str(smoke / "runs" / "sbd" / "seeds_0-1" / "replica_0"), size_guidance={"images": 0})
@@ -425,8 +585,28 @@ def test_cpu_study_in_miniature_reports_its_rows_and_geometry_and_a_seed_reruns_
     from sbvae.cli.report import main as report_main
 
     out = tmp_path / "study"
-    sweep_main(["run", CPU_STUDY, "--out", str(out), "--jobs", "2", "--set", "steps=8", "--set", "seeds=2", "--set", "preset=quick",
-                "--set", "data.steps_per_epoch=8", "--set", "data.val_size=32", "--set", "images.every_n_steps=0"])
+    sweep_main(
+        [
+            "run",
+            CPU_STUDY,
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--set",
+            "steps=8",
+            "--set",
+            "seeds=2",
+            "--set",
+            "preset=quick",
+            "--set",
+            "data.steps_per_epoch=8",
+            "--set",
+            "data.val_size=32",
+            "--set",
+            "images.every_n_steps=0",
+        ]
+    )
     report_main([str(out), "--no-tensorboard", "--geometry-points", "4"])
     summary = json.load(open(out / "report" / "summary.json"))
     rows = {row["name"]: row for row in summary["rows"]}
@@ -442,7 +622,9 @@ def test_cpu_study_in_miniature_reports_its_rows_and_geometry_and_a_seed_reruns_
     assert seed["folder"] == os.path.join("runs", "xy-holdout-sbd", "seeds_0-1", "replica_1") and seed["seed"] == 1
     for command in seed["rerun"]:
         assert subprocess.run(command, shell=True, cwd=tmp_path).returncode == 0, command
-    again = json.load(open(tmp_path / "runs" / "rerun" / "xy-holdout-sbd" / "seed_1" / "checkpoints" / "eval-quick-seed0.json"))
+    again = json.load(
+        open(tmp_path / "runs" / "rerun" / "xy-holdout-sbd" / "seed_1" / "checkpoints" / "eval-quick-seed0.json")
+    )
     assert again["global_step"] == 8
     assert again["metrics"]["mig"]["score"] == pytest.approx(seed["scores"]["mig"], abs=1e-6)
     assert again["metrics"]["elbo"]["elbo"] == pytest.approx(seed["scores"]["elbo"], rel=1e-5)

@@ -1,4 +1,5 @@
 """End-to-end training through the sbvae-train CLI on tiny data (CPU, seconds)."""
+
 import copy
 import glob
 import json
@@ -7,25 +8,34 @@ import subprocess
 import sys
 
 import pytest
-import run_probes
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sbvae.loading import model_from_checkpoint
+import run_probes
 from sbvae.cli.train import main
-from sbvae.evaluation import score, scalars
+from sbvae.evaluation import scalars, score
+from sbvae.loading import model_from_checkpoint
 from sbvae.module import VAE
 
 TINY = [
-    "--trainer.max_steps", "6",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--data.image_size", "16",
-    "--data.batch_size", "8",
-    "--data.steps_per_epoch", "3",
-    "--data.val_size", "16",
-    "--images.every_n_steps", "3",
-    "--images.order_images", "16",
+    "--trainer.max_steps",
+    "6",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--data.image_size",
+    "16",
+    "--data.batch_size",
+    "8",
+    "--data.steps_per_epoch",
+    "3",
+    "--data.val_size",
+    "16",
+    "--images.every_n_steps",
+    "3",
+    "--images.order_images",
+    "16",
 ]
 
 
@@ -77,7 +87,9 @@ def same_tensors(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+@pytest.mark.parametrize(
+    "config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")]
+)
 def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config_path, config, name):
     fit(config_path(config), tmp_path)
     (run,) = run_dirs(tmp_path, name)
@@ -85,8 +97,15 @@ def test_resume_restores_the_saved_state_in_the_same_run_folder(tmp_path, config
     saved = torch.load(last, map_location="cpu", weights_only=True)
     first_start = json.load(open(os.path.join(run, "status.json")))["started"]
     run_probes.SEEN.clear()
-    fit(config_path(config), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
-        "--trainer.callbacks+=run_probes.RestoredState")
+    fit(
+        config_path(config),
+        tmp_path,
+        "--trainer.max_steps",
+        "9",
+        "--ckpt_path",
+        last,
+        "--trainer.callbacks+=run_probes.RestoredState",
+    )
     (restored,) = run_probes.SEEN
     assert same_tensors(restored["state_dict"], saved["state_dict"])
     assert same_tensors(restored["optimizer_states"], saved["optimizer_states"])  # Adam's moments and step counts
@@ -110,7 +129,9 @@ def as_a_gpu_run_saved_it(ckpt: dict) -> dict:
     return ckpt
 
 
-@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+@pytest.mark.parametrize(
+    "config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")]
+)
 def test_a_resume_trains_with_the_command_lines_lr_and_this_devices_adam(tmp_path, config_path, config, name):
     """Lightning's restore brings back the saved lr and the saving device's Adam flags; the config and this device win."""
     fit(config_path(config), tmp_path)
@@ -119,8 +140,17 @@ def test_a_resume_trains_with_the_command_lines_lr_and_this_devices_adam(tmp_pat
     saved = as_a_gpu_run_saved_it(torch.load(last, map_location="cpu", weights_only=False))
     torch.save(saved, last)
     run_probes.SEEN.clear()
-    fit(config_path(config), tmp_path, "--trainer.max_steps", "7", "--ckpt_path", last, "--model.init_args.lr", "1e-05",
-        "--trainer.callbacks+=run_probes.OptimizerSettings")
+    fit(
+        config_path(config),
+        tmp_path,
+        "--trainer.max_steps",
+        "7",
+        "--ckpt_path",
+        last,
+        "--model.init_args.lr",
+        "1e-05",
+        "--trainer.callbacks+=run_probes.OptimizerSettings",
+    )
     (seen,) = run_probes.SEEN
     vae_group = seen["groups"][0][0]
     assert vae_group["lr"] == 1e-05 and vae_group["capturable"] is False and vae_group["fused"] is True
@@ -134,7 +164,9 @@ def test_a_resume_trains_with_the_command_lines_lr_and_this_devices_adam(tmp_pat
     assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
 
 
-@pytest.mark.parametrize("config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")])
+@pytest.mark.parametrize(
+    "config, name", [("quickstart.yaml", "quickstart"), ("quickstart-factorvae.yaml", "quickstart-factorvae")]
+)
 def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, config_path, capsys, config, name):
     fit(config_path(config), tmp_path)
     (run,) = run_dirs(tmp_path, name)
@@ -143,9 +175,20 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
     # A threshold below any real loss makes the resumed run diverge on its first step (6).  The host only looks
     # every 100 steps, but a time-based checkpoint is due after every step: that write must notice and refuse.
     with pytest.raises(SystemExit) as exit_info:
-        fit(config_path(config), tmp_path, "--trainer.max_steps", "9", "--ckpt_path", last,
-            "--model.init_args.max_loss", "1.0", "--trainer.log_every_n_steps", "100",
-            "--last_checkpoint.every_n_minutes", "1e-9")
+        fit(
+            config_path(config),
+            tmp_path,
+            "--trainer.max_steps",
+            "9",
+            "--ckpt_path",
+            last,
+            "--model.init_args.max_loss",
+            "1.0",
+            "--trainer.log_every_n_steps",
+            "100",
+            "--last_checkpoint.every_n_minutes",
+            "1e-9",
+        )
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "diverged at step 6" in err and "last good checkpoint" in err
@@ -176,9 +219,15 @@ def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override
 
 def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
     # mig and elbo: after 6 steps every code dimension is below FactorVAE's pruning threshold, so its score is 0.
-    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.precision", "bf16-mixed",
-        "--trainer.callbacks+=sbvae.callbacks.MetricsCallback", "--trainer.callbacks.every_n_steps=3",
-        "--trainer.callbacks.metrics=[mig, elbo]")
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path,
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.callbacks+=sbvae.callbacks.MetricsCallback",
+        "--trainer.callbacks.every_n_steps=3",
+        "--trainer.callbacks.metrics=[mig, elbo]",
+    )
     (run,) = run_dirs(tmp_path)
     events = tags(run)
     for name in ("metrics/mig", "metrics/elbo"):
@@ -196,17 +245,34 @@ def fit_ddp(config, out, *extra):
     """sbvae-train fit on two CPU processes (a subprocess: DDP spawns its workers from a fresh interpreter)."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [
-        sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config, *TINY,
-        "--trainer.logger.init_args.save_dir", str(out),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *extra,
+        sys.executable,
+        "-m",
+        "sbvae.cli.train",
+        "fit",
+        "--config",
+        config,
+        *TINY,
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        *extra,
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart-factorvae.yaml"])
 def test_ddp_two_processes_keep_replicas_identical(tmp_path, config_path, config):
-    done = fit_ddp(config_path(config), tmp_path, "--trainer.callbacks+=ddp_probe.ReplicaDigest",
-                   f"--trainer.callbacks.out_dir={tmp_path}")
+    done = fit_ddp(
+        config_path(config),
+        tmp_path,
+        "--trainer.callbacks+=ddp_probe.ReplicaDigest",
+        f"--trainer.callbacks.out_dir={tmp_path}",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     digests = [open(tmp_path / f"digest_rank{r}.txt").read().split() for r in (0, 1)]
     assert digests[0] == digests[1]  # same weights, same step, world size 2
@@ -236,8 +302,17 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, config_path):
 @pytest.mark.slow
 def test_quickstart_learns(tmp_path, config_path):
     """The full quickstart (500 steps, ~1 minute): the ELBO falls well below its start and latents get used."""
-    main(["fit", "--config", config_path("quickstart.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            config_path("quickstart.yaml"),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     events = tags(run_dirs(tmp_path)[0])
     elbo = [e.value for e in events.Scalars("val/elbo")]
     assert elbo[-1] < 0.7 * elbo[0]
@@ -248,8 +323,20 @@ def test_quickstart_learns(tmp_path, config_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_trains_graphed_on_gpu(tmp_path, config_path, precision):
-    fit(config_path("quickstart.yaml"), tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
-        "--trainer.precision", precision, "--data.image_size", "64", "--trainer.max_steps", "12")
+    fit(
+        config_path("quickstart.yaml"),
+        tmp_path,
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        precision,
+        "--data.image_size",
+        "64",
+        "--trainer.max_steps",
+        "12",
+    )
     (run,) = run_dirs(tmp_path)
     assert json.load(open(os.path.join(run, "status.json")))["status"] == "completed"
 
@@ -294,14 +381,28 @@ def test_each_process_draws_its_own_step_noise():
     from sbvae.factorvae import FactorVAE
 
     torch.manual_seed(0)
-    base = FactorVAE(image_size=16, channels=3, encoder_options={"channels": [8] * 4, "hidden": 32},
-                     decoder_options={"channels": [8, 8]}, disc_hidden=16, disc_layers=2)
+    base = FactorVAE(
+        image_size=16,
+        channels=3,
+        encoder_options={"channels": [8] * 4, "hidden": 32},
+        decoder_options={"channels": [8, 8]},
+        disc_hidden=16,
+        disc_layers=2,
+    )
     images = torch.rand(8, 3, 16, 16)
     terms = []
     for rank in (0, 1, 0):
         model = copy.deepcopy(base)
-        engine = Engine(model, list(model.configure_optimizers()), lambda step: images, seed=5, rank=rank, mode="eager",
-                        start_step=0, device=torch.device("cpu"))
+        engine = Engine(
+            model,
+            list(model.configure_optimizers()),
+            lambda step: images,
+            seed=5,
+            rank=rank,
+            mode="eager",
+            start_step=0,
+            device=torch.device("cpu"),
+        )
         terms.append({k: float(v) for k, v in engine.step().items()})
     assert terms[0] == terms[2]
     assert terms[0]["nll"] != terms[1]["nll"] and terms[0]["disc_loss"] != terms[1]["disc_loss"]

@@ -4,6 +4,7 @@ The independent values are computed here in float64 with numpy and torch.distrib
 formulas of disentanglement_lib's methods/unsupervised/vae.py (Locatello et al. 2019), never by calling
 the functions under test.
 """
+
 import math
 import os
 import signal
@@ -17,7 +18,7 @@ from torch.distributions import Normal
 
 from sbvae import objectives
 from sbvae.errors import SBVAEError
-from sbvae.vae_family import AnnealedVAE, BetaTCVAE, DIPVAE
+from sbvae.vae_family import DIPVAE, AnnealedVAE, BetaTCVAE
 from test_engine import SMALL, make_engine, tiny_data
 from test_training import TINY, fit, run_dirs
 
@@ -145,7 +146,9 @@ def test_annealed_loss_is_nll_plus_gamma_times_the_kl_distance_from_the_capacity
     nll, kl, *_ = batch(seed=4)
     for step in (0, 30):  # KL above C, then (with C past the KL) below it: the absolute value's two sides
         c = min(100.0, 100.0 * step / 40)
-        terms = objectives.annealed_vae_loss(nll, kl, torch.tensor(step), gamma=1000.0, c_max=100.0, iteration_threshold=40)
+        terms = objectives.annealed_vae_loss(
+            nll, kl, torch.tensor(step), gamma=1000.0, c_max=100.0, iteration_threshold=40
+        )
         expected = float(nll.mean()) + 1000.0 * abs(float(kl.mean()) - c)
         assert float(terms["loss"]) == pytest.approx(expected, rel=1e-6)
         assert float(terms["capacity"]) == pytest.approx(c, rel=1e-6)
@@ -205,14 +208,28 @@ def test_annealed_vae_needs_the_step_outside_the_engine():
 
 
 # ---------------------------------------------------------------- through a Trainer: replicas, kill and resume
-OBJECTIVE_CONFIGS = {"betatcvae": "betatcvae-sbd", "dipvae-i": "dipvae-i-sbd", "dipvae-ii": "dipvae-ii-sbd",
-                     "annealedvae": "annealedvae-sbd"}
-SHRINK = ["--model.init_args.encoder_options", "{channels: [8, 8, 8, 8], hidden: 32}",
-          "--model.init_args.decoder_options", "{channels: [8, 8]}", "--trainer.max_steps", "8", "--replicas", "2"]
+OBJECTIVE_CONFIGS = {
+    "betatcvae": "betatcvae-sbd",
+    "dipvae-i": "dipvae-i-sbd",
+    "dipvae-ii": "dipvae-ii-sbd",
+    "annealedvae": "annealedvae-sbd",
+}
+SHRINK = [
+    "--model.init_args.encoder_options",
+    "{channels: [8, 8, 8, 8], hidden: 32}",
+    "--model.init_args.decoder_options",
+    "{channels: [8, 8]}",
+    "--trainer.max_steps",
+    "8",
+    "--replicas",
+    "2",
+]
 
 
 def replica_weights(run, k):
-    ckpt = torch.load(os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        os.path.join(run, f"replica_{k}", "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True
+    )
     return ckpt["global_step"], ckpt["state_dict"]
 
 
@@ -225,9 +242,20 @@ def test_each_objective_trains_as_replicas_and_resumes_bit_for_bit_after_a_kill(
     fit(config, tmp_path / "straight", *extra)
     log_name = f"sprites-{OBJECTIVE_CONFIGS[name]}"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "sbvae.cli.train", "fit", "--config", config, *TINY, *extra,
-           "--trainer.logger.init_args.save_dir", str(tmp_path / "killed"),
-           "--trainer.callbacks+=ddp_probe.KillAt", "--trainer.callbacks.step=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sbvae.cli.train",
+        "fit",
+        "--config",
+        config,
+        *TINY,
+        *extra,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "killed"),
+        "--trainer.callbacks+=ddp_probe.KillAt",
+        "--trainer.callbacks.step=5",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     (killed,) = run_dirs(tmp_path / "killed", log_name)

@@ -1,4 +1,5 @@
 """Pictures: traversals set each latent to absolute values, reconstructions decode the posterior mean."""
+
 import torch
 from lightning.pytorch.utilities.parsing import AttributeDict
 
@@ -22,7 +23,7 @@ class Readable:
 def pixels(grid, rows, cols):
     """The 1x1 images of a make_grid with padding 2, as latents [rows, cols, 3]."""
     cells = grid[:, 2::3, 2::3][:, :rows, :cols]  # each 1 px image sits after 2 px of padding
-    return (cells.permute(1, 2, 0) * 20 - 10)
+    return cells.permute(1, 2, 0) * 20 - 10
 
 
 def test_latent_order_is_by_mean_posterior_variance():

@@ -7,6 +7,7 @@
 User errors print one sentence and exit with status 2; ``verify`` exits with 1
 when the file is wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,9 @@ def cmd_generate(args) -> int:
         pct = 100 * done // total
         if pct // 5 != shown[0] or done == total:
             shown[0] = pct // 5
-            print(f"\r{done}/{total} images ({pct}%), {time.time() - started:.0f} s", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r{done}/{total} images ({pct}%), {time.time() - started:.0f} s", end="", file=sys.stderr, flush=True
+            )
 
     try:
         import torch
@@ -120,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="write a synthetic dataset in its official file format")
     p.add_argument("dataset", choices=["dsprites"])
     p.add_argument("--out", required=True, help="output folder (the official file name is used)")
-    p.add_argument("--subset", action="append", metavar="FACTOR=i,j,...",
-                   help="restrict a factor to these class indices (repeatable; for previews and tests)")
+    p.add_argument(
+        "--subset",
+        action="append",
+        metavar="FACTOR=i,j,...",
+        help="restrict a factor to these class indices (repeatable; for previews and tests)",
+    )
     p.add_argument("--chunk", type=int, default=8192, help="images rendered per vectorized chunk")
     p.add_argument("--device", default="cpu", help="torch device to render on (cpu, cuda, ...)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")

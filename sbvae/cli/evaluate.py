@@ -9,6 +9,7 @@ are printed as a table, written as JSON beside each checkpoint (each metric
 with its parameters, the checkpoint, the seed and the values) and added to the
 run's TensorBoard log.  A progress bar per metric goes to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,29 +74,68 @@ def parse_options(items: list[str]) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by sbvae-train, or a run folder (every replica's last.ckpt)")
-    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma-separated, from: {', '.join([*METRICS, *GROUP_METRICS])} (udr: a replica run's folder)")
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="paper: disentanglement_lib sizes; quick: smoke-test sizes")
+    parser = argparse.ArgumentParser(
+        prog="sbvae-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="a checkpoint written by sbvae-train, or a run folder (every replica's last.ckpt)"
+    )
+    parser.add_argument(
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        help=f"comma-separated, from: {', '.join([*METRICS, *GROUP_METRICS])} (udr: a replica run's folder)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="paper",
+        choices=sorted(PRESETS),
+        help="paper: disentanglement_lib sizes; quick: smoke-test sizes",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside each checkpoint)")
+    parser.add_argument(
+        "--output", help="JSON file to write (default: eval-<preset>-seed<seed>.json beside each checkpoint)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log")
+    parser.add_argument(
+        "--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a dataset option of the checkpoint, e.g. split=heldout for a hold-out circles run (repeatable)")
+    parser.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dataset option of the checkpoint, e.g. split=heldout for a hold-out circles run (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
-def evaluate(path: str, args: argparse.Namespace, names: list[str], device: torch.device, options: dict,
-             group_results: dict[str, MetricResult] | None = None) -> None:
+def evaluate(
+    path: str,
+    args: argparse.Namespace,
+    names: list[str],
+    device: torch.device,
+    options: dict,
+    group_results: dict[str, MetricResult] | None = None,
+) -> None:
     """Score one checkpoint: print the table, write the JSON, add the scores to its TensorBoard run.
     ``group_results``: this checkpoint's share of the group metrics, scored over its run's replicas."""
     model, datamodule, ckpt = model_from_checkpoint(path, device, options)
     start = time.perf_counter()
     single = [n for n in names if n not in GROUP_METRICS]
-    results = score(model, datamodule.data, single, preset=args.preset, seed=args.seed, device=device,
-                    progress=not args.no_progress) if single else {}
+    results = (
+        score(
+            model,
+            datamodule.data,
+            single,
+            preset=args.preset,
+            seed=args.seed,
+            device=device,
+            progress=not args.no_progress,
+        )
+        if single
+        else {}
+    )
     results.update(group_results or {})
     seconds = time.perf_counter() - start
     print(table(results))
@@ -133,19 +173,31 @@ def earlier_scores(output: str, record: dict) -> dict:
     return earlier.get("metrics", {}) if same and isinstance(earlier.get("metrics"), dict) else {}
 
 
-def group_shares(paths: list[str], args: argparse.Namespace, names: list[str], device: torch.device,
-                 options: dict) -> list[dict[str, MetricResult]]:
+def group_shares(
+    paths: list[str], args: argparse.Namespace, names: list[str], device: torch.device, options: dict
+) -> list[dict[str, MetricResult]]:
     """The group metrics (UDR) over every checkpoint of the run at once, split into each one's share."""
     if not any(n in GROUP_METRICS for n in names):
         return [{} for _ in paths]
     loaded = [model_from_checkpoint(path, device, options) for path in paths]
     steps = {ckpt.get("global_step") for _, _, ckpt in loaded}
     if len(steps) > 1:
-        raise SBVAEError(f"{args.ckpt}'s replicas stand at different steps {sorted(steps)}: resume the run until they "
-                         "finish, then score them together.")
-    print(f"scoring {', '.join(n for n in names if n in GROUP_METRICS)} over the {len(paths)} checkpoints of {args.ckpt}")
-    return score_group([model for model, _, _ in loaded], loaded[0][1].data, names, preset=args.preset, seed=args.seed,
-                       device=device, progress=not args.no_progress)
+        raise SBVAEError(
+            f"{args.ckpt}'s replicas stand at different steps {sorted(steps)}: resume the run until they "
+            "finish, then score them together."
+        )
+    print(
+        f"scoring {', '.join(n for n in names if n in GROUP_METRICS)} over the {len(paths)} checkpoints of {args.ckpt}"
+    )
+    return score_group(
+        [model for model, _, _ in loaded],
+        loaded[0][1].data,
+        names,
+        preset=args.preset,
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress,
+    )
 
 
 def main(argv=None) -> None:
@@ -156,8 +208,10 @@ def main(argv=None) -> None:
         options = parse_options(args.dataset_option)
         paths = runs.checkpoints_to_score(args.ckpt)
         if args.output and len(paths) > 1:
-            raise SBVAEError(f"--output names one file but {args.ckpt} holds {len(paths)} replicas: leave --output out "
-                             "to write each replica's JSON beside its checkpoint.")
+            raise SBVAEError(
+                f"--output names one file but {args.ckpt} holds {len(paths)} replicas: leave --output out "
+                "to write each replica's JSON beside its checkpoint."
+            )
         shares = group_shares(paths, args, names, device, options)
         for path, share in zip(paths, shares):
             if len(paths) > 1:

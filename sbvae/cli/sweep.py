@@ -10,6 +10,7 @@ last.ckpt, diverged ones counted and never retried.  --dry-run prints the runs, 
 device time at the throughput measured in benchmarks/results; --emit slurm writes an sbatch array
 script with one process per array task.  Then: sbvae-report DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,25 +21,42 @@ from collections import Counter
 
 import yaml
 
-from sbvae.runs import atomic_path
 from sbvae.errors import SBVAEError
+from sbvae.runs import atomic_path
 
 PROG = "sbvae-sweep"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and score a sweep (or --dry-run / --emit slurm)")
     run.add_argument("sweep", help="a sweep file, e.g. configs/paper/smoke.yaml")
     run.add_argument("--out", help="output folder (default: runs/sweeps/<sweep name>)")
-    run.add_argument("--dry-run", action="store_true", help="print runs, processes and estimated device time; train nothing")
-    run.add_argument("--only", nargs="+", metavar="NAME", help="groups or tasks (group/seeds_0-4) to run; shell patterns allowed")
-    run.add_argument("--emit", choices=["slurm"], help="write DIR/sweep.sbatch (one array task per process) instead of training")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="change the sweep: a sweep key (steps=200, seeds=3), a grid key (new values) or any dotted override")
-    run.add_argument("--jobs", type=int, default=1, help="processes at a time, spread round robin over the visible GPUs")
-    status = commands.add_parser("status", help="list a sweep's runs: completed, running, interrupted, diverged, failed")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print runs, processes and estimated device time; train nothing"
+    )
+    run.add_argument(
+        "--only", nargs="+", metavar="NAME", help="groups or tasks (group/seeds_0-4) to run; shell patterns allowed"
+    )
+    run.add_argument(
+        "--emit", choices=["slurm"], help="write DIR/sweep.sbatch (one array task per process) instead of training"
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the sweep: a sweep key (steps=200, seeds=3), a grid key (new values) or any dotted override",
+    )
+    run.add_argument(
+        "--jobs", type=int, default=1, help="processes at a time, spread round robin over the visible GPUs"
+    )
+    status = commands.add_parser(
+        "status", help="list a sweep's runs: completed, running, interrupted, diverged, failed"
+    )
     status.add_argument("dir", help="the --out folder of sbvae-sweep run")
     return parser.parse_args(argv)
 
@@ -68,9 +86,11 @@ def print_plan(sweep, tasks, costs, out: str, jobs: int = 1) -> None:
     runs = sum(len(t.seeds) for t in tasks)
     groups = sorted({t.group for t in tasks}, key=[g.name for g in sweep.groups].index)
     paper = f" (paper: {sweep.paper_steps:,})" if sweep.paper_steps else ""
-    print(f"sweep {sweep.name}: {plural(runs, 'run')} in {plural(len(groups), 'group')}, "
-          f"{plural(len(tasks), 'training process', 'training processes')}; "
-          f"{sweep.steps:,} steps per run{paper}; metrics {', '.join(sweep.metrics)} ({sweep.preset} preset)")
+    print(
+        f"sweep {sweep.name}: {plural(runs, 'run')} in {plural(len(groups), 'group')}, "
+        f"{plural(len(tasks), 'training process', 'training processes')}; "
+        f"{sweep.steps:,} steps per run{paper}; metrics {', '.join(sweep.metrics)} ({sweep.preset} preset)"
+    )
     print(f"output: {out}")
     width = max(len(t.name) for t in tasks)
     print(f"\n{'process':<{width}}  {'seeds':<12} {'model':<15} {'images':>14}  est. time")
@@ -88,8 +108,10 @@ def print_plan(sweep, tasks, costs, out: str, jobs: int = 1) -> None:
     for source in sources:
         print(f"  {source}")
     if any(c.cpu for c in costs):
-        print(f"CPU rows are one thread each at the benchmark's widths (narrower networks train faster); with --jobs {jobs} "
-              f"the CPU tasks take about {duration(sum(c.seconds for c in costs if c.cpu) / jobs)} of wall time.")
+        print(
+            f"CPU rows are one thread each at the benchmark's widths (narrower networks train faster); with --jobs {jobs} "
+            f"the CPU tasks take about {duration(sum(c.seconds for c in costs if c.cpu) / jobs)} of wall time."
+        )
     print("(scoring adds about 15 s per run at the paper preset on a GPU)")
 
 
@@ -122,14 +144,25 @@ def cmd_run(args) -> int:
     counts = sum((o.statuses for o in outcomes), Counter())
     trained = sum(o.action in ("trained", "resumed") for o in outcomes)
     scored = sum(o.scored for o in outcomes)
-    print(f"sweep {sweep.name}: trained {trained} of {len(outcomes)} processes, scored {scored} runs; runs "
-          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f". Report: sbvae-report {out}")
+    print(
+        f"sweep {sweep.name}: trained {trained} of {len(outcomes)} processes, scored {scored} runs; runs "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        + f". Report: sbvae-report {out}"
+    )
     processes = sum(o.action == "failed" for o in outcomes)
     scorings = sum(o.score_failures for o in outcomes)
     if processes or scorings:
-        what = " and ".join(x for x in (plural(processes, "training process", "training processes") if processes else "",
-                                        plural(scorings, "scoring") if scorings else "") if x)
-        print(f"{PROG}: {what} failed; see the logs in {os.path.join(out, 'logs')} and rerun to retry.", file=sys.stderr)
+        what = " and ".join(
+            x
+            for x in (
+                plural(processes, "training process", "training processes") if processes else "",
+                plural(scorings, "scoring") if scorings else "",
+            )
+            if x
+        )
+        print(
+            f"{PROG}: {what} failed; see the logs in {os.path.join(out, 'logs')} and rerun to retry.", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -146,14 +179,32 @@ def cmd_status(args) -> int:
             for run in task["runs"]:
                 state = sweep_run_state(args.dir, task["name"], run["folder"])
                 counts[state.status] += 1
-                scores = read_json(eval_path(manifest, os.path.join(args.dir, run["folder"]))) if state.status == "completed" else None
-                scored = "yes" if scores and scores.get("global_step") == state.global_step else "no" if state.status == "completed" else "-"
+                scores = (
+                    read_json(eval_path(manifest, os.path.join(args.dir, run["folder"])))
+                    if state.status == "completed"
+                    else None
+                )
+                scored = (
+                    "yes"
+                    if scores and scores.get("global_step") == state.global_step
+                    else "no"
+                    if state.status == "completed"
+                    else "-"
+                )
                 note = state.record.get("message", "") if state.status in ("failed", "diverged") else ""
-                rows.append((group["name"], str(run["seed"]), state.status, str(state.global_step), scored, run["folder"], note))
+                rows.append(
+                    (group["name"], str(run["seed"]), state.status, str(state.global_step), scored, run["folder"], note)
+                )
     total = sum(counts.values())
-    print(f"sweep {manifest['name']} in {args.dir}: {total} runs, "
-          + ", ".join(f"{counts[s]} {s}" for s in ("completed", "running", "interrupted", "diverged", "failed", "pending") if counts[s])
-          + f"; protocol {manifest['steps']:,} steps")
+    print(
+        f"sweep {manifest['name']} in {args.dir}: {total} runs, "
+        + ", ".join(
+            f"{counts[s]} {s}"
+            for s in ("completed", "running", "interrupted", "diverged", "failed", "pending")
+            if counts[s]
+        )
+        + f"; protocol {manifest['steps']:,} steps"
+    )
     header = ("group", "seed", "status", "step", "scored", "folder", "")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:

@@ -1,9 +1,10 @@
 """sbvae-train: LightningCLI over the sbvae LightningModules and the ground-truth DataModule.
 
-    sbvae-train fit --config configs/quickstart.yaml [--model.init_args.beta 4] [--trainer.max_steps 100]
-    sbvae-train fit --config configs/quickstart.yaml --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
-    sbvae-train fit --config configs/quickstart.yaml --replicas 15      # seeds 0..14 in one process
+sbvae-train fit --config configs/quickstart.yaml [--model.init_args.beta 4] [--trainer.max_steps 100]
+sbvae-train fit --config configs/quickstart.yaml --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt
+sbvae-train fit --config configs/quickstart.yaml --replicas 15      # seeds 0..14 in one process
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,6 @@ from sbvae.data import GroundTruthDataModule
 from sbvae.errors import DivergenceError, Preempted, SBVAEError
 from sbvae.seeds import RecordSeeds, recorded_seeds
 
-
 # The factor stream is an endless IterableDataset cut into epochs by __len__, with no workers:
 # Lightning's caution about __len__ with several workers does not apply.
 warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
@@ -29,8 +29,13 @@ warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and i
 
 
 # Lines of jsonargparse's nested Union report that say nothing about what the user typed.
-_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-          "Expected a <class 'NoneType'>")
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+)
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -61,16 +66,22 @@ class SBVAECLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.init_args.image_size")
         parser.link_arguments("data.channels", "model.init_args.channels", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/elbo",
-            "checkpoint.mode": "min",
-            "checkpoint.save_last": False,  # LastCheckpoint keeps last.ckpt current
-            "checkpoint.save_top_k": 1,
-            "checkpoint.filename": "best-{step}",
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/elbo",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": False,  # LastCheckpoint keeps last.ckpt current
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-{step}",
+            }
+        )
         parser.add_lightning_class_args(ImageLogger, "images")
-        parser.add_argument("--replicas", type=int, default=1,
-                            help="train this many seeds (seed_everything, +1, ...) of the config in one process")
+        parser.add_argument(
+            "--replicas",
+            type=int,
+            default=1,
+            help="train this many seeds (seed_everything, +1, ...) of the config in one process",
+        )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def _settings(self):
@@ -90,15 +101,19 @@ class SBVAECLI(LightningCLI):
         from sbvae.replicas import STRATEGY
 
         if trainer.strategy not in ("auto", "ddp", STRATEGY):
-            raise SBVAEError(f"--replicas over several devices trains each process's share with its own strategy; "
-                             f"drop --trainer.strategy {trainer.strategy}.")
+            raise SBVAEError(
+                f"--replicas over several devices trains each process's share with its own strategy; "
+                f"drop --trainer.strategy {trainer.strategy}."
+            )
         trainer.strategy = STRATEGY  # processes as DDP's, without gradient averaging between replicas
 
     def before_fit(self) -> None:
         best = self.trainer.checkpoint_callback
         if best is not None and best.save_last:
-            raise SBVAEError("checkpoint.save_last would write a second last.ckpt beside the one LastCheckpoint keeps "
-                             "(atomically, at validation, on time and on signals): drop checkpoint.save_last.")
+            raise SBVAEError(
+                "checkpoint.save_last would write a second last.ckpt beside the one LastCheckpoint keeps "
+                "(atomically, at validation, on time and on signals): drop checkpoint.save_last."
+            )
         replicas = self._settings().get("replicas", 1)
         if replicas == 1:
             return
@@ -106,12 +121,20 @@ class SBVAECLI(LightningCLI):
         from sbvae.replicas import ReplicaOutputs, ReplicaSet
 
         if any(isinstance(c, MetricsCallback) for c in self.trainer.callbacks):
-            raise SBVAEError("MetricsCallback scores one model while it trains; with --replicas drop it and score every "
-                             "replica afterwards with sbvae-eval --ckpt <the run folder>.")
-        if best is not None and best.save_top_k != 0 and ((best.monitor, best.mode) != ("val/elbo", "min") or best.save_top_k != 1):
-            raise SBVAEError(f"with --replicas each replica keeps its one best checkpoint by val/elbo (lowest), not "
-                             f"{best.save_top_k} by {best.monitor} ({best.mode}): set the checkpoint's monitor to val/elbo, "
-                             "mode to min and save_top_k to 1, or save_top_k to 0.")
+            raise SBVAEError(
+                "MetricsCallback scores one model while it trains; with --replicas drop it and score every "
+                "replica afterwards with sbvae-eval --ckpt <the run folder>."
+            )
+        if (
+            best is not None
+            and best.save_top_k != 0
+            and ((best.monitor, best.mode) != ("val/elbo", "min") or best.save_top_k != 1)
+        ):
+            raise SBVAEError(
+                f"with --replicas each replica keeps its one best checkpoint by val/elbo (lowest), not "
+                f"{best.save_top_k} by {best.monitor} ({best.mode}): set the checkpoint's monitor to val/elbo, "
+                "mode to min and save_top_k to 1, or save_top_k to 0."
+            )
         base = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.model = ReplicaSet(self.model, [base + k for k in range(replicas)])
         images = next(c for c in self.trainer.callbacks if isinstance(c, ImageLogger))
@@ -154,8 +177,10 @@ def check_replicas_match(ckpt_path: str, replicas: int) -> None:
     run = runs.run_dir_of(ckpt_path)
     held = len(runs.replica_dirs(run)) if run is not None else 0
     if held and replicas != held:
-        raise SBVAEError(f"{run} is a replica-parallel run of {held} replicas: resume it with --replicas {held} (or "
-                         f"one replica as a single run: --ckpt_path {os.path.join(run, 'replica_K', runs.CHECKPOINTS, runs.LAST_CHECKPOINT)}).")
+        raise SBVAEError(
+            f"{run} is a replica-parallel run of {held} replicas: resume it with --replicas {held} (or "
+            f"one replica as a single run: --ckpt_path {os.path.join(run, 'replica_K', runs.CHECKPOINTS, runs.LAST_CHECKPOINT)})."
+        )
     if not held and replicas > 1:
         raise SBVAEError(f"{ckpt_path} is a single run's checkpoint: resume it without --replicas.")
 
@@ -164,13 +189,17 @@ def keep_checkpoint_seeds(settings, ckpt_path: str, checkpoint: dict, command_li
     """A resume draws the streams its checkpoint drew: the checkpoint's seeds replace the config's (a replica
     continued alone keeps seed base + k), and a seed typed on the command line that contradicts them is refused."""
     recorded = recorded_seeds(checkpoint)
-    for flag, key, value in (("--seed_everything", "seed_everything", recorded["seed_everything"]),
-                             ("--data.seed", "data.seed", recorded["data"])):
+    for flag, key, value in (
+        ("--seed_everything", "seed_everything", recorded["seed_everything"]),
+        ("--data.seed", "data.seed", recorded["data"]),
+    ):
         if value is None:  # a checkpoint from before seeds were recorded, or an unseeded run
             continue
         if typed(command_line, flag) and settings[key] != value:
-            raise SBVAEError(f"--ckpt_path {ckpt_path} continues a run trained with {flag} {value}: drop {flag} "
-                             f"{settings[key]} to keep its streams, or leave out --ckpt_path to start a new run.")
+            raise SBVAEError(
+                f"--ckpt_path {ckpt_path} continues a run trained with {flag} {value}: drop {flag} "
+                f"{settings[key]} to keep its streams, or leave out --ckpt_path to start a new run."
+            )
         settings[key] = value
 
 
@@ -216,7 +245,12 @@ def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
     """
     run = runs.run_dir_of(ckpt_path)
     logger = trainer_config.get("logger")
-    if run is None or not logger or isinstance(logger, (bool, list)) or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+    if (
+        run is None
+        or not logger
+        or isinstance(logger, (bool, list))
+        or not str(logger.get("class_path", "")).endswith("TensorBoardLogger")
+    ):
         return
     parent = os.path.dirname(run)
     logger.init_args.save_dir, logger.init_args.name = os.path.dirname(parent), os.path.basename(parent)

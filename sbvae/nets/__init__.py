@@ -1,4 +1,5 @@
 """Plain nn.Modules of the paper: encoder, three decoders, FactorVAE discriminator."""
+
 from .coordconv import CoordConvDecoder
 from .coords import AppendCoords, coordinate_grid
 from .deconv import DeConvDecoder

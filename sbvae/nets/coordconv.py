@@ -1,4 +1,5 @@
 """CoordConv decoder (paper Appendix D; Liu et al. 2018)."""
+
 from .deconv import DeConvDecoder
 
 

@@ -1,4 +1,5 @@
 """Fixed x/y coordinate channels, shared by the Spatial Broadcast and CoordConv decoders."""
+
 import torch
 from torch import nn
 
@@ -6,9 +7,7 @@ from torch import nn
 def coordinate_grid(height: int, width: int) -> torch.Tensor:
     """[2, height, width] tensor: channel 0 is x = linspace(-1, 1, width) varying along the
     width (last dim), channel 1 is y = linspace(-1, 1, height) varying along the height."""
-    y, x = torch.meshgrid(
-        torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij"
-    )
+    y, x = torch.meshgrid(torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij")
     return torch.stack([x, y])
 
 

@@ -1,4 +1,5 @@
 """DeConv decoder of paper Tables 1, 2, 6 and 8 (and, with coordinate channels, CoordConv)."""
+
 from collections.abc import Sequence
 
 import torch
@@ -40,9 +41,7 @@ class DeConvDecoder(nn.Module):
         if len(channels) < 1:
             raise ValueError(f"{name} needs at least one entry in channels.")
         if mlp_layers < 1:
-            raise ValueError(
-                f"{name} needs mlp_layers >= 1 (got {mlp_layers}): its last FC makes the reshaped map."
-            )
+            raise ValueError(f"{name} needs mlp_layers >= 1 (got {mlp_layers}): its last FC makes the reshaped map.")
         factor = 2 ** (len(channels) + 1)
         if image_size % factor != 0 or image_size < factor:
             raise ValueError(
@@ -57,8 +56,7 @@ class DeConvDecoder(nn.Module):
         for _ in range(mlp_layers - 1):
             mlp += [nn.Linear(prev, mlp_width), nn.ReLU()]
             prev = mlp_width
-        mlp += [nn.Linear(prev, channels[0] * side * side), nn.ReLU(),
-                nn.Unflatten(1, (channels[0], side, side))]
+        mlp += [nn.Linear(prev, channels[0] * side * side), nn.ReLU(), nn.Unflatten(1, (channels[0], side, side))]
         self.mlp = nn.Sequential(*mlp)
 
         layers, prev = [], channels[0]

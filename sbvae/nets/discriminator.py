@@ -1,4 +1,5 @@
 """FactorVAE total-correlation discriminator (Kim & Mnih 2018)."""
+
 import torch
 from torch import nn
 
@@ -12,8 +13,7 @@ class Discriminator(nn.Module):
     "dimension-wise permuted" is the objective's convention, not this network's.
     """
 
-    def __init__(self, latent_dim: int = 10, hidden: int = 1000, layers: int = 6,
-                 negative_slope: float = 0.2):
+    def __init__(self, latent_dim: int = 10, hidden: int = 1000, layers: int = 6, negative_slope: float = 0.2):
         super().__init__()
         if layers < 1:
             raise ValueError(f"Discriminator needs layers >= 1 (got {layers}).")

@@ -1,4 +1,5 @@
 """Convolutional encoder q(z|x) of paper Tables 1 and 2."""
+
 from collections.abc import Sequence
 
 import torch
@@ -39,8 +40,7 @@ class ConvEncoder(nn.Module):
             layers += [SameConv2d(prev, width, kernel_size, stride=2), nn.ReLU()]
             prev = width
         side = image_size // factor
-        layers += [nn.Flatten(), nn.Linear(prev * side * side, hidden), nn.ReLU(),
-                   nn.Linear(hidden, 2 * latent_dim)]
+        layers += [nn.Flatten(), nn.Linear(prev * side * side, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim)]
         self.net = nn.Sequential(*layers)
         init_weights(self)
 
@@ -48,8 +48,7 @@ class ConvEncoder(nn.Module):
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"ConvEncoder expected images of shape [B, {', '.join(map(str, expected))}], "
-                f"got {list(x.shape)}."
+                f"ConvEncoder expected images of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}."
             )
         mean, logvar = self.net(x).chunk(2, dim=1)
         return mean, logvar

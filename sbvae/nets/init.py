@@ -1,4 +1,5 @@
 """Weight initialisation shared by every network (paper Appendix A)."""
+
 import math
 
 from torch import nn

@@ -1,4 +1,5 @@
 """Shape check shared by the decoders' forward()."""
+
 import torch
 
 

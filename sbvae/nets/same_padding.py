@@ -5,6 +5,7 @@ odd extra padding pixel of even kernels at the right/bottom. PyTorch refuses pad
 for strided convolutions and, for stride 1, warns and pads through a copy anyway, so the
 padding is done explicitly here.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,8 +18,9 @@ class SameConv2d(nn.Conv2d):
         total = max(kernel_size - stride, 0)
         before, after = total // 2, total - total // 2
         # Symmetric padding is left to the convolution itself (no copy of the input).
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=before if before == after else 0)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=before if before == after else 0
+        )
         self._explicit_pad = None if before == after else (before, after, before, after)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,5 +34,6 @@ def doubling_deconv(in_channels: int, out_channels: int, kernel_size: int) -> nn
     # out = (n - 1) * 2 - 2 * padding + k + output_padding = 2n.
     output_padding = kernel_size % 2
     padding = (kernel_size - 2 + output_padding) // 2
-    return nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=2,
-                              padding=padding, output_padding=output_padding)
+    return nn.ConvTranspose2d(
+        in_channels, out_channels, kernel_size, stride=2, padding=padding, output_padding=output_padding
+    )

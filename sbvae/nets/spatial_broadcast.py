@@ -1,4 +1,5 @@
 """Spatial Broadcast decoder (Watters et al. 2019), with the paper's ablations as arguments."""
+
 from collections.abc import Sequence
 
 import torch
@@ -67,16 +68,16 @@ class SpatialBroadcastDecoder(nn.Module):
             )
         if upscales and padding != "same":
             raise ValueError("upscales > 0 needs padding='same'; set one of them back to its default.")
-        if image_size % (2 ** upscales) != 0:
+        if image_size % (2**upscales) != 0:
             raise ValueError(
                 f"upscales={upscales} doubles the tile {upscales} times, so image_size must be a "
-                f"multiple of {2 ** upscales} (got {image_size}); use fewer upscales or resize the images."
+                f"multiple of {2**upscales} (got {image_size}); use fewer upscales or resize the images."
             )
         self.latent_dim = latent_dim
         if padding == "valid":
             self.tile_size = image_size + n_layers * (kernel_size - 1)
         else:
-            self.tile_size = image_size // 2 ** upscales
+            self.tile_size = image_size // 2**upscales
 
         mlp, prev = [], latent_dim
         for _ in range(mlp_layers):
@@ -100,7 +101,7 @@ class SpatialBroadcastDecoder(nn.Module):
         grid = coordinate_grid(self.tile_size, self.tile_size)
         if shuffle_coords:
             generator = torch.Generator().manual_seed(shuffle_seed)
-            perm = torch.randperm(self.tile_size ** 2, generator=generator)
+            perm = torch.randperm(self.tile_size**2, generator=generator)
             grid = grid.flatten(1)[:, perm].reshape_as(grid)
         # Persistent: it moves with .to(device)/DDP and is restored by load_state_dict.
         self.register_buffer("coords", grid)

@@ -8,9 +8,19 @@ that seed, and its data, colours and posterior noise come from the keyed streams
     outputs    ReplicaOutputs: each replica's scalars, pictures, checkpoints and status under replica_k/
     strategy   ReplicaParallelStrategy: the replicas split over several processes
 """
+
 from sbvae.replicas.outputs import BEST_KEY, PENDING_CHECKPOINT, ReplicaOutputs, raise_all_diverged, replica_checkpoint
 from sbvae.replicas.stacked import ReplicaSet
 from sbvae.replicas.strategy import STRATEGY, ReplicaParallelStrategy, shares
 
-__all__ = ["BEST_KEY", "PENDING_CHECKPOINT", "STRATEGY", "ReplicaOutputs", "ReplicaParallelStrategy", "ReplicaSet",
-           "raise_all_diverged", "replica_checkpoint", "shares"]
+__all__ = [
+    "BEST_KEY",
+    "PENDING_CHECKPOINT",
+    "STRATEGY",
+    "ReplicaOutputs",
+    "ReplicaParallelStrategy",
+    "ReplicaSet",
+    "raise_all_diverged",
+    "replica_checkpoint",
+    "shares",
+]

@@ -3,6 +3,7 @@ pictures, ``checkpoints/last.ckpt`` and ``checkpoints/best-step=N.ckpt`` (by its
 run's format (``sbvae-eval --ckpt`` and ``--ckpt_path`` take them unchanged), and ``status.json``; and
 reading them back on resume.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from sbvae import runs
 from sbvae.callbacks import Heartbeat, ImageLogger, exception_status
-from sbvae.trainer_step import engine_status
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.seeds import SEEDS_KEY, seeds_record
+from sbvae.trainer_step import engine_status
 
 if TYPE_CHECKING:
     from sbvae.replicas.stacked import ReplicaSet
@@ -35,7 +36,9 @@ BEST_KEY = "sbvae_replica_best"
 class ReplicaOutputs(L.Callback):
     """Per replica: TensorBoard scalars and pictures, checkpoints and status.json under ``replica_k/``."""
 
-    def __init__(self, images: ImageLogger | None = None, keep_best: bool = True, heartbeat_seconds: float | None = None):
+    def __init__(
+        self, images: ImageLogger | None = None, keep_best: bool = True, heartbeat_seconds: float | None = None
+    ):
         self.images = images or ImageLogger()  # the run's picture settings, drawn for each replica
         self.every_n_steps = self.images.every_n_steps
         self.keep_best = keep_best
@@ -82,8 +85,15 @@ class ReplicaOutputs(L.Callback):
         folder = self.folder(trainer, k)
         with self._lock:
             os.makedirs(folder, exist_ok=True)
-            runs.write_status(folder, status, trainer.global_step, self.started, seed=module.seeds[k],
-                              **engine_status(module), **extra)
+            runs.write_status(
+                folder,
+                status,
+                trainer.global_step,
+                self.started,
+                seed=module.seeds[k],
+                **engine_status(module),
+                **extra,
+            )
             self._states[k] = status
 
     def _beat(self) -> None:
@@ -91,8 +101,14 @@ class ReplicaOutputs(L.Callback):
         for k in list(self._states):
             with self._lock:
                 if self._states.get(k) == "running":
-                    runs.write_status(self.folder(self._trainer, k), "running", self._trainer.global_step,
-                                      self.started, seed=self._module.seeds[k], **engine_status(self._module))
+                    runs.write_status(
+                        self.folder(self._trainer, k),
+                        "running",
+                        self._trainer.global_step,
+                        self.started,
+                        seed=self._module.seeds[k],
+                        **engine_status(self._module),
+                    )
 
     def _diverged(self, module: ReplicaSet) -> dict[int, int]:
         """Replica -> the step it diverged at: from the engine, or before it exists from the resumed files."""
@@ -113,7 +129,9 @@ class ReplicaOutputs(L.Callback):
                 self._mark_diverged(trainer, module, k, bad)
             live = module.num_replicas - len(frozen)
             if trainer.world_size > 1:  # the other processes' replicas count too (every process logs at this step)
-                live = int(trainer.strategy.reduce(torch.tensor(live, device=trainer.strategy.root_device), reduce_op="sum"))
+                live = int(
+                    trainer.strategy.reduce(torch.tensor(live, device=trainer.strategy.root_device), reduce_op="sum")
+                )
             if live == 0:
                 raise_all_diverged(frozen)
         if self.every_n_steps and step % self.every_n_steps == 0:
@@ -122,9 +140,17 @@ class ReplicaOutputs(L.Callback):
     def _mark_diverged(self, trainer, module, k: int, step: int) -> None:
         if (runs.read_status(self.folder(trainer, k)) or {}).get("status") == "diverged":
             return
-        self._status(trainer, module, k, "diverged", step=step, message=(
-            f"replica {self.replica_ids[k]} (seed {module.seeds[k]}) diverged at step {step}; it was frozen there and its last good "
-            "checkpoint is kept."))
+        self._status(
+            trainer,
+            module,
+            k,
+            "diverged",
+            step=step,
+            message=(
+                f"replica {self.replica_ids[k]} (seed {module.seeds[k]}) diverged at step {step}; it was frozen there and its last good "
+                "checkpoint is kept."
+            ),
+        )
 
     def _pictures(self, trainer, module: ReplicaSet) -> None:
         if trainer.global_step == getattr(self, "_pictured_step", None):
@@ -158,8 +184,11 @@ class ReplicaOutputs(L.Callback):
         self.writers = []
         done = module.num_replicas - len(frozen)
         where = f"process {trainer.global_rank}: " if trainer.world_size > 1 else ""
-        print(f"sbvae-train: {where}{done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
-              + (f" (replicas {sorted(self.replica_ids[k] for k in frozen)})" if frozen else "") + ".")
+        print(
+            f"sbvae-train: {where}{done} of {module.num_replicas} replicas completed, {len(frozen)} diverged"
+            + (f" (replicas {sorted(self.replica_ids[k] for k in frozen)})" if frozen else "")
+            + "."
+        )
         if trainer.world_size > 1:
             counts = torch.tensor([done, len(frozen)], device=trainer.strategy.root_device)
             done, diverged = (int(v) for v in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
@@ -258,13 +287,13 @@ def replica_checkpoint(checkpoint: dict, module: ReplicaSet, k: int) -> dict:
     return out
 
 
-
 def _slice_optimizer_state(state: dict, k: int) -> dict:
     """Replica k's part of an optimiser state over stacked parameters (the step counter is shared)."""
     out = {"param_groups": copy.deepcopy(state["param_groups"]), "state": {}}
     for index, per_param in state["state"].items():
-        out["state"][index] = {name: (v[k].clone() if torch.is_tensor(v) and v.ndim > 0 else v)
-                               for name, v in per_param.items()}
+        out["state"][index] = {
+            name: (v[k].clone() if torch.is_tensor(v) and v.ndim > 0 else v) for name, v in per_param.items()
+        }
     return out
 
 
@@ -274,7 +303,10 @@ def raise_all_diverged(frozen: dict[int, int]):
         f"every replica diverged (first at step {step} here); each one's last good checkpoint is kept in "
         "replica_K/checkpoints/last.ckpt (resuming the set keeps them frozen): train on from one as a single run "
         "(--ckpt_path that file, which keeps its seed) with a lower learning rate, or use other seeds, or "
-        "model.likelihood=gaussian.", step=step, value=float("nan"))
+        "model.likelihood=gaussian.",
+        step=step,
+        value=float("nan"),
+    )
 
 
 def read_replica_checkpoints(run: str, replica_ids: list[int], step: int | None):
@@ -294,8 +326,10 @@ def read_replica_checkpoints(run: str, replica_ids: list[int], step: int | None)
         ckpt = None if k in frozen else _pending_of_this_step(runs.checkpoint_dir(folder), step)
         ckpt = ckpt or runs.load_checkpoint(path)
         if k not in frozen and ckpt.get("global_step") != step:
-            raise SBVAEError(f"{path} is at step {ckpt.get('global_step')} but the run's checkpoint at step "
-                             f"{step}: resume from a run folder whose files were written together.")
+            raise SBVAEError(
+                f"{path} is at step {ckpt.get('global_step')} but the run's checkpoint at step "
+                f"{step}: resume from a run folder whose files were written together."
+            )
         states.append(ckpt)
         if BEST_KEY in ckpt:
             best[k] = (float(ckpt[BEST_KEY][0]), str(ckpt[BEST_KEY][1]))

@@ -4,6 +4,7 @@ One ``vmap`` of the plain model's ``loss_terms`` (on accelerators) or a loop ove
 are views of the stacked ones (on the CPU) runs every replica; Adam over the stacked parameters is
 elementwise, hence exactly per-replica Adam.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,13 +16,13 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from sbvae.engine import Engine
-from sbvae.trainer_step import counted_step, engine_for
 from sbvae.errors import SBVAEError
 from sbvae.metrics.latents_used import count_used
 from sbvae.module import VAE, adam, refuse_fp16, wants_channels_last
 from sbvae.replicas.outputs import read_replica_checkpoints
 from sbvae.replicas.strategy import shares
 from sbvae.seeds import SEEDS_KEY, seeds_record
+from sbvae.trainer_step import counted_step, engine_for
 
 
 class _Call(nn.Module):
@@ -85,8 +86,10 @@ class ReplicaSet(L.LightningModule):
         if world > 1 and len(self.replica_ids) == len(self.all_seeds):
             share = shares(len(self.all_seeds), world)[rank]
             if not share:
-                raise SBVAEError(f"--replicas {len(self.all_seeds)} over {world} processes leaves process {rank} "
-                                 f"nothing to train: ask for at least {world} replicas, or fewer devices.")
+                raise SBVAEError(
+                    f"--replicas {len(self.all_seeds)} over {world} processes leaves process {rank} "
+                    f"nothing to train: ask for at least {world} replicas, or fewer devices."
+                )
             self._build(share)
 
     @property
@@ -141,8 +144,12 @@ class ReplicaSet(L.LightningModule):
         if self._vectorized():
             return torch.vmap(self._run)(self.weights(), xs, rs)
         layout = self._layout()
-        outs = [self._run({n: layout(w[k]) for n, w in self.weights().items()}, layout(xs[k]), {n: v[k] for n, v in rs.items()})
-                for k in range(self.num_replicas)]
+        outs = [
+            self._run(
+                {n: layout(w[k]) for n, w in self.weights().items()}, layout(xs[k]), {n: v[k] for n, v in rs.items()}
+            )
+            for k in range(self.num_replicas)
+        ]
         return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
 
     def loss_pieces(self, x: torch.Tensor, **randomness: torch.Tensor) -> list | None:
@@ -159,8 +166,10 @@ class ReplicaSet(L.LightningModule):
         layout = self._layout()
         models = self._replica_models()
         torch._foreach_zero_(list(self._grad_buffers.values()))  # backward adds into the gradient already there
-        return [lambda k=k: models[k].loss_terms(layout(xs[k]), **{n: v[k] for n, v in rs.items()})
-                for k in range(self.num_replicas)]
+        return [
+            lambda k=k: models[k].loss_terms(layout(xs[k]), **{n: v[k] for n, v in rs.items()})
+            for k in range(self.num_replicas)
+        ]
 
     def _replica_models(self) -> list[nn.Module]:
         """Replica k's plain model over views of the stacked weights and gradients, made again whenever the
@@ -216,8 +225,13 @@ class ReplicaSet(L.LightningModule):
         seeds = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
         # rank 0 for every process: replica k's streams are those of the single run with its seed.
         self.engine = engine_for(
-            self, self.model_hparams.get("step_mode", "auto"), lambda step: dm.training_batch(seeds, 0, step, self.device),
-            seed=seeds, rank=0, max_loss=self.model_hparams["max_loss"], replicas=self.num_replicas,
+            self,
+            self.model_hparams.get("step_mode", "auto"),
+            lambda step: dm.training_batch(seeds, 0, step, self.device),
+            seed=seeds,
+            rank=0,
+            max_loss=self.model_hparams["max_loss"],
+            replicas=self.num_replicas,
         )
         for k, step in getattr(self, "_frozen_at", {}).items():  # diverged before the resumed checkpoint
             self.engine.bad_step[k] = step
@@ -233,18 +247,22 @@ class ReplicaSet(L.LightningModule):
         """Resume each replica from its own files (``read_replica_checkpoints``): the set's file carries only the
         loops and step. A replica that diverged keeps its last good weights and stays frozen."""
         run = os.path.dirname(os.path.dirname(os.path.abspath(self.trainer.ckpt_path)))
-        states, self._frozen_at, self.best_on_resume = read_replica_checkpoints(run, self.replica_ids, checkpoint.get("global_step"))
+        states, self._frozen_at, self.best_on_resume = read_replica_checkpoints(
+            run, self.replica_ids, checkpoint.get("global_step")
+        )
         checkpoint["state_dict"] = self._stacked_state(states)
-        checkpoint["optimizer_states"] = [self._stacked_optimizer(states, i, s)
-                                          for i, s in enumerate(checkpoint["optimizer_states"])]
+        checkpoint["optimizer_states"] = [
+            self._stacked_optimizer(states, i, s) for i, s in enumerate(checkpoint["optimizer_states"])
+        ]
 
     def _stacked_state(self, states: list[dict | None]) -> dict[str, torch.Tensor]:
         out = {}
         for name in self.names + self.buffer_names:
             key = ("stacked." if name in self.names else "buffer__") + _flat(name)
             current = self.state_dict()[key]
-            out[key] = torch.stack([current[k] if st is None else st["state_dict"][name].to(current.dtype)
-                                    for k, st in enumerate(states)])
+            out[key] = torch.stack(
+                [current[k] if st is None else st["state_dict"][name].to(current.dtype) for k, st in enumerate(states)]
+            )
         return out
 
     def _stacked_optimizer(self, states: list[dict | None], index: int, fallback: dict) -> dict:
@@ -258,9 +276,12 @@ class ReplicaSet(L.LightningModule):
             out["state"][p] = {}
             for key, value in per_param.items():
                 if torch.is_tensor(value) and value.ndim > 0:  # moments: one slice per replica
-                    out["state"][p][key] = torch.stack([
-                        torch.zeros_like(value) if st is None else st["optimizer_states"][index]["state"][p][key]
-                        for st in states])
+                    out["state"][p][key] = torch.stack(
+                        [
+                            torch.zeros_like(value) if st is None else st["optimizer_states"][index]["state"][p][key]
+                            for st in states
+                        ]
+                    )
                 else:  # Adam's step count, shared by the set
                     out["state"][p][key] = value
         return out

@@ -1,4 +1,5 @@
 """Replicas over several processes: DDP's processes and collectives, each process training its own share."""
+
 from __future__ import annotations
 
 import torch

@@ -1,19 +1,25 @@
 """Building a report: tables, figures, report.md, summary.json, and the figures in TensorBoard."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from sbvae.paper import load_targets
 from sbvae.report import figures as F
 from sbvae.report.collect import RunResult, collect, load_manifest, write_json
 from sbvae.report.tables import REPORT_COLUMNS, Row, factor_vae_context, markdown_table, rows, summary
-from sbvae.paper import load_targets
 
-HEADINGS = {"mig_histogram": "MIG histograms", "rate_distortion": "Rate-distortion", "latent_geometry": "Latent geometry",
-            "traversals": "Traversals"}
+HEADINGS = {
+    "mig_histogram": "MIG histograms",
+    "rate_distortion": "Rate-distortion",
+    "latent_geometry": "Latent geometry",
+    "traversals": "Traversals",
+}
 CAPTIONS = {
     "mig_histogram": "MIG over seeds (paper Figures 2, 3): one histogram per row; stars mark the best and the worst seed, whose traversals follow.",
     "rate_distortion": "Rate-distortion (paper Figure 4): NLL against KL and against MIG, one small point per run, the mean per beta joined.",
@@ -84,7 +90,9 @@ class Models:
             writer.add_figure(tag, fig, step, close=False)
 
 
-def _figure(report: Report, models: Models, kind: str, title: str, name: str, fig, run: RunResult | None = None) -> None:
+def _figure(
+    report: Report, models: Models, kind: str, title: str, name: str, fig, run: RunResult | None = None
+) -> None:
     path = os.path.join(report.out, name)
     F.save(fig, path)
     report.pictures.append(Picture(kind, title, name))
@@ -121,8 +129,15 @@ def traversals(report: Report, models: Models) -> None:
         if run is None:
             continue
         title = f"{row.name}: {describe(run, 'median' if 'mig' in run.scores else 'first')}"
-        _figure(report, models, "traversals", title, f"traversals-{slug(row.name)}.png",
-                F.traversal_figure(traversal(*models.get(run)), title), run)
+        _figure(
+            report,
+            models,
+            "traversals",
+            title,
+            f"traversals-{slug(row.name)}.png",
+            F.traversal_figure(traversal(*models.get(run)), title),
+            run,
+        )
 
 
 def beta_axis(manifest: dict[str, Any]) -> str | None:
@@ -132,7 +147,9 @@ def beta_axis(manifest: dict[str, Any]) -> str | None:
     return key if key and len({repr(g["values"].get(key)) for g in manifest["groups"]}) > 1 else None
 
 
-def rate_distortion_series(manifest: dict[str, Any], results: list[RunResult], key: str) -> dict[str, list[dict[str, float]]]:
+def rate_distortion_series(
+    manifest: dict[str, Any], results: list[RunResult], key: str
+) -> dict[str, list[dict[str, float]]]:
     """One series per setting of the other grid axes (e.g. sbd, deconv): each scored run's beta and scores."""
     series: dict[str, list[dict[str, float]]] = {}
     by_group = {g["name"]: g for g in manifest["groups"]}
@@ -154,11 +171,14 @@ def rate_distortion(report: Report, models: Models) -> None:
     if not series:
         report.notes.append("Rate-distortion: no run has ELBO scores (add elbo to the sweep's metrics).")
         return
-    _figure(report, models, "rate_distortion", "Rate-distortion over beta", "rate_distortion.png", F.rate_distortion(series))
+    _figure(
+        report, models, "rate_distortion", "Rate-distortion over beta", "rate_distortion.png", F.rate_distortion(series)
+    )
 
 
 def latent_geometry(report: Report, models: Models, points: int) -> None:
-    from sbvae.report.probes import geometry_factors, latent_geometry as geometry
+    from sbvae.report.probes import geometry_factors
+    from sbvae.report.probes import latent_geometry as geometry
 
     same_data: dict[str, list] = {}
     for row in report.rows:
@@ -168,8 +188,10 @@ def latent_geometry(report: Report, models: Models, points: int) -> None:
         chosen = [("best", reps["best"])] + ([("worst", reps["worst"])] if reps["worst"] is not reps["best"] else [])
         data = models.get(chosen[0][1])[1].data
         if geometry_factors(data) is None:
-            note = (f"Latent geometry: skipped for {data.name}, which has {len(data.factor_names)} factors "
-                    f"({', '.join(data.factor_names)}); the plot needs a two-factor dataset (circles-xy, -xh, -rg).")
+            note = (
+                f"Latent geometry: skipped for {data.name}, which has {len(data.factor_names)} factors "
+                f"({', '.join(data.factor_names)}); the plot needs a two-factor dataset (circles-xy, -xh, -rg)."
+            )
             if note not in report.notes:
                 report.notes.append(note)
             continue
@@ -178,14 +200,32 @@ def latent_geometry(report: Report, models: Models, points: int) -> None:
             model, datamodule = models.get(run)
             entries.append((f"{row.name}: {describe(run, what)}", geometry(model, datamodule.data, points)))
         fig = F.latent_geometry(entries)
-        _figure(report, models, "latent_geometry", f"{row.name}: latent geometry", f"geometry-{slug(row.name)}.png", fig, chosen[0][1])
+        _figure(
+            report,
+            models,
+            "latent_geometry",
+            f"{row.name}: latent geometry",
+            f"geometry-{slug(row.name)}.png",
+            fig,
+            chosen[0][1],
+        )
         dataset = (chosen[0][1].evaluation or {}).get("dataset") or {"name": data.name}
-        same_data.setdefault(json.dumps({k: dataset.get(k) for k in ("dataset", "dataset_options", "name", "image_size")},
-                                        sort_keys=True), []).extend(entries)
+        same_data.setdefault(
+            json.dumps(
+                {k: dataset.get(k) for k in ("dataset", "dataset_options", "name", "image_size")}, sort_keys=True
+            ),
+            [],
+        ).extend(entries)
     lines = [entries for entries in same_data.values() if len({title.split(":")[0] for title, _ in entries}) > 1]
     if lines:  # rows trained on the same data (SBD and DeConv, say) side by side, one line per dataset
-        _figure(report, models, "latent_geometry", "latent geometry side by side", "geometry-side-by-side.png",
-                F.latent_geometry_lines(lines))
+        _figure(
+            report,
+            models,
+            "latent_geometry",
+            "latent geometry side by side",
+            "geometry-side-by-side.png",
+            F.latent_geometry_lines(lines),
+        )
 
 
 def applicable(report: Report) -> list[str]:
@@ -222,18 +262,27 @@ def markdown(report: Report) -> str:
     ]
     sizes = sorted({r.evaluation.get("dataset", {}).get("image_size") for r in report.results if r.evaluation} - {None})
     if m.get("targets") and any(size != 64 for size in sizes):
-        lines.append(f"- ELBO, NLL and KL are nats per image: these runs use {', '.join(f'{s} px' for s in sizes)} images, the paper "
-                     "64 px, so those three columns are not comparable with the paper's; MIG is.")
+        lines.append(
+            f"- ELBO, NLL and KL are nats per image: these runs use {', '.join(f'{s} px' for s in sizes)} images, the paper "
+            "64 px, so those three columns are not comparable with the paper's; MIG is."
+        )
     if m.get("targets"):
-        lines.append(f"- Paper numbers: table {m['targets']['table']} of {os.path.basename(m['targets'].get('file', 'targets.yaml'))} "
-                     f"({m['targets']['data'].get('source', '')}).")
+        lines.append(
+            f"- Paper numbers: table {m['targets']['table']} of {os.path.basename(m['targets'].get('file', 'targets.yaml'))} "
+            f"({m['targets']['data'].get('source', '')})."
+        )
     lines += ["", "## Results", "", markdown_table(m, report.rows), ""]
     context = factor_vae_context(report.rows)
     if context:
-        lines += ["### The FactorVAE score in context", "",
-                  "disentanglement_lib's protocol (METRICS.md): a code that tells no factor apart scores chance; the "
-                  "quick preset's score moves by about ±0.05 between seeds, so it is a smoke check, not a result.", "",
-                  context, ""]
+        lines += [
+            "### The FactorVAE score in context",
+            "",
+            "disentanglement_lib's protocol (METRICS.md): a code that tells no factor apart scores chance; the "
+            "quick preset's score moves by about ±0.05 between seeds, so it is a smoke check, not a result.",
+            "",
+            context,
+            "",
+        ]
     if report.pictures:
         lines += ["## Figures", ""]
         for kind in CAPTIONS:
@@ -245,41 +294,69 @@ def markdown(report: Report) -> str:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     columns = [c for c in REPORT_COLUMNS if any(c in r.scores for r in report.results)]
     row = lambda cells: "| " + " | ".join(cells) + " |"  # one cell per column, none empty when no score is
-    lines += ["## Runs", "", f"Folders are relative to the sweep folder {report.shown_folder}.", "",
-              row(["group", "seed", "status", "step", *(REPORT_COLUMNS[c] for c in columns), "folder"]),
-              "|" + "---|" * (len(columns) + 5)]
+    lines += [
+        "## Runs",
+        "",
+        f"Folders are relative to the sweep folder {report.shown_folder}.",
+        "",
+        row(["group", "seed", "status", "step", *(REPORT_COLUMNS[c] for c in columns), "folder"]),
+        "|" + "---|" * (len(columns) + 5),
+    ]
     for r in report.results:
         cells = [f"{r.scores[c]:.4g}" if c in r.scores else "–" for c in columns]
-        lines.append(row([r.group, str(r.seed), r.status, f"{r.global_step:,}", *cells, os.path.relpath(r.folder, report.folder)]))
+        lines.append(
+            row(
+                [r.group, str(r.seed), r.status, f"{r.global_step:,}", *cells, os.path.relpath(r.folder, report.folder)]
+            )
+        )
     refused = m.get("refused") or []
     if refused:
         lines += ["", "## Runs not pooled", "", f"{len(refused)} run folder(s) found but left out of every row:", ""]
         lines += [f"- {r['folder']} (seed {r['seed']}): {r['reason']}" for r in refused]
-    lines += ["", "## Rerun one seed", "",
-              "Each seed trains alone (replica k of a replica set is the single run of seed base + k) and is scored "
-              "as here with these commands; summary.json holds them for every seed.", ""]
+    lines += [
+        "",
+        "## Rerun one seed",
+        "",
+        "Each seed trains alone (replica k of a replica set is the single run of seed base + k) and is scored "
+        "as here with these commands; summary.json holds them for every seed.",
+        "",
+    ]
     for group in dict.fromkeys(r.group for r in report.results):
         first = next(r for r in report.results if r.group == group and r.rerun)
         lines += [f"{group}, seed {first.seed}:", "", "```bash", *first.rerun, "```", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def build_report(folder: str, out: str | None = None, device: str = "cpu", tensorboard: bool = True,
-                 targets_file: str | None = None, geometry_points: int = 16, echo: Callable[[str], None] = print) -> Report:
+def build_report(
+    folder: str,
+    out: str | None = None,
+    device: str = "cpu",
+    tensorboard: bool = True,
+    targets_file: str | None = None,
+    geometry_points: int = 16,
+    echo: Callable[[str], None] = print,
+) -> Report:
     manifest = load_manifest(folder)
     if targets_file and manifest.get("targets"):
         table = manifest["targets"]["table"]
         manifest["targets"] = {**manifest["targets"], "file": targets_file, "data": load_targets(targets_file)[table]}
     results = collect(folder, manifest)
-    report = Report(manifest, results, rows(manifest, results), out or os.path.join(folder, "report"),
-                    os.path.abspath(folder), folder)
+    report = Report(
+        manifest,
+        results,
+        rows(manifest, results),
+        out or os.path.join(folder, "report"),
+        os.path.abspath(folder),
+        folder,
+    )
     os.makedirs(report.out, exist_ok=True)
     stale = [r for r in results if r.stale_step is not None]
     if stale:
         report.notes.append(
             f"{len(stale)} completed run(s) trained on after their scores (e.g. {os.path.relpath(stale[0].folder, folder)}: "
             f"scores of step {stale[0].stale_step}, checkpoint at step {stale[0].global_step}), so they are left out: "
-            "rescore them with sbvae-eval --ckpt <run folder> (sbvae-sweep run rescores a sweep's).")
+            "rescore them with sbvae-eval --ckpt <run folder> (sbvae-sweep run rescores a sweep's)."
+        )
     models = Models(device, tensorboard)
     for kind in applicable(report):
         echo(f"drawing {kind.replace('_', ' ')}")

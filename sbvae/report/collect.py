@@ -5,6 +5,7 @@ A folder written by ``sbvae-sweep run`` has ``sweep.json``.  Any other folder of
 count, each seed counted once, with the scores of the ``eval-<preset>-seed0.json`` files sbvae-eval
 wrote beside the checkpoints; runs it will not pool are listed with the reason.
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,7 +19,7 @@ import yaml
 
 from sbvae import runs as runs_layout
 from sbvae.errors import SBVAEError
-from sbvae.sweep.commands import checkpoint_path, eval_path, rerun_commands, shown, TRAIN
+from sbvae.sweep.commands import TRAIN, checkpoint_path, eval_path, rerun_commands, shown
 from sbvae.sweep.state import read_json, read_record, sweep_run_state
 
 
@@ -56,20 +57,32 @@ def scores_of(evaluation: dict[str, Any]) -> dict[str, float]:
 def load_manifest(folder: str) -> dict[str, Any]:
     """sweep.json of an sbvae-sweep output folder, or a manifest made up from the runs found under it."""
     if not os.path.isdir(folder):
-        raise SBVAEError(f"{folder} is not a folder: pass the --out folder of sbvae-sweep run (or a folder of sbvae-train runs).")
+        raise SBVAEError(
+            f"{folder} is not a folder: pass the --out folder of sbvae-sweep run (or a folder of sbvae-train runs)."
+        )
     manifest = read_json(os.path.join(folder, "sweep.json"))
     if manifest is not None:
         return manifest
     manifest = manifest_from_runs(folder)
     if not manifest["groups"]:
-        raise SBVAEError(f"{folder} has no sweep.json and no run folders with status.json; pass the --out folder of sbvae-sweep run.")
+        raise SBVAEError(
+            f"{folder} has no sweep.json and no run folders with status.json; pass the --out folder of sbvae-sweep run."
+        )
     return manifest
 
 
 # Keys of a resolved sbvae-train config that say where a run writes and how it is resumed, not what it
 # trains: two runs that differ only here (and in the seed) are seeds of one experiment.
-NOT_DEFINING = ("seed_everything", "ckpt_path", "replicas", "last_checkpoint", "trainer.logger", "trainer.max_steps",
-                "trainer.enable_progress_bar", "trainer.enable_model_summary")
+NOT_DEFINING = (
+    "seed_everything",
+    "ckpt_path",
+    "replicas",
+    "last_checkpoint",
+    "trainer.logger",
+    "trainer.max_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 
 
 def definition(config: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +113,9 @@ class FoundRun:
 def _found_run(folder: str, run: str) -> FoundRun:
     rel = os.path.relpath(run, folder)
     replica = runs_layout.REPLICA_FOLDER.fullmatch(os.path.basename(rel))
-    parent = (os.path.dirname(os.path.dirname(rel) if replica else rel)
-              or os.path.basename(os.path.abspath(folder))).replace(os.sep, "/")
+    parent = (
+        os.path.dirname(os.path.dirname(rel) if replica else rel) or os.path.basename(os.path.abspath(folder))
+    ).replace(os.sep, "/")
     status = runs_layout.read_status(run) or {}
     config_file = os.path.join(os.path.dirname(run) if replica else run, "config.yaml")  # a replica's is its set's
     config = None
@@ -110,8 +124,11 @@ def _found_run(folder: str, run: str) -> FoundRun:
             config = yaml.safe_load(f) or {}
     seed = status.get("seed") if replica else (config or {}).get("seed_everything")
     # A completed run trained to its global step; any other stopped on the way to the steps it was asked for.
-    steps = status.get("global_step") if status.get("status") == "completed" else \
-        ((config or {}).get("trainer") or {}).get("max_steps", status.get("global_step"))
+    steps = (
+        status.get("global_step")
+        if status.get("status") == "completed"
+        else ((config or {}).get("trainer") or {}).get("max_steps", status.get("global_step"))
+    )
     return FoundRun(rel, parent, seed, steps, definition(config) if config is not None else None, status)
 
 
@@ -158,14 +175,20 @@ def manifest_from_runs(folder: str) -> dict[str, Any]:
         for file in scores:
             presets[os.path.basename(file).split("-")[1]] += 1
         if run.config is None:
-            refused.append({"folder": run.folder, "seed": run.seed, "reason": "no config.yaml, so what it trained is unknown"})
+            refused.append(
+                {"folder": run.folder, "seed": run.seed, "reason": "no config.yaml, so what it trained is unknown"}
+            )
             continue
         if run.seed is None:
             refused.append({"folder": run.folder, "seed": None, "reason": "no seed in its config.yaml or status.json"})
             continue
         key = (tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in run.config.items())), run.steps)
         # Of two runs of one seed, the one counted: completed, then scored, then the newest (a rerun after a failure).
-        rank = (run.status.get("status") == "completed", bool(scores), os.path.getmtime(os.path.join(path, runs_layout.STATUS_FILE)))
+        rank = (
+            run.status.get("status") == "completed",
+            bool(scores),
+            os.path.getmtime(os.path.join(path, runs_layout.STATUS_FILE)),
+        )
         candidates.setdefault(key, {}).setdefault(run.seed, []).append((rank, run))
     groups: dict[tuple, list[FoundRun]] = {}
     for key, seeds in candidates.items():
@@ -173,20 +196,48 @@ def manifest_from_runs(folder: str) -> dict[str, Any]:
             options.sort(key=lambda o: o[0], reverse=True)
             kept = options[0][1]
             groups.setdefault(key, []).append(kept)
-            refused += [{"folder": run.folder, "seed": seed,
-                         "reason": f"seed {seed} of the same config and steps is already counted from {kept.folder}"}
-                        for _, run in options[1:]]
+            refused += [
+                {
+                    "folder": run.folder,
+                    "seed": seed,
+                    "reason": f"seed {seed} of the same config and steps is already counted from {kept.folder}",
+                }
+                for _, run in options[1:]
+            ]
         groups[key].sort(key=lambda r: r.folder)
     keys = sorted(groups, key=lambda k: (groups[k][0].folder, k[1] or 0))
     labels = _labels(keys, groups)
     return {
-        "name": os.path.basename(os.path.abspath(folder)), "description": "sbvae-train runs found under this folder",
-        "steps": None, "paper_steps": None, "metrics": [], "preset": presets.most_common(1)[0][0] if presets else "paper",
-        "pool": [], "targets": None, "figures": None, "refused": refused,
-        "groups": [{"name": labels[key], "config": None, "overrides": {}, "axes": {}, "values": {}, "steps": key[1],
-                    "tasks": [{"name": f"{labels[key]}/{r.folder}", "seeds": [r.seed], "folder": r.folder,
-                               "runs": [{"seed": r.seed, "folder": r.folder}]} for r in groups[key]]}
-                   for key in keys],
+        "name": os.path.basename(os.path.abspath(folder)),
+        "description": "sbvae-train runs found under this folder",
+        "steps": None,
+        "paper_steps": None,
+        "metrics": [],
+        "preset": presets.most_common(1)[0][0] if presets else "paper",
+        "pool": [],
+        "targets": None,
+        "figures": None,
+        "refused": refused,
+        "groups": [
+            {
+                "name": labels[key],
+                "config": None,
+                "overrides": {},
+                "axes": {},
+                "values": {},
+                "steps": key[1],
+                "tasks": [
+                    {
+                        "name": f"{labels[key]}/{r.folder}",
+                        "seeds": [r.seed],
+                        "folder": r.folder,
+                        "runs": [{"seed": r.seed, "folder": r.folder}],
+                    }
+                    for r in groups[key]
+                ],
+            }
+            for key in keys
+        ],
     }
 
 
@@ -204,8 +255,17 @@ def collect(folder: str, manifest: dict[str, Any]) -> list[RunResult]:
                 stale = None
                 if evaluation is not None and evaluation.get("global_step") != state.global_step:
                     stale, evaluation = evaluation.get("global_step"), None  # scores of an older checkpoint
-                result = RunResult(group["name"], run["seed"], run_folder, state.status, state.global_step,
-                                   scores_of(evaluation) if evaluation else {}, evaluation, device, stale)
+                result = RunResult(
+                    group["name"],
+                    run["seed"],
+                    run_folder,
+                    state.status,
+                    state.global_step,
+                    scores_of(evaluation) if evaluation else {},
+                    evaluation,
+                    device,
+                    stale,
+                )
                 if result.device is None and evaluation:
                     result.device = evaluation.get("device")
                 if group.get("config"):
@@ -222,8 +282,19 @@ def plain_rerun(folder: str, run_folder: str, seed: int, preset: str) -> list[st
     replica = runs_layout.REPLICA_FOLDER.fullmatch(os.path.basename(run_folder))
     config = os.path.join(os.path.dirname(run) if replica else run, "config.yaml")
     version = f"rerun-seed_{seed}"
-    train = TRAIN + ["fit", "--config", config, "--seed_everything", str(seed), "--replicas", "1",
-                     "--ckpt_path", "null", "--trainer.logger.init_args.version", version]
+    train = TRAIN + [
+        "fit",
+        "--config",
+        config,
+        "--seed_everything",
+        str(seed),
+        "--replicas",
+        "1",
+        "--ckpt_path",
+        "null",
+        "--trainer.logger.init_args.version",
+        version,
+    ]
     return [shown(train), f"sbvae-eval --ckpt <the new run folder, .../{version}> --preset {preset}"]
 
 

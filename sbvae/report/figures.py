@@ -1,5 +1,6 @@
 """The paper's figures with matplotlib (Agg): MIG histograms (Figures 2, 3), rate-distortion (Figure 4),
 latent geometry (Figures 7, 8, 13-22) and labelled traversals.  Each function returns a Figure."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -38,8 +39,10 @@ def traversal_figure(t: Traversal, title: str) -> Figure:
     return fig
 
 
-def mig_histograms(series: list[tuple[str, list[tuple[int, float]]]],
-                   traversals: dict[str, tuple[Traversal | None, Traversal | None]] | None = None) -> Figure:
+def mig_histograms(
+    series: list[tuple[str, list[tuple[int, float]]]],
+    traversals: dict[str, tuple[Traversal | None, Traversal | None]] | None = None,
+) -> Figure:
     """One histogram of MIG over seeds per row, best and worst seed starred; their traversals beside it."""
     traversals = traversals or {}
     with_pictures = any(any(t) for t in traversals.values())
@@ -51,7 +54,10 @@ def mig_histograms(series: list[tuple[str, list[tuple[int, float]]]],
         ax = axes[i][0]
         migs = np.array([v for _, v in values])
         ax.hist(migs, bins=bins, color="tab:blue", alpha=0.75, edgecolor="white")
-        ax.set_title(f"{name}: MIG over {len(migs)} seed{'s' if len(migs) != 1 else ''} (median {np.median(migs):.3f})", fontsize=9)
+        ax.set_title(
+            f"{name}: MIG over {len(migs)} seed{'s' if len(migs) != 1 else ''} (median {np.median(migs):.3f})",
+            fontsize=9,
+        )
         ax.set_xlabel("MIG")
         ax.set_ylabel("seeds")
         if len(values):
@@ -83,11 +89,24 @@ def rate_distortion(series: dict[str, list[dict[str, float]]], beta_key: str = "
             pts = [p for p in points if x_key in p and "nll" in p]
             ax.scatter([p[x_key] for p in pts], [p["nll"] for p in pts], s=12, alpha=0.35, color=color)
             betas = sorted({p[beta_key] for p in pts})
-            means = [(b, np.mean([p[x_key] for p in pts if p[beta_key] == b]), np.mean([p["nll"] for p in pts if p[beta_key] == b]))
-                     for b in betas]
+            means = [
+                (
+                    b,
+                    np.mean([p[x_key] for p in pts if p[beta_key] == b]),
+                    np.mean([p["nll"] for p in pts if p[beta_key] == b]),
+                )
+                for b in betas
+            ]
             ax.plot([m[1] for m in means], [m[2] for m in means], "-o", color=color, label=name, markersize=5)
             ones = [m for m in means if abs(m[0] - 1.0) < 1e-9]
-            ax.plot([m[1] for m in ones], [m[2] for m in ones], "o", markersize=6, markerfacecolor="white", markeredgecolor=color)
+            ax.plot(
+                [m[1] for m in ones],
+                [m[2] for m in ones],
+                "o",
+                markersize=6,
+                markerfacecolor="white",
+                markeredgecolor=color,
+            )
             for b, x, y in means:
                 ax.annotate(f"{b:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(x_label)
@@ -107,8 +126,16 @@ def _grid_lines(ax, xy: np.ndarray, heldout: np.ndarray) -> None:
         ax.plot(xy[:, j, 0], xy[:, j, 1], color="tab:orange", linewidth=0.7, alpha=0.7)
     inside = ~heldout
     colour = np.repeat(np.arange(A)[:, None], B, axis=1)
-    ax.scatter(xy[..., 0][inside], xy[..., 1][inside], c=colour[inside], cmap="viridis", s=9, zorder=3,
-               vmin=0, vmax=max(A - 1, 1))
+    ax.scatter(
+        xy[..., 0][inside],
+        xy[..., 1][inside],
+        c=colour[inside],
+        cmap="viridis",
+        s=9,
+        zorder=3,
+        vmin=0,
+        vmax=max(A - 1, 1),
+    )
     if heldout.any():
         ax.scatter(xy[..., 0][heldout], xy[..., 1][heldout], color="black", s=11, zorder=4, label="held out")
 
@@ -124,7 +151,15 @@ def _geometry_panels(axes, entries: list[tuple[str, Geometry]]) -> None:
     for ax, (title, g) in zip(axes[1:], entries):
         _grid_lines(ax, g.codes, g.heldout)
         if g.blank is not None:
-            ax.plot([g.blank[0]], [g.blank[1]], marker="*", color="black", markersize=14, linestyle="none", label="blank image")
+            ax.plot(
+                [g.blank[0]],
+                [g.blank[1]],
+                marker="*",
+                color="black",
+                markersize=14,
+                linestyle="none",
+                label="blank image",
+            )
         ax.set_xlabel(f"z{g.latents[0]}")
         ax.set_ylabel(f"z{g.latents[1]}")
         ax.set_title(title, fontsize=9)
@@ -143,7 +178,7 @@ def latent_geometry_lines(lines: list[list[tuple[str, Geometry]]]) -> Figure:
     fig, axes = plt.subplots(len(lines), width, figsize=(3.6 * width, 3.6 * len(lines)), squeeze=False)
     for row, entries in zip(axes, lines):
         _geometry_panels(row, entries)
-        for ax in row[len(entries) + 1:]:
+        for ax in row[len(entries) + 1 :]:
             ax.axis("off")
     fig.tight_layout()
     return fig

@@ -3,6 +3,7 @@
 Each function takes a model with ``encode`` / ``decode`` (sbvae's VAE and FactorVAE) and a
 ``GroundTruthData`` (or the DataModule around it), and returns arrays for ``sbvae.report.figures``.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,15 @@ class Traversal:
 
 
 @torch.no_grad()
-def traversal(model, datamodule, seed_row: int = 0, steps: int = 9, limit: float = 2.0,
-              max_latents: int | None = None, order_images: int = 256) -> Traversal:
+def traversal(
+    model,
+    datamodule,
+    seed_row: int = 0,
+    steps: int = 9,
+    limit: float = 2.0,
+    max_latents: int | None = None,
+    order_images: int = 256,
+) -> Traversal:
     """Latent traversal around validation image ``seed_row``, rows sorted by mean posterior variance.
 
     Each row is labelled with its latent index, its mean posterior std and its mean KL to the prior
@@ -90,7 +98,9 @@ def latent_geometry(model, data, points: int = 16, batch: int = 256) -> Geometry
     """
     columns = geometry_factors(data)
     if columns is None:
-        raise ValueError(f"latent geometry needs a dataset with two factors; {data.name} has {', '.join(data.factor_names)}.")
+        raise ValueError(
+            f"latent geometry needs a dataset with two factors; {data.name} has {', '.join(data.factor_names)}."
+        )
     device = next(model.parameters()).device
     a_idx = torch.as_tensor(grid_indices(data.factor_sizes[columns[0]], points))
     b_idx = torch.as_tensor(grid_indices(data.factor_sizes[columns[1]], points))

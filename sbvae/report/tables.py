@@ -1,4 +1,5 @@
 """Report rows: groups (merged over the sweep's ``pool`` axes) with mean ± std over seeds beside the paper's row."""
+
 from __future__ import annotations
 
 import math
@@ -7,12 +8,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbvae.report.collect import RunResult
 from sbvae.paper import COLUMNS, target_row
+from sbvae.report.collect import RunResult
 
 # The paper's columns, then every other metric sbvae-eval can score, in the order a table prints them.
-REPORT_COLUMNS = {**COLUMNS, "beta_vae": "BetaVAE", "dci": "DCI", "sap": "SAP", "modularity": "modularity",
-                  "irs": "IRS", "downstream": "downstream (LR)", "downstream_trees": "downstream (GBT)", "unsupervised": "Gaussian TC", "udr": "UDR"}
+REPORT_COLUMNS = {
+    **COLUMNS,
+    "beta_vae": "BetaVAE",
+    "dci": "DCI",
+    "sap": "SAP",
+    "modularity": "modularity",
+    "irs": "IRS",
+    "downstream": "downstream (LR)",
+    "downstream_trees": "downstream (GBT)",
+    "unsupervised": "Gaussian TC",
+    "udr": "UDR",
+}
 # Printed precision per column, as the paper prints them (ELBO 329 (4.1), KL 24.4 (0.54), MIG 0.147 (0.057)).
 DIGITS = {"elbo": 1, "nll": 1, "kl": 2, "latents_used": 2, "mig": 3, "factor_vae": 3}
 
@@ -132,12 +143,21 @@ def factor_vae_context(table_rows: list[Row]) -> str:
     dimensions it voted with, and the eval accuracy of each factor (means over the scored seeds)."""
     lines = []
     for row in table_rows:
-        results = [r.evaluation["metrics"]["factor_vae"] for r in row.scored
-                   if "factor_vae" in ((r.evaluation or {}).get("metrics") or {})]
+        results = [
+            r.evaluation["metrics"]["factor_vae"]
+            for r in row.scored
+            if "factor_vae" in ((r.evaluation or {}).get("metrics") or {})
+        ]
         if not results:
             continue
-        names = next((r.evaluation["metrics"].get("mig", {}).get("factor_names") for r in row.scored
-                      if (r.evaluation or {}).get("metrics", {}).get("mig")), None)
+        names = next(
+            (
+                r.evaluation["metrics"].get("mig", {}).get("factor_names")
+                for r in row.scored
+                if (r.evaluation or {}).get("metrics", {}).get("mig")
+            ),
+            None,
+        )
         per_factor = [x.get("per_factor_accuracy") for x in results if x.get("per_factor_accuracy")]
         k = len(per_factor[0]) if per_factor else None
         chance = f"{1 / k:.3f}" if k else "–"
@@ -145,14 +165,23 @@ def factor_vae_context(table_rows: list[Row]) -> str:
         accuracy = "–"
         if per_factor:
             names = names if names and len(names) == k else [f"factor {i}" for i in range(k)]
-            accuracy = ", ".join(f"{n} {sum(p[i] for p in per_factor) / len(per_factor):.2f}" for i, n in enumerate(names))
+            accuracy = ", ".join(
+                f"{n} {sum(p[i] for p in per_factor) / len(per_factor):.2f}" for i, n in enumerate(names)
+            )
         score = row.stats.get("factor_vae")
-        lines.append(f"| {row.name} | {fmt('factor_vae', score.mean, score.std) if score else '–'} | {chance} | "
-                     f"{fmt('latents_used', active.mean, active.std) if active else '–'} | {accuracy} |")
+        lines.append(
+            f"| {row.name} | {fmt('factor_vae', score.mean, score.std) if score else '–'} | {chance} | "
+            f"{fmt('latents_used', active.mean, active.std) if active else '–'} | {accuracy} |"
+        )
     if not lines:
         return ""
-    return "\n".join(["| row | FactorVAE | chance (1 / factors) | active dimensions | eval accuracy per factor |",
-                      "|---|---|---|---|---|", *lines])
+    return "\n".join(
+        [
+            "| row | FactorVAE | chance (1 / factors) | active dimensions | eval accuracy per factor |",
+            "|---|---|---|---|---|",
+            *lines,
+        ]
+    )
 
 
 def summary(manifest: dict[str, Any], table_rows: list[Row], folder: str) -> dict[str, Any]:
@@ -160,10 +189,15 @@ def summary(manifest: dict[str, Any], table_rows: list[Row], folder: str) -> dic
     return {
         "sweep": manifest["name"],
         "description": manifest.get("description"),
-        "protocol": {"steps": manifest.get("steps"), "paper_steps": manifest.get("paper_steps"),
-                     "preset": manifest.get("preset"), "metrics": manifest.get("metrics")},
+        "protocol": {
+            "steps": manifest.get("steps"),
+            "paper_steps": manifest.get("paper_steps"),
+            "preset": manifest.get("preset"),
+            "metrics": manifest.get("metrics"),
+        },
         "targets": {"table": manifest["targets"]["table"], "source": manifest["targets"]["data"].get("source")}
-        if manifest.get("targets") else None,
+        if manifest.get("targets")
+        else None,
         "rows": [
             {
                 "name": row.name,
@@ -176,8 +210,17 @@ def summary(manifest: dict[str, Any], table_rows: list[Row], folder: str) -> dic
                 "devices": row.devices,
                 "stats": {c: s.as_dict() for c, s in row.stats.items()},
                 "paper": {"row": row.paper_key, **row.paper} if row.paper else None,
-                "seeds": [{"seed": r.seed, "status": r.status, "global_step": r.global_step, "scores": r.scores,
-                           "folder": os.path.relpath(r.folder, folder), "rerun": r.rerun} for r in row.runs],
+                "seeds": [
+                    {
+                        "seed": r.seed,
+                        "status": r.status,
+                        "global_step": r.global_step,
+                        "scores": r.scores,
+                        "folder": os.path.relpath(r.folder, folder),
+                        "rerun": r.rerun,
+                    }
+                    for r in row.runs
+                ],
             }
             for row in table_rows
         ],

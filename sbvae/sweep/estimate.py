@@ -7,6 +7,7 @@ the CPU (``trainer.accelerator: cpu``), and those only from CPU rows.  A row is 
 coordconv, factorvae-sbd, ...), then batch, then replica count; its images/s are scaled by the pixel
 count from the benchmark's image size (64 px unless the file says otherwise) to the run's.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,8 +23,10 @@ from sbvae.sweep.spec import Group, Sweep, Task
 
 # sbvae-train's real loop on an H100 at batch 16, 64 px, measured by the project before the engine's fast step.
 DEFAULT_IMAGES_PER_S = 1470.0
-DEFAULT_SOURCE = ("assumed 1,470 img/s (sbvae-train's loop on one H100 at batch 16, measured before its fast step: "
-                  "a pessimistic guess for a GPU, none for a CPU): no GPU row in benchmarks/results")
+DEFAULT_SOURCE = (
+    "assumed 1,470 img/s (sbvae-train's loop on one H100 at batch 16, measured before its fast step: "
+    "a pessimistic guess for a GPU, none for a CPU): no GPU row in benchmarks/results"
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,10 @@ class TaskCost:
 
 def results_folder(start: str) -> str | None:
     """The benchmarks/results folder of the repository holding ``start`` (a sweep file), else of sbvae itself."""
-    for origin in (os.path.dirname(os.path.abspath(start)), os.path.dirname(os.path.dirname(os.path.dirname(__file__)))):
+    for origin in (
+        os.path.dirname(os.path.abspath(start)),
+        os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    ):
         folder = origin
         while True:
             candidate = os.path.join(folder, "benchmarks", "results")
@@ -84,34 +90,45 @@ def read_rows(folder: str | None) -> list[dict[str, Any]]:
         for row in data["results"]:
             if not isinstance(row, dict) or not isinstance(row.get("images_per_s"), (int, float)) or "model" not in row:
                 continue
-            rows.append({
-                "kind": _kind_name(str(row["model"])),
-                "batch": row.get("batch", row.get("batch_size")),
-                "replicas": row.get("replicas", 1),
-                "path": row.get("path"),
-                "images_per_s": float(row["images_per_s"]),
-                "image_size": row.get("image_size", data.get("image_size", 64)),
-                "source": f"{os.path.basename(path)} ({data.get('device', 'unknown device')})",
-                "cpu": cpu,
-            })
+            rows.append(
+                {
+                    "kind": _kind_name(str(row["model"])),
+                    "batch": row.get("batch", row.get("batch_size")),
+                    "replicas": row.get("replicas", 1),
+                    "path": row.get("path"),
+                    "images_per_s": float(row["images_per_s"]),
+                    "image_size": row.get("image_size", data.get("image_size", 64)),
+                    "source": f"{os.path.basename(path)} ({data.get('device', 'unknown device')})",
+                    "cpu": cpu,
+                }
+            )
     return rows
 
 
-def lookup(rows: list[dict[str, Any]], kind: str, batch: int, replicas: int, image_size: int, cpu: bool = False) -> Throughput:
+def lookup(
+    rows: list[dict[str, Any]], kind: str, batch: int, replicas: int, image_size: int, cpu: bool = False
+) -> Throughput:
     """The closest measured row of the device kind (CPU or accelerator): same model kind, then the same batch,
     image size, replica count and the trainer path preferred."""
     same = [r for r in rows if r["kind"] == kind and r.get("cpu", False) == cpu]
     if not same and cpu:
-        return Throughput(math.nan, f"no CPU row in benchmarks/results measures {kind}, so its time is unknown "
-                                    f"(python benchmarks/throughput.py --device cpu --quick --models {kind} measures one)")
+        return Throughput(
+            math.nan,
+            f"no CPU row in benchmarks/results measures {kind}, so its time is unknown "
+            f"(python benchmarks/throughput.py --device cpu --quick --models {kind} measures one)",
+        )
     if not same:
         scale = (64 / image_size) ** 2
         note = f", scaled x{scale:g} for {image_size} px" if scale != 1 else ""
         return Throughput(DEFAULT_IMAGES_PER_S * scale, f"{DEFAULT_SOURCE} matches {kind}{note}")
 
     def distance(row):
-        return (row["batch"] != batch, row["image_size"] != image_size, abs((row["replicas"] or 1) - replicas),
-                row["path"] not in (None, "trainer"))
+        return (
+            row["batch"] != batch,
+            row["image_size"] != image_size,
+            abs((row["replicas"] or 1) - replicas),
+            row["path"] not in (None, "trainer"),
+        )
 
     best = min(same, key=distance)  # rows keep file order on ties: throughput-*.json first
     scale = (best["image_size"] / image_size) ** 2
@@ -134,12 +151,26 @@ def group_settings(group: Group) -> dict[str, Any]:
     """The model kind, batch size and image size of a group: its config file with the group's overrides."""
     with open(group.config) as f:
         config = yaml.safe_load(f) or {}
-    value = {key: group.overrides.get(key, _nested(config, key)) for key in
-             ("model.class_path", "model.init_args.decoder", "data.batch_size", "data.image_size", "trainer.accelerator")}
-    decoder = {"spatial_broadcast": "sbd", "deconv": "deconv", "coordconv": "coordconv"}.get(value["model.init_args.decoder"] or "spatial_broadcast", "sbd")
+    value = {
+        key: group.overrides.get(key, _nested(config, key))
+        for key in (
+            "model.class_path",
+            "model.init_args.decoder",
+            "data.batch_size",
+            "data.image_size",
+            "trainer.accelerator",
+        )
+    }
+    decoder = {"spatial_broadcast": "sbd", "deconv": "deconv", "coordconv": "coordconv"}.get(
+        value["model.init_args.decoder"] or "spatial_broadcast", "sbd"
+    )
     factor = "factorvae-" if "FactorVAE" in str(value["model.class_path"]) else ""
-    return {"kind": factor + decoder, "batch": int(value["data.batch_size"] or 16), "image_size": int(value["data.image_size"] or 64),
-            "cpu": value["trainer.accelerator"] == "cpu"}
+    return {
+        "kind": factor + decoder,
+        "batch": int(value["data.batch_size"] or 16),
+        "image_size": int(value["data.image_size"] or 64),
+        "cpu": value["trainer.accelerator"] == "cpu",
+    }
 
 
 def estimate(sweep: Sweep, tasks: list[Task], folder: str | None) -> list[TaskCost]:
@@ -149,7 +180,9 @@ def estimate(sweep: Sweep, tasks: list[Task], folder: str | None) -> list[TaskCo
     for task in tasks:
         settings = group_settings(groups[task.group])
         images = sweep.steps * settings["batch"] * len(task.seeds)
-        throughput = lookup(rows, settings["kind"], settings["batch"], len(task.seeds), settings["image_size"], settings["cpu"])
+        throughput = lookup(
+            rows, settings["kind"], settings["batch"], len(task.seeds), settings["image_size"], settings["cpu"]
+        )
         costs.append(TaskCost(task, settings["kind"], images, throughput, settings["cpu"]))
     return costs
 

@@ -7,6 +7,7 @@
 - a task is held by one sbvae-sweep process at a time (a lock file under OUT/locks);
 - tasks run one after another, or ``jobs`` at a time over the visible GPUs (round robin).
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,12 @@ def device_name(gpu: str | None) -> str:
     if gpu is None:
         return f"cpu ({os.cpu_count()} cores)"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", gpu],
-                             capture_output=True, text=True, timeout=20).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", gpu],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = ""
     return out or f"cuda:{gpu}"
@@ -96,8 +101,11 @@ class Runner:
             before = S.read_record(self.out, task.name).get("settings")
             now = settings_of(self.groups[task.group])
             if before is not None and before != now:
-                changed = [k for k in set(before["overrides"]) | set(now["overrides"])
-                           if before["overrides"].get(k) != now["overrides"].get(k)]
+                changed = [
+                    k
+                    for k in set(before["overrides"]) | set(now["overrides"])
+                    if before["overrides"].get(k) != now["overrides"].get(k)
+                ]
                 what = f"overrides {sorted(changed)}" if changed else "its config file's contents"
                 raise SBVAEError(
                     f"{task.name} in {self.out} was trained with other settings ({what} differ); "
@@ -162,7 +170,11 @@ class Runner:
             action = self.train(task, gpu, states)
             states = self.states(task)
         else:
-            self.say(task, "nothing to train: " + ", ".join(f"{n} {k}" for k, n in sorted(Counter(s.status for s in states).items())))
+            self.say(
+                task,
+                "nothing to train: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(Counter(s.status for s in states).items())),
+            )
         outcome = TaskOutcome(task, action, Counter(s.status for s in states))
         self.score(task, states, gpu, outcome)
         return outcome
@@ -176,17 +188,32 @@ class Runner:
             os.replace(folder, aside)  # no checkpoint to resume: keep the partial logs out of the new run's way
             self.say(task, f"no checkpoint to resume; moved the partial folder to {aside}")
         counts = Counter(s.status for s in states)
-        how = (f"resuming from {os.path.relpath(resume, self.out)} (step {max(s.global_step for s in states)})"
-               if resume else "from scratch")
+        how = (
+            f"resuming from {os.path.relpath(resume, self.out)} (step {max(s.global_step for s in states)})"
+            if resume
+            else "from scratch"
+        )
         seeds = f"seed {task.seeds[0]}" if len(task.seeds) == 1 else f"seeds {task.seeds[0]}..{task.seeds[-1]}"
         cmd = train_command(self.sweep, group, task, self.out, resume)
         log = self.log_path(task)
         device = device_name(gpu)
-        self.say(task, f"training {seeds} to step {self.sweep.steps} {how} on {device} "
-                       f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); log {log}")
-        record = {"task": task.name, "settings": settings_of(group), "command": shown(cmd), "device": device,
-                  "hostname": socket.gethostname(), "gpu": gpu, "threads": self.cpu_threads(gpu), "started": time.time(),
-                  "steps": self.sweep.steps, "resumed_from": resume}
+        self.say(
+            task,
+            f"training {seeds} to step {self.sweep.steps} {how} on {device} "
+            f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); log {log}",
+        )
+        record = {
+            "task": task.name,
+            "settings": settings_of(group),
+            "command": shown(cmd),
+            "device": device,
+            "hostname": socket.gethostname(),
+            "gpu": gpu,
+            "threads": self.cpu_threads(gpu),
+            "started": time.time(),
+            "steps": self.sweep.steps,
+            "resumed_from": resume,
+        }
         S.write_record(self.out, task.name, {**record, "returncode": None})
         start = time.perf_counter()
         returncode = self.execute(cmd, log, gpu)
@@ -195,9 +222,12 @@ class Runner:
             record["error"] = last_line(log)
         S.write_record(self.out, task.name, record)
         after = Counter(s.status for s in self.states(task))
-        self.say(task, f"sbvae-train exited {returncode} after {record['seconds']:.0f} s: "
-                       + ", ".join(f"{n} {k}" for k, n in sorted(after.items()))
-                       + (f" ({record['error']})" if "error" in record else ""))
+        self.say(
+            task,
+            f"sbvae-train exited {returncode} after {record['seconds']:.0f} s: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(after.items()))
+            + (f" ({record['error']})" if "error" in record else ""),
+        )
         return ("resumed" if resume else "trained") if returncode in (0, 3) else "failed"
 
     def score(self, task: Task, states: list[S.RunState], gpu: str | None, outcome: TaskOutcome) -> None:
@@ -215,7 +245,10 @@ class Runner:
                 outcome.score_failures += 1
                 self.say(task, f"sbvae-eval failed on seed {run.seed} ({last_line(self.log_path(task))})")
         if outcome.scored:
-            self.say(task, f"scored {outcome.scored} run(s) with {', '.join(self.sweep.metrics)} ({self.sweep.preset} preset)")
+            self.say(
+                task,
+                f"scored {outcome.scored} run(s) with {', '.join(self.sweep.metrics)} ({self.sweep.preset} preset)",
+            )
         self.score_group(task, states, gpu, outcome)
 
     def score_group(self, task: Task, states: list[S.RunState], gpu: str | None, outcome: TaskOutcome) -> None:
@@ -223,8 +256,10 @@ class Runner:
         group = group_metrics(self.sweep.metrics)
         if not group or len(task.seeds) < 2 or any(st.status != "completed" for st in states):
             return
-        if all(self.scores_current(os.path.join(self.out, run.folder), st.global_step, group)
-               for run, st in zip(task.runs(), states)):
+        if all(
+            self.scores_current(os.path.join(self.out, run.folder), st.global_step, group)
+            for run, st in zip(task.runs(), states)
+        ):
             return
         if self.execute(group_eval_command(self.sweep, task, self.out), self.log_path(task), gpu) == 0:
             self.say(task, f"scored {', '.join(group)} over its {len(task.seeds)} seeds")
@@ -238,8 +273,12 @@ class Runner:
             record = S.read_json(eval_path(self.sweep, folder))
         except SBVAEError:
             return False
-        return bool(record) and record.get("global_step") == step and record.get("preset") == self.sweep.preset \
+        return (
+            bool(record)
+            and record.get("global_step") == step
+            and record.get("preset") == self.sweep.preset
             and set(metrics) <= set(record.get("metrics", {}))
+        )
 
     def log_path(self, task: Task) -> str:
         return os.path.join(self.out, "logs", task.name.replace("/", "--") + ".log")

@@ -3,6 +3,7 @@
 Each array task runs ``sbvae-sweep run OUT/sweep.yaml --only TASK``, so a requeued or repeated task
 skips what is done, resumes what was interrupted and scores what finished, exactly as a local run.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ def sbatch_script(sweep: Sweep, out: str, costs: list[TaskCost], cpus_per_task: 
         f"TASKS=({names})",
         'TASK="${TASKS[$SLURM_ARRAY_TASK_ID]}"',
         'echo "sbvae sweep task $TASK on $(hostname)"',
-        f"exec {python} -m sbvae.cli.sweep run {shlex.quote(os.path.join(out, 'sweep.yaml'))} --out {shlex.quote(out)} --only \"$TASK\"",
+        f'exec {python} -m sbvae.cli.sweep run {shlex.quote(os.path.join(out, "sweep.yaml"))} --out {shlex.quote(out)} --only "$TASK"',
         "",
     ]
     return "\n".join(lines)

@@ -22,6 +22,7 @@
 A group is one point of the grid: runs that share a config except the seed.  A task is one training
 process: a block of consecutive seeds of one group, trained as replicas (``--replicas R``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,13 +37,34 @@ import yaml
 from sbvae.errors import SBVAEError
 from sbvae.paper import load_targets
 
-KEYS = ("name", "description", "base", "steps", "paper_steps", "seeds", "replicas", "metrics", "preset",
-        "overrides", "grid", "pool", "targets", "targets_file", "figures")
+KEYS = (
+    "name",
+    "description",
+    "base",
+    "steps",
+    "paper_steps",
+    "seeds",
+    "replicas",
+    "metrics",
+    "preset",
+    "overrides",
+    "grid",
+    "pool",
+    "targets",
+    "targets_file",
+    "figures",
+)
 FIGURES = ("mig_histogram", "traversals", "rate_distortion", "latent_geometry")
 DEFAULT_METRICS = ("elbo", "mig", "factor_vae")
 # Overrides the sweep sets itself, with the sweep key that controls each.
-RESERVED = {"seed_everything": "seeds", "trainer.max_steps": "steps", "trainer.logger": "(the sweep's --out)",
-            "ckpt_path": "(resume is automatic)", "replicas": "replicas", "config": "base or grid.config"}
+RESERVED = {
+    "seed_everything": "seeds",
+    "trainer.max_steps": "steps",
+    "trainer.logger": "(the sweep's --out)",
+    "ckpt_path": "(resume is automatic)",
+    "replicas": "replicas",
+    "config": "base or grid.config",
+}
 _SAFE = re.compile(r"[^A-Za-z0-9.=+-]+")
 VARIANT = "variant"  # a grid axis whose values are bundles of several overrides
 
@@ -126,14 +148,35 @@ class Sweep:
     def manifest(self) -> dict[str, Any]:
         """The resolved sweep as JSON: what sbvae-report and sbvae-sweep status read."""
         return {
-            "name": self.name, "path": self.path, "description": self.description, "steps": self.steps,
-            "paper_steps": self.paper_steps, "seeds": list(self.seeds), "replicas": self.replicas,
-            "metrics": list(self.metrics), "preset": self.preset, "pool": list(self.pool),
-            "targets": self.targets, "figures": list(self.figures) if self.figures is not None else None,
+            "name": self.name,
+            "path": self.path,
+            "description": self.description,
+            "steps": self.steps,
+            "paper_steps": self.paper_steps,
+            "seeds": list(self.seeds),
+            "replicas": self.replicas,
+            "metrics": list(self.metrics),
+            "preset": self.preset,
+            "pool": list(self.pool),
+            "targets": self.targets,
+            "figures": list(self.figures) if self.figures is not None else None,
             "groups": [
-                {"name": g.name, "config": g.config, "overrides": g.overrides, "axes": g.axes, "values": g.values,
-                 "tasks": [{"name": t.name, "seeds": list(t.seeds), "folder": t.folder,
-                            "runs": [{"seed": r.seed, "folder": r.folder} for r in t.runs()]} for t in g.tasks]}
+                {
+                    "name": g.name,
+                    "config": g.config,
+                    "overrides": g.overrides,
+                    "axes": g.axes,
+                    "values": g.values,
+                    "tasks": [
+                        {
+                            "name": t.name,
+                            "seeds": list(t.seeds),
+                            "folder": t.folder,
+                            "runs": [{"seed": r.seed, "folder": r.folder} for r in t.runs()],
+                        }
+                        for t in g.tasks
+                    ],
+                }
                 for g in self.groups
             ],
         }
@@ -141,10 +184,20 @@ class Sweep:
     def resolved_file(self) -> dict[str, Any]:
         """The sweep file after --set, with absolute config paths: rerunnable from any folder (Slurm tasks)."""
         grid = {key: dict(points) for key, points in self.grid.items()}
-        out = {"name": self.name, "description": self.description, "base": self.base, "steps": self.steps,
-               "paper_steps": self.paper_steps, "seeds": list(self.seeds), "replicas": self.replicas,
-               "metrics": list(self.metrics), "preset": self.preset, "overrides": self.overrides, "grid": grid,
-               "pool": list(self.pool)}
+        out = {
+            "name": self.name,
+            "description": self.description,
+            "base": self.base,
+            "steps": self.steps,
+            "paper_steps": self.paper_steps,
+            "seeds": list(self.seeds),
+            "replicas": self.replicas,
+            "metrics": list(self.metrics),
+            "preset": self.preset,
+            "overrides": self.overrides,
+            "grid": grid,
+            "pool": list(self.pool),
+        }
         if self.targets:
             out["targets"] = {"table": self.targets["table"], "rows": self.targets["rows"]}
             out["targets_file"] = self.targets["file"]
@@ -181,7 +234,9 @@ def apply_sets(raw: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
         elif "." in key:
             raw["overrides"][key] = value
         else:
-            raise SBVAEError(f"--set {key}=...: {key!r} is neither a sweep key ({', '.join(KEYS)}) nor a dotted override such as data.image_size.")
+            raise SBVAEError(
+                f"--set {key}=...: {key!r} is neither a sweep key ({', '.join(KEYS)}) nor a dotted override such as data.image_size."
+            )
     return raw
 
 
@@ -234,7 +289,10 @@ def _axis(where: str, key: str, points: Any) -> dict[str, Any]:
         labels = {str(k): v for k, v in points.items()}
         bad = [k for k in labels if _SAFE.search(k) or not k[0].isalnum()]
         if bad:
-            raise _error(where, f"grid {key}: labels {bad} must start with a letter or digit and use only letters, digits and . = + -.")
+            raise _error(
+                where,
+                f"grid {key}: labels {bad} must start with a letter or digit and use only letters, digits and . = + -.",
+            )
         return labels
     if isinstance(points, list) and points:
         labels = {label(key, v): v for v in points}
@@ -249,11 +307,16 @@ def _variant(where: str, folder: str, labels: dict[str, Any], grid_keys: list[st
     out = {}
     for lab, bundle in labels.items():
         if not isinstance(bundle, dict) or not bundle:
-            raise _error(where, f"grid variant {lab}: expected a mapping of keys to values (config, model.init_args.lr, ...), got {bundle!r}.")
+            raise _error(
+                where,
+                f"grid variant {lab}: expected a mapping of keys to values (config, model.init_args.lr, ...), got {bundle!r}.",
+            )
         bundle = {_check_override_key(where, k): v for k, v in bundle.items()}
         clash = sorted(set(bundle) & set(grid_keys))
         if clash:
-            raise _error(where, f"grid variant {lab} sets {clash}, which are grid axes too; keep each key in one place.")
+            raise _error(
+                where, f"grid variant {lab} sets {clash}, which are grid axes too; keep each key in one place."
+            )
         if "config" in bundle:
             bundle["config"] = _config_path(where, folder, bundle["config"])
         out[lab] = bundle
@@ -265,7 +328,9 @@ def _config_path(where: str, folder: str, path: Any) -> str:
         raise _error(where, f"a config must be a path to an sbvae-train YAML file, got {path!r}.")
     full = os.path.normpath(os.path.join(folder, os.path.expanduser(path)))
     if not os.path.isfile(full):
-        raise _error(where, f"config {path} does not exist ({full}); config paths are relative to the sweep file's folder.")
+        raise _error(
+            where, f"config {path} does not exist ({full}); config paths are relative to the sweep file's folder."
+        )
     return full
 
 
@@ -279,7 +344,10 @@ def _targets(where: str, folder: str, raw: dict[str, Any]) -> dict[str, Any] | N
     elif isinstance(spec, dict):
         table, rows = spec.get("table"), spec.get("rows") or {}
     if not isinstance(table, str) or not isinstance(rows, dict):
-        raise _error(where, f"targets must name a table of the targets file, or be {{table: NAME, rows: {{row: target row}}}}, got {spec!r}.")
+        raise _error(
+            where,
+            f"targets must name a table of the targets file, or be {{table: NAME, rows: {{row: target row}}}}, got {spec!r}.",
+        )
     path = os.path.normpath(os.path.join(folder, raw.get("targets_file") or "targets.yaml"))
     tables = load_targets(path)
     if table not in tables:
@@ -354,15 +422,34 @@ def build(raw: Any, path: str) -> Sweep:
         raise _error(where, f"{clash} appear both in overrides and in grid; keep each key in one place.")
     pool = tuple(raw.get("pool") or ())
     if not set(pool) <= set(grid):
-        raise _error(where, f"pool names {sorted(set(pool) - set(grid))}, which are not grid keys ({', '.join(grid) or 'none'}).")
+        raise _error(
+            where, f"pool names {sorted(set(pool) - set(grid))}, which are not grid keys ({', '.join(grid) or 'none'})."
+        )
     figures = raw.get("figures")
     if figures is not None:
         figures = tuple(figures)
         if not set(figures) <= set(FIGURES):
-            raise _error(where, f"unknown figure(s) {sorted(set(figures) - set(FIGURES))}; choose from {', '.join(FIGURES)}.")
+            raise _error(
+                where, f"unknown figure(s) {sorted(set(figures) - set(FIGURES))}; choose from {', '.join(FIGURES)}."
+            )
     description = raw.get("description") or ""
-    sweep = Sweep(name, os.path.abspath(path), str(description).strip(), base, steps, paper_steps, seeds, replicas,
-                  metrics, preset, overrides, grid, pool, _targets(where, folder, raw), figures)
+    sweep = Sweep(
+        name,
+        os.path.abspath(path),
+        str(description).strip(),
+        base,
+        steps,
+        paper_steps,
+        seeds,
+        replicas,
+        metrics,
+        preset,
+        overrides,
+        grid,
+        pool,
+        _targets(where, folder, raw),
+        figures,
+    )
     sweep.groups = expand(sweep)
     return sweep
 
@@ -376,7 +463,9 @@ def expand(sweep: Sweep) -> list[Group]:
         values = {k: v for k, (_, v) in zip(keys, point)}
         name = "_".join(axes.values()) or sweep.name
         if name in names:
-            raise SBVAEError(f"sweep {sweep.name}: two grid points are both named {name!r}; label the axes with {{label: value}}.")
+            raise SBVAEError(
+                f"sweep {sweep.name}: two grid points are both named {name!r}; label the axes with {{label: value}}."
+            )
         names.add(name)
         bundle = dict(values.get(VARIANT, {}))
         config = bundle.pop("config", values.get("config", sweep.base))
@@ -394,7 +483,9 @@ def load_sweep(path: str, sets: list[str] | None = None) -> Sweep:
         with open(path) as f:
             raw = yaml.safe_load(f)
     except yaml.YAMLError as error:
-        raise SBVAEError(f"sweep file {path} is not valid YAML ({error.__class__.__name__}); fix the line it names.") from error
+        raise SBVAEError(
+            f"sweep file {path} is not valid YAML ({error.__class__.__name__}); fix the line it names."
+        ) from error
     if sets:
         raw = apply_sets(raw if isinstance(raw, dict) else {}, parse_set(sets))
     return build(raw, path)
@@ -408,7 +499,9 @@ def select(sweep: Sweep, only: list[str] | None) -> list[Task]:
     import fnmatch
 
     chosen = [t for t in tasks if any(fnmatch.fnmatchcase(t.group, p) or fnmatch.fnmatchcase(t.name, p) for p in only)]
-    missing = [p for p in only if not any(fnmatch.fnmatchcase(t.group, p) or fnmatch.fnmatchcase(t.name, p) for t in tasks)]
+    missing = [
+        p for p in only if not any(fnmatch.fnmatchcase(t.group, p) or fnmatch.fnmatchcase(t.name, p) for t in tasks)
+    ]
     if missing:
         names = ", ".join(g.name for g in sweep.groups)
         raise SBVAEError(f"--only {' '.join(missing)} matches no group of sweep {sweep.name}; its groups are {names}.")

@@ -3,6 +3,7 @@
 ``sbvae.runs.run_state`` is the one place that interprets status.json; ``run_state`` here types its answer
 for the sweep's tables, and ``sweep_run_state`` adds what only a sweep knows (its task locks and records).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbvae import runs
-from sbvae.runs import atomic_path
 from sbvae.errors import SBVAEError
+from sbvae.runs import atomic_path
 
 STATUSES = ("pending", "running", "interrupted", "completed", "diverged", "failed")
 # A heartbeat (status.json or a task lock) older than this means the process on another host is gone.
@@ -51,6 +52,7 @@ def run_state(folder: str) -> RunState:
 
 
 # -- task locks: one sbvae-sweep process trains a task at a time ------------------------------------
+
 
 def lock_path(out: str, task_name: str) -> str:
     return os.path.join(out, "locks", task_name.replace("/", "--") + ".lock")
@@ -110,6 +112,7 @@ class TaskLock:
 
 # -- task records: how each training process ended, on which device ---------------------------------
 
+
 def record_path(out: str, task_name: str) -> str:
     return os.path.join(out, "tasks", task_name.replace("/", "--") + ".json")
 
@@ -134,14 +137,18 @@ def sweep_run_state(out: str, task_name: str, run_folder: str) -> RunState:
     state = run_state(os.path.join(out, run_folder))
     if state.status in ("running", "interrupted") and state.record.get("pid") is None:
         holder = lock_holder(lock_path(out, task_name))
-        ours = holder is not None and holder.get("pid") == os.getpid() and holder.get("hostname") == socket.gethostname()
+        ours = (
+            holder is not None and holder.get("pid") == os.getpid() and holder.get("hostname") == socket.gethostname()
+        )
         if holder is None or ours:  # no sbvae-sweep trains it (this one holds the lock only to start it)
             return RunState("interrupted", state.global_step, state.record)
         return RunState("running", state.global_step, state.record)
     if state.status == "pending":
         record = read_record(out, task_name)
         if record.get("returncode") not in (None, 0):  # the process died before writing status.json
-            return RunState("failed", 0, {"message": record.get("error") or f"sbvae-train exited with {record['returncode']}"})
+            return RunState(
+                "failed", 0, {"message": record.get("error") or f"sbvae-train exited with {record['returncode']}"}
+            )
     return state
 
 
