@@ -110,6 +110,11 @@ def refuse_group_metrics(names: list[str], where: str) -> None:
         )
 
 
+def _downstream_images(num_train, num_test, **_) -> int:
+    """Each training size's codes and a fresh test set for each."""
+    return sum(num_train) + len(num_train) * num_test
+
+
 # Images each metric encodes for its parameters: the length of its progress bar.
 IMAGES: dict[str, Callable[..., int]] = {
     "elbo": lambda num_images, **_: num_images,
@@ -123,8 +128,8 @@ IMAGES: dict[str, Callable[..., int]] = {
     "modularity": lambda num_train, num_test, **_: num_train + num_test,
     "irs": lambda num_train, **_: num_train,
     "unsupervised": lambda num_train, **_: num_train,
-    "downstream": lambda num_train, num_test, **_: sum(num_train) + len(num_train) * num_test,
-    "downstream_trees": lambda num_train, num_test, **_: sum(num_train) + len(num_train) * num_test,
+    "downstream": _downstream_images,
+    "downstream_trees": _downstream_images,
 }
 
 
@@ -144,6 +149,13 @@ class _Counting:
     def represent(self, x):
         self._bar.update(x.shape[0])
         return self._model.represent(x)
+
+
+def _bar(name: str, images: int, progress: bool) -> tqdm:
+    """A metric's progress bar on stderr, counting the images it encodes."""
+    return tqdm(
+        total=images, desc=f"{name:<12}", unit="img", unit_scale=True, file=sys.stderr, disable=not progress, leave=True
+    )
 
 
 def score(
@@ -167,15 +179,7 @@ def score(
     try:
         for name in names:
             params = PRESETS[preset][name]
-            with tqdm(
-                total=IMAGES[name](**params),
-                desc=f"{name:<12}",
-                unit="img",
-                unit_scale=True,
-                file=sys.stderr,
-                disable=not progress,
-                leave=True,
-            ) as bar:
+            with _bar(name, IMAGES[name](**params), progress) as bar:
                 results[name] = METRICS[name](_Counting(model, bar), data, seed=seed, device=device, **params)
     finally:
         model.train(was_training)
@@ -197,15 +201,7 @@ def score_group(
         for m in models:
             m.eval()
         try:
-            with tqdm(
-                total=params["num_data_points"] * len(models),
-                desc=f"{name:<12}",
-                unit="img",
-                unit_scale=True,
-                file=sys.stderr,
-                disable=not progress,
-                leave=True,
-            ) as bar:
+            with _bar(name, params["num_data_points"] * len(models), progress) as bar:
                 group = GROUP_METRICS[name](
                     [_Counting(m, bar) for m in models],
                     data,
