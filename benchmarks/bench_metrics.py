@@ -18,7 +18,7 @@ Rows:
 The representation is the paper's encoder (``sbvae.nets.ConvEncoder``, Table 1: 4 x
 Conv(k4, s2, 64), FC 256, 10 latents; randomly initialised, means standardised so all
 10 dimensions are active: the timing does not depend on the weights) on colored sprites rendered procedurally on the device.
-Writes benchmarks/results/metrics-<device>.json.
+Writes benchmarks/results/metrics-<device>[-codes][-jobs<N>].json.
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
-def codes_only_rows(codes: torch.Tensor, factors: torch.Tensor, gen: torch.Generator) -> list[dict]:
-    """disentanglement_lib's other metrics on precomputed codes, at the paper preset's sizes."""
+def codes_only_rows(codes: torch.Tensor, factors: torch.Tensor, gen: torch.Generator, jobs: int = 1) -> list[dict]:
+    """disentanglement_lib's other metrics on precomputed codes, at the paper preset's sizes (the downstream
+    task's per-factor fits in ``jobs`` threads)."""
     rows = []
     for name, fn in (
         ("irs", lambda: irs_from_codes(codes, factors)),
@@ -151,11 +152,13 @@ def codes_only_rows(codes: torch.Tensor, factors: torch.Tensor, gen: torch.Gener
     for predictor in ("logistic_regression", "boosted_trees"):
         start = time.perf_counter()
         for n in (10, 100, 1_000, 10_000):
-            res = downstream_from_codes(codes[:n], factors[:n], test_codes, test_factors, predictor=predictor)
+            res = downstream_from_codes(
+                codes[:n], factors[:n], test_codes, test_factors, predictor=predictor, n_jobs=jobs
+            )
         rows.append(
             dict(
                 metric=f"downstream {predictor} (codes only)",
-                sizes="train 10, 100, 1000, 10000; test 5000",
+                sizes=f"train 10, 100, 1000, 10000; test 5000; {jobs} thread(s)",
                 images=0,
                 seconds=time.perf_counter() - start,
                 score=res.score,
@@ -202,7 +205,7 @@ def end_to_end_rows(data, represent, device: torch.device, chunk_size: int, cpu_
     return rows
 
 
-def bench(device: torch.device, chunk_size: int, cpu_full: bool, codes_only: bool = False) -> dict:
+def bench(device: torch.device, chunk_size: int, cpu_full: bool, codes_only: bool = False, jobs: int = 1) -> dict:
     data, data_name = make_data()
     channels = 3 if not hasattr(data, "channels") else data.channels
     represent, enc_name = make_encoder(channels, device)
@@ -214,7 +217,7 @@ def bench(device: torch.device, chunk_size: int, cpu_full: bool, codes_only: boo
     sec = sorted(timed(lambda: mig(codes, factors), device)[1] for _ in range(5))[2]  # median of 5
     rows.append(dict(metric="mig (codes only)", sizes="N=10000, D=10, dSprites factors", images=0, seconds=sec))
 
-    rows += codes_only_rows(codes.cpu(), factors.cpu(), gen)
+    rows += codes_only_rows(codes.cpu(), factors.cpu(), gen, jobs)
     if not codes_only:
         rows += end_to_end_rows(data, represent, device, chunk_size, cpu_full)
 
@@ -225,6 +228,7 @@ def bench(device: torch.device, chunk_size: int, cpu_full: bool, codes_only: boo
         threads=torch.get_num_threads(),
         torch=torch.__version__,
         chunk_size=chunk_size,
+        jobs=jobs,
         data=data_name,
         encoder=enc_name,
         rows=rows,
@@ -237,6 +241,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024, help="images rendered and encoded per call")
     parser.add_argument("--cpu-full", action="store_true", help="run the FactorVAE paper preset on CPU too")
     parser.add_argument("--codes-only", action="store_true", help="only the rows on precomputed codes (seconds)")
+    parser.add_argument("--jobs", type=int, default=1, help="threads for the downstream task's per-factor fits")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
@@ -247,7 +252,7 @@ def main() -> None:
             raise SystemExit("--device cuda: no CUDA device is available.")
     os.makedirs(args.out, exist_ok=True)
     for device in devices:
-        report = bench(device, args.chunk_size, args.cpu_full, args.codes_only)
+        report = bench(device, args.chunk_size, args.cpu_full, args.codes_only, args.jobs)
         print(
             f"\n{report['device']} ({report['device_name']}, {report['threads']} threads, torch {report['torch']}, "
             f"chunk {report['chunk_size']})\n  data: {report['data']}\n  encoder: {report['encoder']}"
@@ -258,7 +263,8 @@ def main() -> None:
             paper = r.get("paper_preset_seconds_extrapolated")
             paper = f"~{paper:.0f} (extrapolated)" if paper else ("measured" if r["metric"] == "factor_vae" else "")
             print(f"  {r['metric']:<20} {r['sizes']:<60} {r['images']:>8} {r['seconds']:>9.3f} {rate}  {paper}")
-        path = os.path.join(args.out, f"metrics-{device.type}{'-codes' if args.codes_only else ''}.json")
+        suffix = ("-codes" if args.codes_only else "") + (f"-jobs{args.jobs}" if args.jobs != 1 else "")
+        path = os.path.join(args.out, f"metrics-{device.type}{suffix}.json")
         with open(path, "w") as fh:
             json.dump(report, fh, indent=2)
         print(f"  wrote {path}")

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --device cpu|cuda [--quick] [--json PATH] [--models sbd,deconv,factorvae-sbd]
                                     [--precision 32-true|bf16-mixed] [--channels-last auto|true|false] [--replicas 1,15]
+                                    [--trainer-only]
 
 Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, FactorVAE-SBD at batch 32):
   naive    the loop a researcher writes in 60 lines: the same nets, images pre-rendered on the device,
@@ -16,6 +17,9 @@ Rows, for each model (the paper's configs: SBD and DeConv VAE at batch 16, Facto
            records its peak GPU memory, and two or more replica counts give the largest R that fits.
 It also times sbvae-train's loop around a no-op step (``trainer_loop_host_us_per_step``): the host time per
 step Lightning and sbvae's callbacks take, which caps a trainer row at 1 / that many steps per second.
+``--trainer-only`` measures just the trainer rows of ``--replicas`` (the probe of the largest count that fits).
+The JSON is rewritten after every row, and a failed row (out of memory, say) is recorded under ``errors``
+while the others go on; the exit status is 1 if any failed.
 The naive and step rows are timed in alternating rounds (the median of 5), so load from other work on the
 machine slows both alike. The ratio column divides by the naive row of the same model and run.  ``--quick``: 32 px images and
 few steps, so the whole run takes a few minutes on 2 CPU cores.
@@ -24,6 +28,7 @@ few steps, so the whole run takes a few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -192,7 +197,7 @@ class StepClock(lightning.Callback):
 
 
 def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: int = 1) -> tuple[float, float | None]:
-    """(images/s, peak GPU memory in GiB or None on CPU) of sbvae-train on the model's config."""
+    """(images/s, peak GPU memory reserved in GiB, or None on CPU) of sbvae-train on the model's config."""
     clock = StepClock(args.trainer_warmup)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -234,7 +239,8 @@ def trainer_images_per_s(model_name: str, args, device: torch.device, replicas: 
             raise RuntimeError("the replica row did not train a replica set")
         cli.trainer.fit(cli.model, cli.datamodule)
     batch = cli.datamodule.hparams.batch_size * replicas
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    # Reserved, not allocated: a CUDA graph's private pool is reserved for as long as the graph lives.
+    memory = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
     return batch * (clock.steps - clock.first) / (clock.end - clock.start), memory
 
 
@@ -299,100 +305,30 @@ def main() -> None:
     parser.add_argument(
         "--trainer-steps", type=int, help="timed steps of each trainer row (default: 10 with --quick, else 2000)"
     )
+    parser.add_argument(
+        "--trainer-only",
+        action="store_true",
+        help="only the sbvae-train rows (no plain loop or step rows): a probe of the largest replica count",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.channels_last = {"auto": None, "true": True, "false": False}[args.channels_last]
     args.image_size = args.image_size or (32 if args.quick else 64)  # the DeConv decoder needs a multiple of 32
-    args.steps, args.warmup = (5, 2) if args.quick else (200, 20)
+    # Timed steps per round, warm-up steps, rounds: a GPU step takes milliseconds, and a GPU window is short.
+    args.steps, args.warmup, args.rounds = (
+        (5, 2, 5) if args.quick else (50, 20, 3) if device.type == "cuda" else (200, 20, 5)
+    )
     args.trainer_warmup = 10 if args.quick else 20  # the first steps of a fit allocate and tune kernels
-    args.rounds = 5  # alternating naive/step rounds; each row is the median round
     args.trainer_steps = args.trainer_steps or (10 if args.quick else 2000)
     args.steps_per_epoch = 1000 if args.quick else 10000  # the paper configs validate every 10,000 steps
     args.val_size = 64 if args.quick else 4096
-    autocast = args.precision == "bf16-mixed"
     replica_counts = [int(v) for v in args.replicas.split(",") if v]
-    rows = []
-    for name in args.models.split(","):
-        torch.manual_seed(0)
-        model, dm = build(name, args, device)
-        batch = dm.hparams.batch_size
-        naive_fn = naive_step_fn(model, dm, device, autocast)
-        torch.manual_seed(0)
-        model, dm = build(name, args, device)
-        fns = {"naive": naive_fn, "step": engine_step_fn(model, dm, device, autocast, args.channels_last)}
-        for r in replica_counts:
-            torch.manual_seed(0)
-            model, dm = build(name, args, device)
-            fns[r] = replica_step_fn(model, dm, device, autocast, args.channels_last, r)
-        # warm-up covers the engine's graph capture (after its 3 eager steps) on CUDA
-        seconds = interleaved(fns, args.steps, args.warmup + 3, args.rounds, device)
-        naive, step = batch / seconds["naive"], batch / seconds["step"]
-        trainer, memory = trainer_images_per_s(name, args, device)
-        for path, rate in (("naive", naive), ("step", step), ("trainer", trainer)):
-            rows.append(
-                {
-                    "model": name,
-                    "batch": batch,
-                    "replicas": 1,
-                    "path": path,
-                    "images_per_s": rate,
-                    "naive_images_per_s": naive,
-                    **({"peak_memory_gib": memory} if path == "trainer" else {}),
-                }
-            )
-        for r in replica_counts:
-            rows.append(
-                {
-                    "model": name,
-                    "batch": batch,
-                    "replicas": r,
-                    "path": "step",
-                    "images_per_s": r * batch / seconds[r],
-                    "naive_images_per_s": naive,
-                    "single_step_images_per_s": step,
-                }
-            )
-        for r in replica_counts:
-            rate, memory = trainer_images_per_s(name, args, device, r)
-            rows.append(
-                {
-                    "model": name,
-                    "batch": batch,
-                    "replicas": r,
-                    "path": "trainer",
-                    "images_per_s": rate,
-                    "naive_images_per_s": naive,
-                    "peak_memory_gib": memory,
-                }
-            )
-    print(
-        f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'x step':>7} {'GiB':>6}"
+    size = f"-{args.image_size}px" if args.image_size != (32 if args.quick else 64) else ""
+    out = args.json or os.path.join(
+        ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}{size}.json"
     )
-    for r in rows:
-        memory = f"{r['peak_memory_gib']:>6.2f}" if r.get("peak_memory_gib") else f"{'-':>6}"
-        single = (
-            f"{r['images_per_s'] / r['single_step_images_per_s']:>7.2f}"
-            if "single_step_images_per_s" in r
-            else f"{'-':>7}"
-        )
-        print(
-            f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
-            f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f} {single} {memory}"
-        )
-    host = loop_host_seconds("sbd", args, device)
-    print(
-        f"sbvae-train's loop around a no-op step (sbd config): {host * 1e6:.0f} us of host time per step, "
-        f"so at most {1 / host:.0f} steps/s"
-    )
-    fits = {}
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        fits = {m: largest_replicas(rows, m, total) for m in args.models.split(",")}
-        for m, n in fits.items():
-            if n:
-                print(f"{m}: about {n} replicas fit in this GPU's {total:.0f} GiB (a line through the measured peaks)")
     info = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -403,17 +339,143 @@ def main() -> None:
         "channels_last": wants_channels_last(args.channels_last, device),
         "image_size": args.image_size,
         "quick": args.quick,
-        "results": rows,
-        "largest_replicas_that_fit": fits,
-        "trainer_loop_host_us_per_step": host * 1e6,
+        "timing": {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "trainer_steps": args.trainer_steps,
+        },
+        "results": [],
+        "errors": [],
     }
-    size = f"-{args.image_size}px" if args.image_size != (32 if args.quick else 64) else ""
-    out = args.json or os.path.join(
-        ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}{size}.json"
-    )
-    with open(out, "w") as f:
-        json.dump(info, f, indent=2)
+
+    def save() -> None:
+        """Rewritten after every row, so a run stopped by a timeout keeps the rows it measured."""
+        with open(out + ".tmp", "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(out + ".tmp", out)
+
+    def attempt(what: str, measure) -> bool:
+        """Run one measurement; a failure (out of memory, say) is recorded and the next one goes on."""
+        try:
+            measure()
+            return True
+        except Exception as error:  # noqa: BLE001 - one failed row must not lose the others
+            info["errors"].append({"row": what, "error": f"{type(error).__name__}: {str(error).strip()[:500]}"})
+            print(f"{what}: {type(error).__name__}: {str(error).strip()[:200]}")
+            return False
+        finally:
+            save()
+            free(device)
+
+    for name in args.models.split(","):
+        if not args.trainer_only:
+            attempt(
+                f"{name} naive and step rows", lambda: step_rows(name, args, device, replica_counts, info["results"])
+            )
+        naive = next((r["images_per_s"] for r in info["results"] if r["model"] == name and r["path"] == "naive"), None)
+        for r in (replica_counts or [1]) if args.trainer_only else [1, *replica_counts]:
+            attempt(
+                f"{name} trainer, {r} replica(s)",
+                lambda r=r: info["results"].append(trainer_row(name, args, device, r, naive)),
+            )
+    print_rows(info["results"])
+    if not args.trainer_only:
+        attempt(
+            "host time of the loop",
+            lambda: info.update(trainer_loop_host_us_per_step=loop_host_seconds("sbd", args, device) * 1e6),
+        )
+        if "trainer_loop_host_us_per_step" in info:
+            host = info["trainer_loop_host_us_per_step"] / 1e6
+            print(
+                f"sbvae-train's loop around a no-op step (sbd config): {host * 1e6:.0f} us of host time per step, "
+                f"so at most {1 / host:.0f} steps/s"
+            )
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        info["gpu_memory_gib"] = total
+        info["largest_replicas_that_fit"] = {
+            m: largest_replicas(info["results"], m, total) for m in args.models.split(",")
+        }
+        for m, n in info["largest_replicas_that_fit"].items():
+            if n:
+                print(f"{m}: about {n} replicas fit in this GPU's {total:.0f} GiB (a line through the measured peaks)")
+    save()
     print(f"wrote {out}")
+    if info["errors"]:
+        raise SystemExit(f"{len(info['errors'])} measurement(s) failed: see 'errors' in {out}")
+
+
+def free(device: torch.device) -> None:
+    """Give back what the last measurement held (its engines' graphs and their pools) before the next."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def step_rows(name: str, args, device: torch.device, replica_counts: list[int], rows: list[dict]) -> None:
+    """The naive loop, sbvae's step and each replica count's step, timed in alternating rounds."""
+    autocast = args.precision == "bf16-mixed"
+    torch.manual_seed(0)
+    model, dm = build(name, args, device)
+    batch = dm.hparams.batch_size
+    naive_fn = naive_step_fn(model, dm, device, autocast)
+    torch.manual_seed(0)
+    model, dm = build(name, args, device)
+    fns = {"naive": naive_fn, "step": engine_step_fn(model, dm, device, autocast, args.channels_last)}
+    for r in replica_counts:
+        torch.manual_seed(0)
+        model, dm = build(name, args, device)
+        fns[r] = replica_step_fn(model, dm, device, autocast, args.channels_last, r)
+    # warm-up covers the engine's graph capture (after its 3 eager steps) on CUDA
+    seconds = interleaved(fns, args.steps, args.warmup + 3, args.rounds, device)
+    naive, step = batch / seconds["naive"], batch / seconds["step"]
+    common = {"model": name, "batch": batch, "naive_images_per_s": naive}
+    rows.append({**common, "replicas": 1, "path": "naive", "images_per_s": naive})
+    rows.append({**common, "replicas": 1, "path": "step", "images_per_s": step})
+    for r in replica_counts:
+        rows.append(
+            {
+                **common,
+                "replicas": r,
+                "path": "step",
+                "images_per_s": r * batch / seconds[r],
+                "single_step_images_per_s": step,
+            }
+        )
+
+
+def trainer_row(name: str, args, device: torch.device, replicas: int, naive: float | None) -> dict:
+    rate, memory = trainer_images_per_s(name, args, device, replicas)
+    with open(os.path.join(ROOT, "configs", CONFIGS[name])) as f:
+        batch = yaml.safe_load(f)["data"]["batch_size"]
+    return {
+        "model": name,
+        "batch": batch,
+        "replicas": replicas,
+        "path": "trainer",
+        "images_per_s": rate,
+        "naive_images_per_s": naive,
+        "peak_memory_gib": memory,
+    }
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(
+        f"{'model':<14} {'batch':>5} {'replicas':>8} {'path':<8} {'images/s':>10} {'x naive':>8} {'x step':>7} {'GiB':>6}"
+    )
+    for r in rows:
+        memory = f"{r['peak_memory_gib']:>6.2f}" if r.get("peak_memory_gib") else f"{'-':>6}"
+        single = (
+            f"{r['images_per_s'] / r['single_step_images_per_s']:>7.2f}"
+            if "single_step_images_per_s" in r
+            else f"{'-':>7}"
+        )
+        ratio = f"{r['images_per_s'] / r['naive_images_per_s']:>8.2f}" if r.get("naive_images_per_s") else f"{'-':>8}"
+        print(
+            f"{r['model']:<14} {r['batch']:>5} {r['replicas']:>8} {r['path']:<8} {r['images_per_s']:>10.1f} "
+            f"{ratio} {single} {memory}"
+        )
 
 
 if __name__ == "__main__":

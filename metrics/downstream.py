@@ -29,7 +29,8 @@ logistic regression took 48 s (~38 s of it at 10,000 points: 51 lbfgs fits per
 factor) and the boosted trees 387 s (~360 s at 10,000: 100 trees per class, so
 4,000 trees for a 40-class factor). Pass smaller ``num_train`` / ``num_test`` or
 ``predictor_kwargs`` (e.g. ``{"n_estimators": 10}``) for quick checks; those
-depart from disentanglement_lib's numbers.
+depart from disentanglement_lib's numbers. ``n_jobs`` fits the factors in parallel
+threads and keeps the numbers; the slowest factor bounds the gain.
 
 A factor whose training draw holds a single class (likely only at n = 10 and
 for factors with few classes) cannot be fitted by either scikit-learn model
@@ -57,6 +58,7 @@ from sbvae.metrics.utils import (
     Represent,
     as_numpy,
     make_generator,
+    per_factor,
     sample_train_test,
 )
 
@@ -170,29 +172,34 @@ def _fit_size(
     predictor: str,
     random_state: int,
     predictor_kwargs: dict | None,
+    n_jobs: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Per-factor train and test accuracy [K] of one training set, and the factors fit by the single-class rule."""
+
+    def fit(k: int) -> tuple[float, float, bool]:
+        classes = np.unique(y_tr[:, k])
+        if classes.size == 1:
+            model = _SingleClass(classes[0])
+        else:
+            model = _make_predictor(predictor, random_state, predictor_kwargs)
+            model.fit(x_tr, y_tr[:, k])
+        return (
+            float(np.mean(model.predict(x_tr) == y_tr[:, k])),
+            float(np.mean(model.predict(x_te) == y_te[:, k])),
+            classes.size == 1,
+        )
+
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
-    num_factors = y_tr.shape[1]
-    train_acc, test_acc, single = np.zeros(num_factors), np.zeros(num_factors), []
     # One BLAS thread: scipy's lbfgs makes thousands of tiny BLAS calls, and on a shared
     # 2-core machine OpenBLAS's threads made LogisticRegressionCV 30x slower (same accuracies).
     # DL's lbfgs stops at max_iter=100 for large C; its ConvergenceWarning is part of the definition.
+    # Both settings are the process's, so they hold in per_factor's threads too.
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for k in range(num_factors):
-            classes = np.unique(y_tr[:, k])
-            if classes.size == 1:
-                model = _SingleClass(classes[0])
-                single.append(k)
-            else:
-                model = _make_predictor(predictor, random_state, predictor_kwargs)
-                model.fit(x_tr, y_tr[:, k])
-            train_acc[k] = np.mean(model.predict(x_tr) == y_tr[:, k])
-            test_acc[k] = np.mean(model.predict(x_te) == y_te[:, k])
-    return train_acc, test_acc, tuple(single)
+        train_acc, test_acc, single = zip(*per_factor(fit, y_tr.shape[1], n_jobs))
+    return np.array(train_acc), np.array(test_acc), tuple(k for k, one in enumerate(single) if one)
 
 
 def _result(
@@ -240,11 +247,13 @@ def downstream_from_codes(
     predictor: str = "logistic_regression",
     random_state: int = 0,
     predictor_kwargs: dict | None = None,
+    n_jobs: int = 1,
 ) -> DownstreamResult:
     """Downstream accuracies of one train/test split: codes [N, D], factor class indices [N, K].
 
     The result has one training size, N_train; ``random_state`` seeds the boosted trees only.
     ``predictor_kwargs`` override the scikit-learn model's arguments (not DL's definition).
+    ``n_jobs`` fits the factors in that many threads (the same numbers; -1: every core).
     """
     _check_predictor(predictor)
     x_tr, y_tr = _as_split(train_codes, train_factors, "train")
@@ -255,7 +264,7 @@ def downstream_from_codes(
             f"{y_tr.shape[1]} vs {y_te.shape[1]} factors; draw both from the same data and representation."
         )
     _check_sizes((x_tr.shape[0],), x_te.shape[0], predictor)
-    fitted = _fit_size(x_tr, y_tr, x_te, y_te, predictor, int(random_state), predictor_kwargs)
+    fitted = _fit_size(x_tr, y_tr, x_te, y_te, predictor, int(random_state), predictor_kwargs, n_jobs)
     return _result(predictor, x_te.shape[0], {x_tr.shape[0]: fitted})
 
 
@@ -269,6 +278,7 @@ def downstream(
     predictor_kwargs: dict | None = None,
     device: torch.device | str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    n_jobs: int = 1,
 ) -> DownstreamResult:
     """Downstream task of ``represent`` on ``data`` (disentanglement_lib defaults: sizes 10..10,000, 5,000 test codes).
 
@@ -285,5 +295,5 @@ def downstream(
         )
         x_tr, y_tr = _as_split(z_tr, y_tr, "train")
         x_te, y_te = _as_split(z_te, y_te, "test")
-        per_size[n] = _fit_size(x_tr, y_tr, x_te, y_te, predictor, random_state, predictor_kwargs)
+        per_size[n] = _fit_size(x_tr, y_tr, x_te, y_te, predictor, random_state, predictor_kwargs, n_jobs)
     return _result(predictor, num_test, per_size)

@@ -10,6 +10,7 @@ images in memory and the same seed gives the same factors on every device.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -230,3 +231,21 @@ def encode_groups(
         codes = encode_factors(data, represent, chunk.reshape(-1, width), render_gen, chunk.shape[0] * group, device)
         out.append(reduce(codes.view(chunk.shape[0], group, -1)).cpu())
     return torch.cat(out)
+
+
+def per_factor(fit: Callable[[int], Any], num_factors: int, n_jobs: int = 1) -> list[Any]:
+    """``[fit(0), ..., fit(K - 1)]``, the independent per-factor fits of DCI and the downstream task.
+
+    ``n_jobs`` > 1 (or -1 for every core) runs them in that many threads: scikit-learn's tree
+    builders release the GIL, and threads start at once where worker processes would each import
+    torch. Each fit is seeded on its own, so the results are the same as in order; the gain is
+    bounded by the slowest factor (the one with most classes, for boosted trees).
+    """
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise MetricError(f"n_jobs must be a positive count of threads or -1 (every core), got {n_jobs!r}.")
+    workers = min((os.cpu_count() or 1) if n_jobs == -1 else n_jobs, num_factors)
+    if workers <= 1:
+        return [fit(k) for k in range(num_factors)]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=workers, prefer="threads")(delayed(fit)(k) for k in range(num_factors))

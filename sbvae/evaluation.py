@@ -88,6 +88,8 @@ GROUP_METRICS: dict[str, Callable[..., Any]] = {
     "udr": lambda models, data, **params: M.udr(data, [m.encode for m in models], **params),
 }
 NEEDS_FACTORS = set(METRICS) - {"elbo"}
+# Metrics whose per-factor classifier fits can run in parallel threads, with the same numbers.
+PARALLEL_METRICS = {"dci", "downstream", "downstream_trees"}
 DEFAULT_METRICS = ("mig", "factor_vae")
 
 
@@ -159,13 +161,23 @@ def _bar(name: str, images: int, progress: bool) -> tqdm:
 
 
 def score(
-    model, data, names: list[str], preset: str = "paper", seed: int = 0, device=None, progress: bool = False
+    model,
+    data,
+    names: list[str],
+    preset: str = "paper",
+    seed: int = 0,
+    device=None,
+    progress: bool = False,
+    jobs: int = 1,
 ) -> dict[str, M.MetricResult]:
-    """Each metric's result; ``progress`` shows a bar per metric on stderr (images encoded)."""
+    """Each metric's result; ``progress`` shows a bar per metric on stderr (images encoded).
+    ``jobs`` threads fit the per-factor classifiers of PARALLEL_METRICS (-1: every core)."""
     if preset not in PRESETS:
         raise SBVAEError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}.")
     names = parse_metrics(names)
     refuse_group_metrics(names, "a single model")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
+        raise SBVAEError(f"jobs must be a positive count of threads or -1 (every core), got {jobs!r}.")
     if not getattr(data, "has_ground_truth", True) and NEEDS_FACTORS & set(names):
         raise SBVAEError(
             f"dataset {type(data).__name__} has no ground-truth factors, so disentanglement metrics cannot be "
@@ -179,8 +191,9 @@ def score(
     try:
         for name in names:
             params = PRESETS[preset][name]
+            extra = {"n_jobs": jobs} if name in PARALLEL_METRICS else {}
             with _bar(name, IMAGES[name](**params), progress) as bar:
-                results[name] = METRICS[name](_Counting(model, bar), data, seed=seed, device=device, **params)
+                results[name] = METRICS[name](_Counting(model, bar), data, seed=seed, device=device, **params, **extra)
     finally:
         model.train(was_training)
     return results

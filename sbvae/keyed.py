@@ -101,10 +101,10 @@ def _spread_positions_host(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.uint32) * np.uint32(_GOLDEN)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors, and would read freed memory
 def _spread_positions(n: int, device: torch.device) -> torch.Tensor:
     """Positions 0..n-1 times the golden ratio, mod 2^32: the same for every step, so made once (a
-    graph's warm-up steps make them before capture)."""
+    graph's warm-up steps make them before capture). A program's draws have few distinct sizes."""
     return _mul32(torch.arange(n, dtype=torch.int64, device=device), _GOLDEN)
 
 

@@ -1,4 +1,4 @@
-"""The throughput benchmark's own arithmetic: alternating rounds and the replica memory line."""
+"""The throughput benchmark's own arithmetic and bookkeeping: alternating rounds, the replica memory line, failed rows."""
 
 import importlib.util
 import os
@@ -42,3 +42,43 @@ def test_the_loop_host_time_replaces_only_the_step_and_puts_it_back():
     seconds = throughput.loop_host_seconds("sbd", args, torch.device("cpu"), steps=30)
     assert Engine.step is real
     assert 0 < seconds < 0.05  # a no-op step: the loop alone, far below one real 32 px SBD step (~0.1 s here)
+
+
+def test_a_failed_row_is_recorded_and_the_others_are_kept(tmp_path, monkeypatch):
+    """An out-of-memory trainer row (say) leaves the JSON with every other row and the error, and exits 1."""
+    import json
+    import sys
+
+    import pytest
+
+    def step_rows(name, args, device, counts, rows):
+        rows.append({"model": name, "batch": 16, "replicas": 1, "path": "naive", "images_per_s": 10.0})
+        rows[-1]["naive_images_per_s"] = 10.0
+
+    def trainer(name, args, device, replicas=1):
+        if replicas == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 20.0 * replicas, None
+
+    monkeypatch.setattr(throughput, "step_rows", step_rows)
+    monkeypatch.setattr(throughput, "trainer_images_per_s", trainer)
+    monkeypatch.setattr(throughput, "loop_host_seconds", lambda *a, **k: 1e-3)
+    out = tmp_path / "t.json"
+    argv = ["throughput.py", "--device", "cpu", "--quick", "--models", "sbd", "--replicas", "2,3", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="1 measurement"):
+        throughput.main()
+    info = json.load(open(out))
+    assert [(r["path"], r["replicas"]) for r in info["results"]] == [("naive", 1), ("trainer", 1), ("trainer", 3)]
+    assert info["results"][2]["images_per_s"] == 60.0 and info["results"][2]["naive_images_per_s"] == 10.0
+    assert info["errors"] == [
+        {
+            "row": "sbd trainer, 2 replica(s)",
+            "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        }
+    ]
+    assert info["trainer_loop_host_us_per_step"] == pytest.approx(1000.0)
+    monkeypatch.setattr(sys, "argv", [*argv, "--trainer-only"])
+    with pytest.raises(SystemExit):
+        throughput.main()
+    assert [r["replicas"] for r in json.load(open(out))["results"]] == [3]  # the probe: only the counts asked

@@ -1,4 +1,4 @@
-"""The README and docs/ stay true to the tree: links resolve, and the README's commands name real CLIs and configs.
+"""The README, docs/ and benchmarks/README.md stay true to the tree: links resolve, and the README's commands name real CLIs and configs.
 
 Fast (no import of sbvae, no training): it reads the Markdown files and pyproject.toml only.
 docs/results/ holds committed measurements (reports written by sbvae-report) and is not checked here.
@@ -19,7 +19,7 @@ RESULTS = ROOT / "docs" / "results"
 TOOLS = {"python", "python3", "pip", "pytest", "ruff", "bash"}
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 
-FENCE = re.compile(r"^(\s*)(```|~~~)([\w+-]*)[^\n]*\n(.*?)^\1\2[ \t]*$", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^([ \t]*)(```|~~~)([\w+-]*)[^\n]*\n(.*?)^\1\2[ \t]*$", re.DOTALL | re.MULTILINE)
 INLINE_CODE = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 CONFIG = re.compile(r"(?<![\w./-])configs/[\w./-]+\.ya?ml\b")
@@ -27,7 +27,7 @@ CONFIG = re.compile(r"(?<![\w./-])configs/[\w./-]+\.ya?ml\b")
 
 def markdown_files() -> list[Path]:
     docs = [p for p in sorted((ROOT / "docs").rglob("*.md")) if RESULTS not in p.parents]
-    return [README, *docs]
+    return [README, *docs, ROOT / "benchmarks" / "README.md"]
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -118,15 +118,20 @@ def test_every_readme_command_names_a_real_cli():
     )
 
 
-def test_every_python_script_a_readme_command_runs_exists():
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_script_a_command_runs_exists(path):
+    """`python X.py` and `bash X.sh` in the shell blocks of the README, docs/ and benchmarks/README.md
+    (outside the README, only blocks marked as shell: docs also fence tables and config excerpts)."""
+    shells = SHELL_BLOCKS if path == README else SHELL_BLOCKS - {""}
+    blocks = [body for lang, body in code_blocks(path.read_text(encoding="utf-8")) if lang in shells]
     missing = []
-    for body in readme_shell_blocks():
+    for body in blocks:
         for command in shell_commands(body):
             words = shlex.split(command)
             runs_a_script = program(command) in ("python", "python3", "bash") and len(words) > 1
             if runs_a_script and words[1].endswith((".py", ".sh")) and not (ROOT / words[1]).is_file():
                 missing.append(words[1])
-    assert not missing, f"README commands run scripts that do not exist: {missing}"
+    assert not missing, f"{path.relative_to(ROOT)} commands run scripts that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -136,6 +141,12 @@ def test_every_config_a_command_names_exists(path):
     named = sorted({c for body in blocks for c in CONFIG.findall(body)})
     missing = [c for c in named if not (ROOT / c).is_file()]
     assert not missing, f"{path.relative_to(ROOT)} commands name config files that do not exist: {missing}"
+
+
+def test_the_fence_parser_pairs_each_opening_with_its_closing():
+    # A blank line before an opening fence is not its indentation (it once made a block run on to the next).
+    text = "intro\n\n```bash\na\n```\ntext\n\n```\nb\n```\n  ~~~sh\n  c\n  ~~~\n"
+    assert code_blocks(text) == [("bash", "a\n"), ("", "b\n"), ("sh", "  c\n")]
 
 
 def test_the_command_parser_splits_chains_and_drops_comments():

@@ -112,6 +112,7 @@ def test_eval_other_seed_changes_the_sample(checkpoint, tmp_path):
     [
         (["--ckpt", "no/such.ckpt"], "does not exist"),
         (["--metrics", "mig,bogus"], "unknown metric"),
+        (["--metrics", "dci", "--jobs", "0"], "jobs must be a positive count"),
     ],
 )
 def test_eval_bad_input(checkpoint, args, message, capsys):
@@ -120,6 +121,17 @@ def test_eval_bad_input(checkpoint, args, message, capsys):
         evaluate(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_jobs_fit_dci_in_parallel_with_the_same_scores(checkpoint, tmp_path):
+    out = tmp_path / "dci.json"
+    argv = ["--ckpt", checkpoint, "--metrics", "dci", "--preset", "quick", "--device", "cpu", "--jobs", "2"]
+    evaluate([*argv, "--output", str(out), "--no-tensorboard", "--no-progress"])
+    written = json.load(open(out))["metrics"]["dci"]
+    model, dm, _ = model_from_checkpoint(checkpoint, torch.device("cpu"))
+    serial = score(model, dm.data, ["dci"], "quick", seed=0)["dci"].as_dict()
+    assert {k: written[k] for k in serial} == json.loads(json.dumps(serial))
+    assert "n_jobs" not in written["params"]  # not part of the definition: the same numbers either way
 
 
 def test_eval_truncated_checkpoint(checkpoint, tmp_path, capsys):

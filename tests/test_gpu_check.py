@@ -90,3 +90,20 @@ def test_the_wheel_script_fetches_what_the_install_stage_needs():
     for package in gpu_check.PACKAGES[1:]:
         assert re.search(package.replace("_", "[-_]"), script), package
     assert "--python-version 3.12" in script and "manylinux" in script and "pip wheel" in script
+
+
+def test_the_install_makes_the_installed_sbvae_the_checkouts(tmp_path):
+    """A wheel built before the last change is overwritten by the checkout's modules, and its files listed."""
+    files = gpu_check.source_files()
+    assert files["sbvae/engine.py"] == os.path.join(ROOT, "sbvae", "engine.py")
+    assert files["sbvae/metrics/mig.py"] == os.path.join(ROOT, "metrics", "mig.py")  # pyproject's package-dir
+    assert files["sbvae/replicas/stacked.py"] == os.path.join(ROOT, "sbvae", "replicas", "stacked.py")
+    site = tmp_path / "site"
+    for installed, source in files.items():  # a fresh install of today's wheel...
+        (site / installed).parent.mkdir(parents=True, exist_ok=True)
+        (site / installed).write_bytes(open(source, "rb").read())
+    (site / "sbvae" / "engine.py").write_text("old = True\n")  # ...but one module changed since, one is new
+    (site / "sbvae" / "metrics" / "irs.py").unlink()
+    assert gpu_check.sync_sources(str(site)) == ["sbvae/engine.py", "sbvae/metrics/irs.py"]
+    assert (site / "sbvae" / "engine.py").read_bytes() == open(files["sbvae/engine.py"], "rb").read()
+    assert gpu_check.sync_sources(str(site)) == []

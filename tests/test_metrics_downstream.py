@@ -243,3 +243,23 @@ def test_bad_codes():
         downstream_from_codes(np.full_like(TINY_X, np.nan), TINY_Y, TINY_XT, TINY_YT)
     with pytest.raises(MetricError, match="ground-truth"):
         downstream(FactorData((3, 6), has_ground_truth=False), identity, num_train=(10,), num_test=10)
+
+
+# ---------------------------------------------------------------- per-factor fits in parallel processes
+def test_parallel_fits_equal_serial_ones():
+    """n_jobs runs each factor's fit in a joblib thread; every accuracy, and the single-class list, must match."""
+    trees = {"n_estimators": 10, "subsample": 0.5}  # subsampled: a worker with another seed would show
+    kwargs = dict(num_train=(10, 40), num_test=50, predictor="boosted_trees", predictor_kwargs=trees)
+    data = FactorData((2, 6, 10))  # 2 classes: likely a single-class draw at n = 10
+    serial = downstream(data, noisy_identity(0.5), seed=4, **kwargs)
+    parallel = downstream(data, noisy_identity(0.5), seed=4, n_jobs=2, **kwargs)
+    assert serial.as_dict() == parallel.as_dict()
+    x, y = np.vstack([TINY_X, TINY_X]), np.vstack([TINY_Y, TINY_Y])
+    one = downstream_from_codes(x, y, TINY_XT, TINY_YT, n_jobs=-1)
+    assert one.single_class[20] == (1,) and one.as_dict() == downstream_from_codes(x, y, TINY_XT, TINY_YT).as_dict()
+
+
+@pytest.mark.parametrize("n_jobs", [0, -2, 1.5, True])
+def test_bad_n_jobs(n_jobs):
+    with pytest.raises(MetricError, match="n_jobs must be"):
+        downstream_from_codes(TINY_X, TINY_Y, TINY_XT, TINY_YT, n_jobs=n_jobs)

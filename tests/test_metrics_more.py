@@ -76,6 +76,16 @@ def test_dci_identity_vs_noise():
     json.dumps(good.as_dict())
 
 
+def test_dci_parallel_fits_equal_serial_ones():
+    """The factors' classifiers fitted in joblib threads give the same importance matrix and accuracies."""
+    data = small_data()
+    kwargs = dict(num_train=300, num_test=100, gbt_kwargs={"n_estimators": 10, "subsample": 0.5})
+    serial = dci(data, noise(6), seed=3, **kwargs)
+    parallel = dci(data, noise(6), seed=3, n_jobs=2, **kwargs)
+    assert serial.as_dict() == parallel.as_dict()
+    assert serial.importance_matrix.shape == (6, len(data.factor_sizes))
+
+
 def test_sap_identity_vs_noise():
     data = small_data()
     good = sap(data, identity, num_train=500, num_test=300)

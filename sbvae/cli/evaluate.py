@@ -97,6 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="threads fitting the per-factor classifiers of dci and downstream (the same scores; -1: every core)",
+    )
+    parser.add_argument(
         "--no-tensorboard", action="store_true", help="do not add the scores to the run's TensorBoard log"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -132,6 +138,7 @@ def evaluate(
             seed=args.seed,
             device=device,
             progress=not args.no_progress,
+            jobs=args.jobs,
         )
         if single
         else {}
