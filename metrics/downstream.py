@@ -154,9 +154,9 @@ def _check_predictor(predictor: str) -> None:
 def _as_split(codes: Any, factors: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(as_numpy(codes), dtype=np.float64)
     y = np.asarray(as_numpy(factors))
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or 0 in x.shape:
         raise MetricError(
-            f"{name} codes must be [N, D] and factors [N, K] with the same N > 0, got shapes "
+            f"{name} codes must be [N, D] and factors [N, K] with the same N > 0 and D > 0, got shapes "
             f"{tuple(x.shape)} and {tuple(y.shape)}; pass one row per sampled image."
         )
     if not np.isfinite(x).all():

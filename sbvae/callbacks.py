@@ -42,7 +42,7 @@ class ImageLogger(L.Callback):
     Args:
         every_n_steps: interval in optimiser steps (0: only at the end of fit).
         num_images: images in the reconstruction grid.
-        num_seeds: seed images for traversals (one grid each).
+        num_seeds: seed images for traversals (one grid each; 0: no traversals).
         steps: columns of a traversal (values from -limit to +limit).
         limit: traversal range around zero (paper: 2).
         order_images: images used to rank latents by mean posterior variance.
@@ -57,6 +57,12 @@ class ImageLogger(L.Callback):
         limit: float = 2.0,
         order_images: int = 256,
     ):
+        if min(num_images, steps, order_images) < 1 or min(num_seeds, every_n_steps) < 0 or limit <= 0:
+            raise SBVAEError(
+                "images: num_images, steps and order_images must be at least 1, num_seeds and every_n_steps at "
+                f"least 0 (every_n_steps 0: only at the end of fit) and limit above 0; got {num_images}, {steps}, "
+                f"{order_images}, {num_seeds}, {every_n_steps} and {limit}."
+            )
         self.every_n_steps, self.num_images, self.num_seeds = every_n_steps, num_images, num_seeds
         self.steps, self.limit, self.order_images = steps, limit, order_images
         self._images: torch.Tensor | None = None

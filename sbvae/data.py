@@ -116,6 +116,11 @@ class GroundTruthDataModule(L.LightningDataModule):
                 raise SBVAEError(f"data.{name} must be a positive integer, got {value}.")
         if seed < 0 or val_seed < 0:
             raise SBVAEError(f"data.seed and data.val_seed must be >= 0, got {seed} and {val_seed}.")
+        if "image_size" in (dataset_options or {}):
+            raise SBVAEError(
+                "image_size is data.image_size, not a dataset option: the model is built for one size, so "
+                "a checkpoint is scored at the size it was trained at."
+            )
         self.save_hyperparameters()
         self.hparams.seed = seed  # the checkpoint records the seed actually used
         self.data = load(dataset, image_size=image_size, **(dataset_options or {}))

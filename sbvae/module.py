@@ -94,6 +94,8 @@ class VAE(L.LightningModule):
             raise SBVAEError(f"unknown likelihood {likelihood!r}: choose one of {objectives.LIKELIHOODS}.")
         if beta < 0 or lr <= 0 or gaussian_variance <= 0:
             raise SBVAEError("beta must be >= 0, and lr and gaussian_variance > 0.")
+        if latent_dim < 1:
+            raise SBVAEError(f"latent_dim must be at least 1, got {latent_dim}; the paper uses 10.")
         if step_mode not in ("auto", "graph", "eager"):
             raise SBVAEError(f"unknown step_mode {step_mode!r}: choose auto, graph or eager.")
         self.save_hyperparameters()
@@ -228,7 +230,7 @@ class VAE(L.LightningModule):
         what = ", ".join(f"{k} = {v:.4g}" for k, v in (bad or guarded).items())
         raise DivergenceError(
             f"training diverged at step {step} ({what}); the last good checkpoint is kept: resume from it "
-            "with a lower learning rate, another seed, or model.likelihood=gaussian (the paper's advice for stability).",
+            "with a lower learning rate, another seed, or --model.init_args.likelihood gaussian (the paper's advice for stability).",
             step=step,
             value=next(iter(bad.values()), float("nan")),
         )

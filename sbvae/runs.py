@@ -24,6 +24,7 @@ import re
 import socket
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 writes a zip archive
+            raise SBVAEError(
+                f"{path} is not a checkpoint (not a file torch.save wrote): pass "
+                "runs/NAME/version_K/checkpoints/last.ckpt or a run folder."
+            ) from error
         raise SBVAEError(
             f"refusing to load {path}: it holds Python objects other than tensors and plain data, which could run "
             "code when unpickled, so nothing in it was run; use a checkpoint written by sbvae-train."

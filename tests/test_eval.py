@@ -134,6 +134,20 @@ def test_eval_jobs_fit_dci_in_parallel_with_the_same_scores(checkpoint, tmp_path
     assert "n_jobs" not in written["params"]  # not part of the definition: the same numbers either way
 
 
+def test_eval_keeps_earlier_scores_only_of_the_same_data(checkpoint, tmp_path):
+    """A second sbvae-eval into the same JSON keeps the first one's metrics for the same checkpoint and data,
+    and drops those scored with another --dataset-option (the file names one dataset for all its scores)."""
+    out = tmp_path / "scores.json"
+    argv = ["--ckpt", checkpoint, "--preset", "quick", "--device", "cpu", "--no-tensorboard", "--no-progress"]
+    argv += ["--output", str(out)]
+    evaluate([*argv, "--metrics", "mig"])
+    evaluate([*argv, "--metrics", "irs"])
+    assert set(json.load(open(out))["metrics"]) == {"mig", "irs"}
+    evaluate([*argv, "--metrics", "sap", "--dataset-option", "color_bins=2"])
+    written = json.load(open(out))
+    assert set(written["metrics"]) == {"sap"} and written["dataset"]["dataset_options"] == {"color_bins": 2}
+
+
 def test_eval_truncated_checkpoint(checkpoint, tmp_path, capsys):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(open(checkpoint, "rb").read()[:1000])

@@ -1,10 +1,13 @@
 """Downstream task (disentanglement_lib's downstream_task): oracles, chance, invariances, sampling order, errors."""
 
+import inspect
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegressionCV
 
 from metric_fakes import FactorData, identity, noise
 from sbvae.metrics.downstream import DownstreamResult, downstream, downstream_from_codes
@@ -40,6 +43,23 @@ def test_tiny_case_by_hand(predictor):
     assert r.mean_test_accuracy[10] == r.score == 0.625 and r.min_test_accuracy[10] == 0.5
     assert r.mean_train_accuracy[10] == r.min_train_accuracy[10] == 1.0
     assert r.single_class == {10: (1,)}
+    # The same codes with a second, uninformative dimension: the single-class rule predicts one label per row.
+    wide = downstream_from_codes(
+        np.hstack([TINY_X, np.zeros_like(TINY_X)]), TINY_Y, np.hstack([TINY_XT, np.zeros_like(TINY_XT)]), TINY_YT
+    )
+    np.testing.assert_array_equal(wide.test_accuracy[10], [0.75, 0.5])
+
+
+def test_the_smallest_sizes_are_scored():
+    """One training point (single-class rule for every factor), one test point, and logistic regression at
+    exactly its 5 folds: each fold's 4 training points still hold both classes of factor 0."""
+    one = downstream(FactorData((3, 6)), identity, num_train=(1,), num_test=1, predictor="boosted_trees")
+    assert one.single_class == {1: (0, 1)} and one.num_test == 1
+    assert set(one.test_accuracy[1]) <= {0.0, 1.0} and list(one.train_accuracy[1]) == [1.0, 1.0]
+    five = downstream_from_codes(TINY_X[:5], TINY_Y[:5], TINY_XT, TINY_YT)
+    assert five.num_train == (5,) and five.single_class == {5: (1,)}
+    with pytest.raises(MetricError, match="at least 5"):
+        downstream_from_codes(TINY_X[:4], TINY_Y[:4], TINY_XT, TINY_YT)
 
 
 def test_single_class_is_what_sklearn_refuses():
@@ -198,7 +218,7 @@ def test_both_predictors_see_the_same_codes():
 
 def test_result_scalars_and_json():
     r = downstream(FactorData((3, 6)), identity, num_train=(10, 40), num_test=50)
-    assert isinstance(r, DownstreamResult)
+    assert isinstance(r, DownstreamResult) and r.predictor == "logistic_regression"
     s = r.scalars()
     assert list(s) == ["score", "test_accuracy_10", "test_accuracy_40", "train_accuracy_10", "train_accuracy_40"]
     assert s["score"] == r.mean_test_accuracy[40] and s["test_accuracy_10"] == r.mean_test_accuracy[10]
@@ -207,6 +227,20 @@ def test_result_scalars_and_json():
     d = json.loads(json.dumps(r.as_dict()))
     assert d["num_train"] == [10, 40] and d["mean_test_accuracy"]["40"] == r.score
     assert len(d["test_accuracy"]["10"]) == 2
+
+
+def test_downstream_fits_the_predictor_it_is_given_on_the_codes_it_draws():
+    """Logistic regression through downstream() is the one downstream_from_codes fits on the same draws
+    (the boosted trees' case is test_fresh_sets_per_size_in_dl_order); the default seed is 0."""
+    data = FactorData((3, 6, 10))
+    r = downstream(data, noisy_identity(0.5), num_train=(40,), num_test=100)
+    gen = make_generator(0)
+    train, test, _ = sample_train_test(data, noisy_identity(0.5), gen, 40, 100)
+    one = downstream_from_codes(*train, *test)
+    trees = downstream_from_codes(*train, *test, predictor="boosted_trees", predictor_kwargs=QUICK_TREES)
+    np.testing.assert_array_equal(r.test_accuracy[40], one.test_accuracy[40])
+    np.testing.assert_array_equal(r.train_accuracy[40], one.train_accuracy[40])
+    assert not np.array_equal(r.train_accuracy[40], trees.train_accuracy[40])  # the trees fit another model
 
 
 def test_seed_reproducible_and_matters():
@@ -239,10 +273,35 @@ def test_bad_codes():
         downstream_from_codes(TINY_X, TINY_Y, np.zeros((4, 2)), TINY_YT)
     with pytest.raises(MetricError, match=r"\[N, D\]"):
         downstream_from_codes(TINY_X[:5], TINY_Y, TINY_XT, TINY_YT)
+    with pytest.raises(MetricError, match=r"\[N, D\]"):  # codes of one dimension but factors of two
+        downstream_from_codes(TINY_X[:, 0], TINY_Y, TINY_XT, TINY_YT)
+    with pytest.raises(MetricError, match=r"same N > 0"):  # an empty test set
+        downstream_from_codes(TINY_X, TINY_Y, TINY_XT[:0], TINY_YT[:0])
     with pytest.raises(MetricError, match="nan"):
         downstream_from_codes(np.full_like(TINY_X, np.nan), TINY_Y, TINY_XT, TINY_YT)
     with pytest.raises(MetricError, match="ground-truth"):
         downstream(FactorData((3, 6), has_ground_truth=False), identity, num_train=(10,), num_test=10)
+    with pytest.raises(MetricError, match=r"D > 0"):  # codes of no dimension
+        downstream_from_codes(TINY_X[:, :0], TINY_Y, TINY_XT[:, :0], TINY_YT)
+
+
+def test_errors_name_the_split():
+    """A bad split passed to downstream_from_codes is named, so the user knows which array to fix."""
+    for train, test, split in [(TINY_X[:0], TINY_XT, "train"), (TINY_X, np.full_like(TINY_XT, np.inf), "test")]:
+        with pytest.raises(MetricError, match=f"^{split} codes "):
+            downstream_from_codes(train, TINY_Y[: len(train)], test, TINY_YT)
+
+
+def test_logistic_regression_is_pinned_without_warnings():
+    """DL's plain-L2 LogisticRegressionCV is spelled so this scikit-learn announces no change of meaning (a
+    FutureWarning would say the numbers change with the next release); a warning the user's own
+    predictor_kwargs cause still reaches them, only ConvergenceWarning (part of DL's definition) is hidden."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        downstream_from_codes(TINY_X, TINY_Y, TINY_XT, TINY_YT)
+    if "l1_ratios" in inspect.signature(LogisticRegressionCV).parameters:
+        with pytest.warns(FutureWarning):
+            downstream_from_codes(TINY_X, TINY_Y, TINY_XT, TINY_YT, predictor_kwargs={"l1_ratios": None})
 
 
 # ---------------------------------------------------------------- per-factor fits in parallel processes

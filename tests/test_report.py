@@ -360,6 +360,10 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     assert not any("trained on after" in n for n in report.notes)
     from sbvae.report.build import markdown
 
+    assert "stopped short of the protocol" not in markdown(report)
+    manifest, report.manifest = report.manifest, {**report.manifest, "steps": 10**6}  # a --set steps= since
+    assert f"{len(report.results)} completed run(s) stopped short of the protocol's 1,000,000 steps" in markdown(report)
+    report.manifest = manifest
     for scored in (report.results, [r for r in report.results if not r.scores]):  # with and without score columns
         report.results = scored
         table = markdown(report).split("## Runs", 1)[1].split("\n## ", 1)[0].strip().splitlines()[2:]

@@ -359,3 +359,14 @@ def test_eval_builds_only_sbvae_models(tmp_path, capsys):
         evaluate(["--ckpt", str(path), "--device", "cpu"])
     assert f"refusing to build {path}: its model class 'builtins.open'" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_eval_says_a_file_that_is_no_checkpoint_is_none(tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# not a checkpoint\n")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(["--ckpt", str(notes), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"sbvae-eval: {notes} is not a checkpoint (not a file torch.save wrote): " + (
+        "pass runs/NAME/version_K/checkpoints/last.ckpt or a run folder.\n"
+    )

@@ -518,6 +518,11 @@ def test_interrupted_task_resumes_every_replica_from_its_last_checkpoint(smoke, 
         # (a restart from scratch would have logged 4 and 9 twice).
         assert [e.step for e in events.Scalars("train/loss")] == [4, 9, 14]
     assert json.load(open(out / "runs" / "deconv" / "seeds_0-1" / "replica_0" / "status.json"))["global_step"] == 12
+    # --only trained sbd to the new protocol: deconv's runs completed at the old one, and status says so.
+    sweep_main(["status", str(out)])
+    status = capsys.readouterr().out
+    assert "4 runs, 2 completed, 2 short; protocol 18 steps" in status
+    assert status.count("completed at 12 of 18 steps: rerun the sweep to train on") == 2
 
 
 def test_changed_settings_are_refused(smoke, capsys):
@@ -628,3 +633,17 @@ def test_cpu_study_in_miniature_reports_its_rows_and_geometry_and_a_seed_reruns_
     assert again["global_step"] == 8
     assert again["metrics"]["mig"]["score"] == pytest.approx(seed["scores"]["mig"], abs=1e-6)
     assert again["metrics"]["elbo"]["elbo"] == pytest.approx(seed["scores"]["elbo"], rel=1e-5)
+
+
+def test_a_failed_run_is_reported_by_its_error_not_the_hint_after_it(tmp_path):
+    from sbvae.sweep.runner import last_line
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "Seed set to 0\nsbvae-train: error: Parser key \"model\": Option 'betaa' is not accepted\n"
+        "(every accepted key: sbvae-train fit --help, or add --print_config)\n"
+    )
+    assert last_line(str(log)) == "sbvae-train: error: Parser key \"model\": Option 'betaa' is not accepted"
+    log.write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n\n")
+    assert last_line(str(log)) == "RuntimeError: boom"
+    assert last_line(str(tmp_path / "missing.log")) == ""

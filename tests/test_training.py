@@ -192,6 +192,7 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "diverged at step 6" in err and "last good checkpoint" in err
+    assert "--model.init_args.likelihood gaussian" in err  # a key sbvae-train accepts, as typed
     assert run_dirs(tmp_path, name) == [run]  # the resumed run is the same run, in the same folder
     assert open(last, "rb").read() == before
     status = json.load(open(os.path.join(run, "status.json")))
@@ -206,6 +207,11 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
         (["--model.init_args.decoder_options", "{channels: [8, 8], colour: red}"], "unknown decoder option"),
         (["--data.dataset", "no-such-data"], "no-such-data"),
         (["--trainer.max_step", "3"], "unrecognized arguments: --trainer.max_step"),  # no key read from a prefix
+        (["--trainer.max_steps", "-5"], "--trainer.max_steps -5 trains nothing"),
+        (["--trainer.max_steps", "0"], "--trainer.max_steps 0 trains nothing"),
+        (["--model.init_args.latent_dim", "0"], "latent_dim must be at least 1"),
+        (["--images.num_images", "0"], "num_images, steps and order_images must be at least 1"),
+        (["--data.dataset_options", "{image_size: 64}"], "image_size is data.image_size, not a dataset option"),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override, message):
@@ -409,3 +415,34 @@ def test_each_process_draws_its_own_step_noise():
         terms.append({k: float(v) for k, v in engine.step().items()})
     assert terms[0] == terms[2]
     assert terms[0]["nll"] != terms[1]["nll"] and terms[0]["disc_loss"] != terms[1]["disc_loss"]
+
+
+def test_a_resume_with_another_architecture_stops_before_touching_the_run(tmp_path, config_path, capsys):
+    """A config that builds another model (here 32 px images) fails in one sentence; the finished run it
+    names keeps its status, config and events."""
+    fit(config_path("quickstart.yaml"), tmp_path)
+    (run,) = run_dirs(tmp_path)
+    before = {name: open(os.path.join(run, name), "rb").read() for name in ("status.json", "config.yaml")}
+    events = sorted(glob.glob(os.path.join(run, "events.out.tfevents.*")))
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    with pytest.raises(SystemExit) as stopped:
+        fit(config_path("quickstart.yaml"), tmp_path, "--data.image_size", "32", "--ckpt_path", last)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds weights of another model than this config builds (size mismatch for" in err
+    assert f"sbvae-train fit --config {os.path.join(run, 'config.yaml')} --ckpt_path {last}" in err
+    assert {name: open(os.path.join(run, name), "rb").read() for name in before} == before
+    assert sorted(glob.glob(os.path.join(run, "events.out.tfevents.*"))) == events
+
+
+def test_a_resume_from_a_relative_folder_keeps_one_best_checkpoint(tmp_path, config_path, monkeypatch):
+    """Lightning reloads the best checkpoints it tracks only when the folder is spelled as it recorded it
+    (relative here); otherwise a resumed run keeps a second best-step=N.ckpt, whatever its score."""
+    monkeypatch.chdir(tmp_path)
+    fit(config_path("quickstart.yaml"), "runs")
+    (run,) = run_dirs("runs")
+    assert not os.path.isabs(run)
+    fit(config_path("quickstart.yaml"), "runs", "--trainer.max_steps", "12", "--ckpt_path", run)
+    best = [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith("best-")]
+    assert len(best) == 1, best
+    assert run_dirs("runs") == [run]  # the same run, continued

@@ -169,14 +169,15 @@ def evaluate(
 
 
 def earlier_scores(output: str, record: dict) -> dict:
-    """The metrics an earlier sbvae-eval wrote to ``output`` for this very checkpoint, step, preset and seed,
-    which a later call keeps beside its own (UDR scored over a run folder after each replica's MIG)."""
+    """The metrics an earlier sbvae-eval wrote to ``output`` for this very checkpoint, step, dataset, preset and
+    seed, which a later call keeps beside its own (UDR scored over a run folder after each replica's MIG).
+    Scores of the same checkpoint on other data (another ``--dataset-option``) are never mixed in."""
     try:
         with open(output) as f:
             earlier = json.load(f)
     except (OSError, ValueError):
         return {}
-    same = all(earlier.get(key) == record[key] for key in ("checkpoint", "global_step", "preset", "seed"))
+    same = all(earlier.get(key) == record[key] for key in ("checkpoint", "global_step", "dataset", "preset", "seed"))
     return earlier.get("metrics", {}) if same and isinstance(earlier.get("metrics"), dict) else {}
 
 

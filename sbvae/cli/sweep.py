@@ -178,7 +178,10 @@ def cmd_status(args) -> int:
         for task in group["tasks"]:
             for run in task["runs"]:
                 state = sweep_run_state(args.dir, task["name"], run["folder"])
-                counts[state.status] += 1
+                status = state.status
+                if status == "completed" and state.global_step < manifest["steps"]:
+                    status = "short"  # completed at an earlier protocol (a --set steps= or --only since)
+                counts[status] += 1
                 scores = (
                     read_json(eval_path(manifest, os.path.join(args.dir, run["folder"])))
                     if state.status == "completed"
@@ -192,15 +195,17 @@ def cmd_status(args) -> int:
                     else "-"
                 )
                 note = state.record.get("message", "") if state.status in ("failed", "diverged") else ""
+                if status == "short":
+                    note = f"completed at {state.global_step:,} of {manifest['steps']:,} steps: rerun the sweep to train on"
                 rows.append(
-                    (group["name"], str(run["seed"]), state.status, str(state.global_step), scored, run["folder"], note)
+                    (group["name"], str(run["seed"]), status, str(state.global_step), scored, run["folder"], note)
                 )
     total = sum(counts.values())
     print(
         f"sweep {manifest['name']} in {args.dir}: {total} runs, "
         + ", ".join(
             f"{counts[s]} {s}"
-            for s in ("completed", "running", "interrupted", "diverged", "failed", "pending")
+            for s in ("completed", "short", "running", "interrupted", "diverged", "failed", "pending")
             if counts[s]
         )
         + f"; protocol {manifest['steps']:,} steps"

@@ -91,6 +91,11 @@ class SBVAECLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         settings = self._settings()
+        max_steps = settings.get("trainer", {}).get("max_steps")
+        if self.config.get("subcommand") == "fit" and max_steps is not None and (max_steps == 0 or max_steps < -1):
+            raise SBVAEError(
+                f"--trainer.max_steps {max_steps} trains nothing: give the number of optimiser steps, such as 1000."
+            )
         if settings.get("replicas", 1) < 1:
             raise SBVAEError(f"--replicas must be at least 1, got {settings.get('replicas')}.")
         if settings.get("replicas", 1) == 1:
@@ -116,7 +121,7 @@ class SBVAECLI(LightningCLI):
             )
         replicas = self._settings().get("replicas", 1)
         if replicas == 1:
-            return
+            return self._check_weights_fit()
         from sbvae.callbacks import MetricsCallback
         from sbvae.replicas import ReplicaOutputs, ReplicaSet
 
@@ -143,6 +148,29 @@ class SBVAECLI(LightningCLI):
         if best is not None:
             best.save_top_k = 0  # the best of the set's mean means nothing: each replica keeps its own best
         self.trainer.callbacks.append(ReplicaOutputs(images, keep_best=keep_best))
+        if processes_requested(self._settings().trainer) <= 1:
+            # under several processes the set's checkpoint holds process 0's share only, which each process
+            # swaps for its own later; check_replicas_match has already compared the counts
+            self._check_weights_fit()
+
+    def _check_weights_fit(self) -> None:
+        """A resume whose config builds another architecture fails here, in one sentence, before the run
+        folder it continues is touched (its status, config and events)."""
+        path, checkpoint = getattr(self, "_resume", (None, None))
+        if checkpoint is None or "state_dict" not in checkpoint:
+            return
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"], strict=True)  # Lightning loads them again
+        except RuntimeError as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+            run = runs.run_dir_of(path)
+            own = f"sbvae-train fit --config {os.path.join(run, 'config.yaml')} --ckpt_path {path}" if run else None
+            raise SBVAEError(
+                f"--ckpt_path {path} holds weights of another model than this config builds ({detail[:200]}): "
+                f"resume with the settings it was trained with{f' ({own})' if own else ''}, or leave out "
+                "--ckpt_path to start a new run."
+            ) from None
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the model's arguments by the checkpoint's when resuming, silently
@@ -168,7 +196,8 @@ class SBVAECLI(LightningCLI):
         if subcommand == "fit":
             check_replicas_match(path, settings.get("replicas", 1))  # before the run folder is touched
             keep_checkpoint_seeds(settings, path, checkpoint, self.command_line)
-            continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0))
+            continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0), checkpoint)
+            self._resume = (path, checkpoint)
 
 
 def check_replicas_match(ckpt_path: str, replicas: int) -> None:
@@ -234,7 +263,7 @@ def processes_requested(trainer_config) -> int:
     return count * int(trainer_config.num_nodes or 1)
 
 
-def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
+def continue_in_run_folder(trainer_config, ckpt_path: str, step: int, checkpoint: dict | None = None) -> None:
     """Point the TensorBoard logger at the run folder of ``ckpt_path``, so a resumed run stays one run.
 
     Its events then land beside the earlier ones, and TensorBoard drops the earlier events after ``step``
@@ -252,10 +281,24 @@ def continue_in_run_folder(trainer_config, ckpt_path: str, step: int) -> None:
         or not str(logger.get("class_path", "")).endswith("TensorBoardLogger")
     ):
         return
+    run = recorded_run_dir(checkpoint or {}, run)
     parent = os.path.dirname(run)
     logger.init_args.save_dir, logger.init_args.name = os.path.dirname(parent), os.path.basename(parent)
     logger.init_args.version = os.path.basename(run)
     logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": int(step) + 1}
+
+
+def recorded_run_dir(checkpoint: dict, run: str) -> str:
+    """``run`` spelled as the checkpoint's ModelCheckpoint recorded its folder (relative, say): Lightning
+    reloads the best checkpoints it tracks only when the folder string is the same, and would otherwise keep
+    a worse "best" beside the earlier one."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        dirpath = state.get("dirpath") if isinstance(state, dict) else None
+        if isinstance(dirpath, str) and os.path.realpath(dirpath) == os.path.realpath(
+            os.path.join(run, runs.CHECKPOINTS)
+        ):
+            return os.path.dirname(dirpath)
+    return run
 
 
 def build_cli(args=None, run: bool = True) -> SBVAECLI:

@@ -303,7 +303,7 @@ def raise_all_diverged(frozen: dict[int, int]):
         f"every replica diverged (first at step {step} here); each one's last good checkpoint is kept in "
         "replica_K/checkpoints/last.ckpt (resuming the set keeps them frozen): train on from one as a single run "
         "(--ckpt_path that file, which keeps its seed) with a lower learning rate, or use other seeds, or "
-        "model.likelihood=gaussian.",
+        "--model.init_args.likelihood gaussian.",
         step=step,
         value=float("nan"),
     )

@@ -21,7 +21,7 @@ HEADINGS = {
     "traversals": "Traversals",
 }
 CAPTIONS = {
-    "mig_histogram": "MIG over seeds (paper Figures 2, 3): one histogram per row; stars mark the best and the worst seed, whose traversals follow.",
+    "mig_histogram": "MIG over seeds (paper Figures 2, 3): one histogram per row; stars mark the best and the worst seed.",
     "rate_distortion": "Rate-distortion (paper Figure 4): NLL against KL and against MIG, one small point per run, the mean per beta joined.",
     "latent_geometry": "Latent geometry (paper Figures 7, 8, 13-22): a grid of the two factors encoded and drawn in the two latents with the smallest mean posterior variance; grid lines join neighbours, held-out points are black.",
     "traversals": "Traversals of the median-MIG seed of each row: each latent from -2 to +2 around a validation image, rows sorted by mean posterior variance and labelled with the latent, its mean posterior std and its mean KL.",
@@ -260,6 +260,12 @@ def markdown(report: Report) -> str:
         f"- Trained on: {', '.join(devices) or 'unknown'}.",
         "- Table cells: mean ± sample standard deviation over the scored seeds of the row; the paper's row below ours.",
     ]
+    short = [r for r in report.results if r.status == "completed" and m.get("steps") and r.global_step < m["steps"]]
+    if short:
+        lines.append(
+            f"- {len(short)} completed run(s) stopped short of the protocol's {m['steps']:,} steps (e.g. "
+            f"{short[0].group} seed {short[0].seed} at {short[0].global_step:,}): rerun the sweep to train them on."
+        )
     sizes = sorted({r.evaluation.get("dataset", {}).get("image_size") for r in report.results if r.evaluation} - {None})
     if m.get("targets") and any(size != 64 for size in sizes):
         lines.append(
@@ -277,8 +283,9 @@ def markdown(report: Report) -> str:
         lines += [
             "### The FactorVAE score in context",
             "",
-            "disentanglement_lib's protocol (METRICS.md): a code that tells no factor apart scores chance; the "
-            "quick preset's score moves by about ±0.05 between seeds, so it is a smoke check, not a result.",
+            "disentanglement_lib's protocol (docs/metrics.md): a code whose active dimensions tell no factor apart "
+            "scores chance (1 / factors), and a code with no active dimension scores 0; the quick preset's score "
+            "moves by about ±0.05 between seeds, so it is a smoke check, not a result.",
             "",
             context,
             "",

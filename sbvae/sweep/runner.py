@@ -308,10 +308,12 @@ class Runner:
 
 
 def last_line(log: str) -> str:
-    """The last non-empty line of a log: for a CLI's one-sentence error, the sentence."""
+    """The error a failed command's log ends with: its last line naming the program (``sbvae-train: ...``,
+    the CLIs' one-sentence errors, which a hint line may follow), else its last non-empty line."""
     try:
         with open(log, errors="replace") as f:
             lines = [line.strip() for line in f if line.strip()]
     except OSError:
         return ""
-    return lines[-1][:300] if lines else ""
+    errors = [line for line in lines if line.startswith(("sbvae-train:", "sbvae-eval:"))]
+    return (errors or lines or [""])[-1][:300]
