@@ -7,9 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
+import sklearn
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import sbvae
 from sbvae import metrics as M
 from sbvae.cli.evaluate import main as evaluate
 from sbvae.cli.evaluate import table
@@ -59,6 +61,12 @@ def test_eval_writes_json_and_is_deterministic(checkpoint, tmp_path, capsys):
     assert a["metrics"] == b["metrics"]  # same checkpoint and seed: same numbers
     assert a["checkpoint"] == os.path.abspath(checkpoint) and a["seed"] == 3 and a["preset"] == "quick"
     assert a["dataset"]["dataset"] == "colored-sprites"
+    assert a["software"] == {
+        "sbvae": sbvae.__version__,
+        "torch": torch.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
     mig, fvae = a["metrics"]["mig"], a["metrics"]["factor_vae"]
     assert mig["params"]["num_points"] == 2000 and fvae["params"]["num_train"] == 300
     assert len(mig["per_factor"]) == 8  # 5 dSprites factors + 3 binned colour coordinates

@@ -1,5 +1,6 @@
 """Downstream task (disentanglement_lib's downstream_task): oracles, chance, invariances, sampling order, errors."""
 
+import importlib
 import inspect
 import json
 import warnings
@@ -302,6 +303,35 @@ def test_logistic_regression_is_pinned_without_warnings():
     if "l1_ratios" in inspect.signature(LogisticRegressionCV).parameters:
         with pytest.warns(FutureWarning):
             downstream_from_codes(TINY_X, TINY_Y, TINY_XT, TINY_YT, predictor_kwargs={"l1_ratios": None})
+
+
+class OldLogisticRegressionCV:
+    """The signature of scikit-learn before 1.8 (plain L2 spelled penalty="l2"), to check the pinning there."""
+
+    def __init__(self, Cs=10, penalty="l2", l1_ratios=None, scoring=None):
+        self.kwargs = dict(Cs=Cs, penalty=penalty, l1_ratios=l1_ratios, scoring=scoring)
+
+
+class NewLogisticRegressionCV:
+    """The signature from scikit-learn 1.8: penalty deprecated, plain L2 spelled l1_ratios=(0.0,)."""
+
+    def __init__(self, Cs=10, penalty="deprecated", l1_ratios="warn", scoring=None, use_legacy_attributes="warn"):
+        self.kwargs = dict(Cs=Cs, penalty=penalty, l1_ratios=l1_ratios, scoring=scoring)
+
+
+@pytest.mark.parametrize(
+    "estimator, pinned",
+    [
+        (OldLogisticRegressionCV, {"scoring": "accuracy"}),  # l1_ratios there would warn that L2 ignores it
+        (NewLogisticRegressionCV, {"scoring": "accuracy", "l1_ratios": (0.0,), "use_legacy_attributes": False}),
+    ],
+)
+def test_logistic_regression_is_spelled_for_the_installed_scikit_learn(monkeypatch, estimator, pinned):
+    import sklearn.linear_model
+
+    module = importlib.import_module("sbvae.metrics.downstream")  # the package's name is the function's
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegressionCV", estimator)
+    assert module._logistic_regression_kwargs() == pinned
 
 
 # ---------------------------------------------------------------- per-factor fits in parallel processes

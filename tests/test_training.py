@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import model_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import run_probes
@@ -442,7 +444,19 @@ def test_a_resume_from_a_relative_folder_keeps_one_best_checkpoint(tmp_path, con
     fit(config_path("quickstart.yaml"), "runs")
     (run,) = run_dirs("runs")
     assert not os.path.isabs(run)
-    fit(config_path("quickstart.yaml"), "runs", "--trainer.max_steps", "12", "--ckpt_path", run)
+    model_checkpoint.warning_cache.clear()  # Lightning warns once per process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(config_path("quickstart.yaml"), "runs", "--trainer.max_steps", "12", "--ckpt_path", run)
     best = [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith("best-")]
     assert len(best) == 1, best
     assert run_dirs("runs") == [run]  # the same run, continued
+    # the resumed epoch ends before any validation: no look for val/elbo there, and no warning it is missing
+    assert not [w for w in caught if "monitored key" in str(w.message)]
+
+
+def test_training_without_validation_says_no_best_checkpoint_is_kept(tmp_path, config_path):
+    with pytest.warns(UserWarning, match="limit_val_batches 0 runs no validation, so no best checkpoint"):
+        fit(config_path("quickstart.yaml"), tmp_path, "--trainer.limit_val_batches", "0")
+    (run,) = run_dirs(tmp_path)
+    assert os.listdir(os.path.join(run, "checkpoints")) == ["last.ckpt"]

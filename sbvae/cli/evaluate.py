@@ -155,6 +155,7 @@ def evaluate(
         "seed": args.seed,
         "device": str(device),
         "seconds": round(seconds, 3),
+        "software": software_versions(),
         "metrics": records(results, args.preset, args.seed),
     }
     output = args.output or runs.eval_output(path, args.preset, args.seed)
@@ -166,6 +167,21 @@ def evaluate(
     if run_dir:
         log_to_tensorboard(run_dir, results, ckpt.get("global_step", 0), args.preset)
         print(f"added eval/* scalars to the TensorBoard run {run_dir}")
+
+
+def software_versions() -> dict[str, str]:
+    """What computed the scores: a score moves with the estimators' library as well as with sbvae."""
+    import numpy
+    import sklearn
+
+    import sbvae
+
+    return {
+        "sbvae": sbvae.__version__,
+        "torch": torch.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def earlier_scores(output: str, record: dict) -> dict:

@@ -14,6 +14,7 @@ import warnings
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from sbvae import runs
 from sbvae.callbacks import ImageLogger, LastCheckpoint, RunStatus
@@ -73,6 +74,9 @@ class SBVAECLI(LightningCLI):
                 "checkpoint.save_last": False,  # LastCheckpoint keeps last.ckpt current
                 "checkpoint.save_top_k": 1,
                 "checkpoint.filename": "best-{step}",
+                # val/elbo exists only after a validation; Lightning would otherwise also try at the end of
+                # a resumed epoch, before any validation, and warn that the key is missing
+                "checkpoint.save_on_train_epoch_end": False,
             }
         )
         parser.add_lightning_class_args(ImageLogger, "images")
@@ -118,6 +122,11 @@ class SBVAECLI(LightningCLI):
             raise SBVAEError(
                 "checkpoint.save_last would write a second last.ckpt beside the one LastCheckpoint keeps "
                 "(atomically, at validation, on time and on signals): drop checkpoint.save_last."
+            )
+        if best is not None and best.save_top_k != 0 and self.trainer.limit_val_batches == 0:
+            rank_zero_warn(
+                f"--trainer.limit_val_batches 0 runs no validation, so no best checkpoint by {best.monitor} is "
+                "kept (last.ckpt is): set limit_val_batches above 0 to keep one, or checkpoint.save_top_k 0."
             )
         replicas = self._settings().get("replicas", 1)
         if replicas == 1:
