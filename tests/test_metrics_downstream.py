@@ -309,14 +309,14 @@ class OldLogisticRegressionCV:
     """The signature of scikit-learn before 1.8 (plain L2 spelled penalty="l2"), to check the pinning there."""
 
     def __init__(self, Cs=10, penalty="l2", l1_ratios=None, scoring=None):
-        self.kwargs = dict(Cs=Cs, penalty=penalty, l1_ratios=l1_ratios, scoring=scoring)
+        pass  # only the signature is read
 
 
 class NewLogisticRegressionCV:
     """The signature from scikit-learn 1.8: penalty deprecated, plain L2 spelled l1_ratios=(0.0,)."""
 
     def __init__(self, Cs=10, penalty="deprecated", l1_ratios="warn", scoring=None, use_legacy_attributes="warn"):
-        self.kwargs = dict(Cs=Cs, penalty=penalty, l1_ratios=l1_ratios, scoring=scoring)
+        pass  # only the signature is read
 
 
 @pytest.mark.parametrize(
