@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from sbvae.metrics import (
     beta_vae_score,
     completeness,
     dci,
+    dci_from_codes,
     disentanglement,
     evaluate_elbo,
     latents_used,
@@ -20,6 +23,7 @@ from sbvae.metrics import (
     sap,
     sap_from_codes,
 )
+from sbvae.metrics.utils import MetricError, per_factor
 
 
 def small_data(**kwargs):
@@ -76,14 +80,85 @@ def test_dci_identity_vs_noise():
     json.dumps(good.as_dict())
 
 
-def test_dci_parallel_fits_equal_serial_ones():
+def test_dci_parallel_fits_equal_serial_ones(monkeypatch):
     """The factors' classifiers fitted in joblib threads give the same importance matrix and accuracies."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    threads, plain_fit = [], GradientBoostingClassifier.fit
+
+    def recording_fit(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return plain_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GradientBoostingClassifier, "fit", recording_fit)
     data = small_data()
     kwargs = dict(num_train=300, num_test=100, gbt_kwargs={"n_estimators": 10, "subsample": 0.5})
     serial = dci(data, noise(6), seed=3, **kwargs)
+    assert set(threads) == {threading.get_ident()}
+    threads.clear()
     parallel = dci(data, noise(6), seed=3, n_jobs=2, **kwargs)
+    assert len(threads) == 3 and threading.get_ident() not in threads  # n_jobs reached the fits
+    threads.clear()
+    # Called without n_jobs, the codes' DCI starts no threads either: a sweep's own workers stay one thread each.
+    train, test = (data.sample_factors(n, torch.Generator().manual_seed(n)) for n in (300, 100))
+    dci_from_codes(train.double(), train, test.double(), test, gbt_kwargs={"n_estimators": 2})
+    assert set(threads) == {threading.get_ident()}
     assert serial.as_dict() == parallel.as_dict()
     assert serial.importance_matrix.shape == (6, len(data.factor_sizes))
+
+
+def recording_fit(threads: list):
+    def fit(k):
+        threads.append(threading.get_ident())
+        return k * k
+
+    return fit
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 3, -1])
+def test_per_factor_returns_the_fits_in_factor_order(n_jobs, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    threads = []
+    assert per_factor(recording_fit(threads), 5, n_jobs) == [0, 1, 4, 9, 16]
+    # The fits run in this process (a list filled in a worker process would stay empty here), in threads
+    # other than this one as soon as more than one is asked for.
+    assert len(threads) == 5
+    assert (set(threads) == {threading.get_ident()}) == (n_jobs == 1)
+    assert per_factor(recording_fit([]), 0, n_jobs) == []
+
+
+def test_per_factor_runs_in_this_thread_unless_asked():
+    threads = []
+    assert per_factor(recording_fit(threads), 4) == [0, 1, 4, 9]
+    assert set(threads) == {threading.get_ident()}
+
+
+def test_per_factor_starts_no_more_threads_than_factors_or_cores(monkeypatch):
+    import joblib
+
+    asked = []
+
+    class RecordingParallel(joblib.Parallel):
+        def __init__(self, n_jobs, **kwargs):
+            asked.append((n_jobs, kwargs))
+            super().__init__(n_jobs=n_jobs, **kwargs)
+
+    monkeypatch.setattr(joblib, "Parallel", RecordingParallel)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert per_factor(recording_fit([]), 2, 8) == [0, 1]  # two factors: two threads, not eight
+    assert per_factor(recording_fit([]), 5, -1) == [0, 1, 4, 9, 16]  # -1: every core, three here
+    assert asked == [(2, {"prefer": "threads"}), (3, {"prefer": "threads"})]
+    # An unknown core count runs in order, in this thread.
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    threads = []
+    assert per_factor(recording_fit(threads), 3, -1) == [0, 1, 4]
+    assert set(threads) == {threading.get_ident()} and len(asked) == 2
+
+
+@pytest.mark.parametrize("n_jobs", [0, -2, 1.5, True, "2", None])
+def test_per_factor_refuses_a_thread_count_that_is_not_one(n_jobs):
+    with pytest.raises(MetricError, match="n_jobs must be a positive count of threads or -1"):
+        per_factor(recording_fit([]), 3, n_jobs)
 
 
 def test_sap_identity_vs_noise():
