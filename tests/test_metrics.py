@@ -183,6 +183,14 @@ def test_factor_vae_reports_chance_and_each_factors_accuracy():
     )
 
 
+def test_factor_vae_per_factor_accuracy_of_a_single_vote():
+    """One eval vote: its factor's accuracy is that one vote (1.0 for a perfect code), the unvoted factors 0."""
+    result = factor_vae_score(FactorData(), identity, seed=0, num_train=400, num_eval=1, num_variance_estimate=2000)
+    voted = int(result.eval_votes.sum(1).argmax())
+    assert int(result.eval_votes.sum()) == 1 and result.score == 1.0
+    assert result.per_factor_accuracy == [1.0 if k == voted else 0.0 for k in range(5)]
+
+
 def test_factor_vae_seeded_and_chunk_invariant():
     mixing = torch.randn(5, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
