@@ -142,8 +142,11 @@ def beta_tcvae_loss(
 
 def covariance(values: torch.Tensor) -> torch.Tensor:
     """Covariance [D, D] over the batch, normalised by B (E[v v^T] - E[v] E[v]^T, as disentanglement_lib)."""
-    centred = values - values.mean(0)
-    return centred.T @ centred / values.shape[0]
+    # Mixed precision would run this product in bf16; the DIP penalty stays float32, as the other losses do.
+    with torch.autocast(values.device.type, enabled=False):
+        values = values.to(torch.promote_types(values.dtype, torch.float32))
+        centred = values - values.mean(0)
+        return centred.T @ centred / values.shape[0]
 
 
 def dip_regularizer(cov: torch.Tensor, lambda_od: float, lambda_d: float) -> torch.Tensor:

@@ -20,16 +20,53 @@ def test_rounds_alternate_between_rows():
     assert set(seconds) == {"naive", "step"} and all(v > 0 for v in seconds.values())
 
 
-def test_largest_replicas_follows_the_line_through_the_peaks():
+def test_largest_replicas_follows_the_line_through_the_replica_sets_peaks():
     rows = [
         {"model": "sbd", "path": "trainer", "replicas": r, "peak_memory_gib": m}
-        for r, m in ((1, 1.0), (15, 8.0), (32, 16.5))
+        for r, m in ((1, 3.0), (15, 8.0), (32, 16.5))
     ]
     rows.append({"model": "sbd", "path": "step", "replicas": 1})
-    # 0.5 GiB per replica from 1 replica at 1 GiB: (80 - 1) / 0.5 + 1 = 159
+    # 0.5 GiB per replica from 15 replicas at 8 GiB: 15 + (80 - 8) / 0.5 = 159. The single run (no replica
+    # program) is off that line: through it and 32 replicas the line would give 178.
     assert throughput.largest_replicas(rows, "sbd", 80.0) == 159
+    # With one replica set measured, the single run is the line's other point: 1 + (80 - 3) / (13.5 / 31)
+    assert throughput.largest_replicas([rows[0], rows[2]], "sbd", 80.0) == 177
     assert throughput.largest_replicas(rows[:1], "sbd", 80.0) is None  # one point draws no line
     assert throughput.largest_replicas(rows, "deconv", 80.0) is None
+
+
+def test_a_trainer_row_ends_at_its_last_step_without_the_end_of_fit(monkeypatch):
+    """The end of fit (a checkpoint and traversals per replica) is no step: a trainer row skips it, since for
+    hundreds of replicas it outlasts a GPU window. The rate counts the timed steps only."""
+    import argparse
+
+    from sbvae.callbacks import ImageLogger, LastCheckpoint
+    from sbvae.replicas.outputs import ReplicaOutputs
+
+    ended = []
+    monkeypatch.setattr(LastCheckpoint, "on_train_end", lambda *a: ended.append("checkpoint"))
+    monkeypatch.setattr(ImageLogger, "on_fit_end", lambda *a: ended.append("pictures"))
+    monkeypatch.setattr(ReplicaOutputs, "on_train_end", lambda *a: ended.append("replicas' files"))
+    steps = []
+    real = throughput.StepClock.on_train_batch_end
+
+    def count(self, trainer, *a):
+        steps.append(trainer.global_step)
+        real(self, trainer, *a)
+
+    monkeypatch.setattr(throughput.StepClock, "on_train_batch_end", count)
+    args = argparse.Namespace(
+        image_size=32,
+        precision="32-true",
+        steps_per_epoch=1000,
+        val_size=64,
+        channels_last=None,
+        trainer_warmup=2,
+        trainer_steps=3,
+    )
+    rate, memory = throughput.trainer_images_per_s("sbd", args, torch.device("cpu"), replicas=2)
+    assert steps == [1, 2, 3, 4, 5] and ended == []
+    assert rate > 0 and memory is None
 
 
 def test_the_loop_host_time_replaces_only_the_step_and_puts_it_back():

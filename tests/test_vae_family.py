@@ -125,6 +125,17 @@ def test_dip_penalty_is_zero_exactly_at_whitened_codes():
     assert float(objectives.dip_regularizer(objectives.covariance(mean), 5.0, 50.0)) == pytest.approx(0.0, abs=1e-20)
 
 
+def test_the_dip_covariance_stays_float32_under_mixed_precision():
+    """Autocast would run the covariance's product in bf16 (about 0.4% off); the penalty is a float32 loss."""
+    mean = torch.randn(64, 10, generator=torch.Generator().manual_seed(4)) * 3.0
+    exact = objectives.covariance(mean)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = objectives.covariance(mean)
+        lowered = mean.T @ mean  # what the product would be without the guard
+    assert lowered.dtype == torch.bfloat16  # so the test can tell the two apart
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, exact)
+
+
 @pytest.mark.parametrize("kind, factor", [("i", 10.0), ("ii", 1.0)])
 def test_dip_vae_takes_disentanglement_libs_lambda_d_unless_given(kind, factor):
     assert DIPVAE(kind=kind, lambda_od=2.0, **SMALL).lambda_d == 2.0 * factor
