@@ -532,6 +532,31 @@ def test_changed_settings_are_refused(smoke, capsys):
     assert "was trained with other settings (overrides ['model.init_args.lr'] differ)" in capsys.readouterr().err
 
 
+def test_steps_below_the_trained_ones_are_refused(smoke, capsys):
+    """A finished run is not 'done' at fewer steps: its report would name a protocol it did not follow."""
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main(["run", SMOKE, "--out", str(smoke), *TINY, "--set", "steps=6"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sbd/seeds_0-1" in err and "trained to step 12, past this sweep's 6 steps" in err
+    assert "set steps=12 or more" in err
+    assert yaml.safe_load(open(smoke / "sweep.yaml"))["steps"] == 12  # the plan on disk is unchanged
+
+
+def test_seeds_that_another_process_trained_are_refused_and_its_blocking_is_accepted(smoke, capsys):
+    """seeds=3 with replicas left at all of them would train seeds 0 and 1 again as seeds_0-2."""
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main(["run", SMOKE, "--out", str(smoke), *TINY, "--set", "seeds=3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sbd/seeds_0-2 would train seeds 0..1 again: sbd/seeds_0-1" in err and "--set replicas=2" in err
+    assert not (smoke / "runs" / "sbd" / "seeds_0-2").exists()
+    # The advice works: with replicas=2 the old block stays whole and seed 2 is a new process of its own.
+    sweep = load_sweep(SMOKE, [*TINY[1::2], "seeds=3", "replicas=2"])
+    assert [t.block for t in sweep.tasks()] == ["seeds_0-1", "seed_2"] * 2
+    Runner(sweep, str(smoke)).check_settings(sweep.tasks())
+
+
 def test_a_failing_run_is_reported_with_its_error(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import socket
 import subprocess
@@ -77,6 +78,16 @@ def device_name(gpu: str | None) -> str:
     return out or f"cuda:{gpu}"
 
 
+def block_seeds(block: str) -> tuple[int, ...]:
+    """The seeds of a task folder's name (seed_3, seeds_0-4), or () for any other name."""
+    match = re.fullmatch(r"seed_(\d+)|seeds_(\d+)-(\d+)", block)
+    if match is None:
+        return ()
+    if match[1] is not None:
+        return (int(match[1]),)
+    return tuple(range(int(match[2]), int(match[3]) + 1))
+
+
 def settings_of(group: Group) -> dict:
     """What makes two trainings the same experiment: the config's contents (not its path, so a moved
     checkout still matches; not its comments) and the overrides.  The steps may grow: a task is then continued."""
@@ -96,8 +107,17 @@ class Runner:
             self._echo(f"[{task.name}] {message}")
 
     def check_settings(self, tasks: list[Task]) -> None:
-        """Refuse to mix experiments: a task folder trained with other settings is not this sweep's."""
+        """Refuse to mix experiments: a task folder trained with other settings, or past this sweep's steps,
+        is not this sweep's; nor is a task whose seeds another process of the folder trained."""
         for task in tasks:
+            self._check_seeds(task)
+            furthest = max((s.global_step for s in self.states(task)), default=0)
+            if furthest > self.sweep.steps:
+                raise SBVAEError(
+                    f"{task.name} in {self.out} was trained to step {furthest}, past this sweep's "
+                    f"{self.sweep.steps} steps, and its report would name a protocol its runs did not follow; "
+                    f"set steps={furthest} or more, or use another --out."
+                )
             before = S.read_record(self.out, task.name).get("settings")
             now = settings_of(self.groups[task.group])
             if before is not None and before != now:
@@ -111,6 +131,23 @@ class Runner:
                     f"{task.name} in {self.out} was trained with other settings ({what} differ); "
                     "use another --out, or delete that task's folder to train it again."
                 )
+
+    def _check_seeds(self, task: Task) -> None:
+        """A new blocking of the seeds (seeds raised with replicas left at all of them, say) would train
+        done seeds again in a second folder."""
+        prefix = task.group + "--"
+        for name in (
+            os.listdir(os.path.join(self.out, "tasks")) if os.path.isdir(os.path.join(self.out, "tasks")) else []
+        ):
+            block = name[len(prefix) : -len(".json")] if name.startswith(prefix) and name.endswith(".json") else ""
+            seeds = block_seeds(block)
+            if block == task.block or not seeds or not set(seeds) & set(task.seeds):
+                continue
+            raise SBVAEError(
+                f"{task.name} would train seeds {seeds[0]}..{seeds[-1]} again: {task.group}/{block} in {self.out} "
+                f"trained them as one process. Keep that block whole (--set replicas={len(seeds)}, and seeds that "
+                "include all of it), or use another --out."
+            )
 
     def run(self, tasks: list[Task]) -> list[TaskOutcome]:
         self.check_settings(tasks)
