@@ -3,7 +3,7 @@
     sbvae-train fit --config configs/quickstart.yaml
     python docs/quickstart_pictures.py runs/quickstart/version_0
 
-Writes two PNG files to docs/ (or --out):
+Writes two PNG files into the run folder, or into --out (``--out docs`` redraws the README's):
 
 - quickstart-traversals.png: the traversal of the run's last.ckpt around validation image 0, drawn as
   sbvae-report draws its traversals (sbvae.report.probes.traversal). Each row is one latent, sorted by
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TRAVERSALS = "quickstart-traversals.png"
 RECONSTRUCTIONS = "quickstart-reconstructions.png"
 SCALARS = ("val/elbo", "val/latents_used")
@@ -65,7 +64,7 @@ def traversal_picture(checkpoint: str, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="the run folder, e.g. runs/quickstart/version_0")
-    parser.add_argument("--out", default=HERE, help="folder for the PNG files (default: docs/)")
+    parser.add_argument("--out", help="folder for the PNG files (default: the run folder; docs redraws the README's)")
     args = parser.parse_args()
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -76,20 +75,22 @@ def main() -> None:
     missing = [t for t in SCALARS if t not in events.Tags()["scalars"]]
     missing += ["reconstructions"] if "reconstructions" not in events.Tags()["images"] else []
     missing += [checkpoint] if not os.path.isfile(checkpoint) else []
-    if missing:  # checked before any picture in docs/ is replaced
+    if missing:  # checked before any picture is replaced
         raise SystemExit(
             f"quickstart_pictures: {args.run} has no {', '.join(missing)}: pass the folder of a finished "
             "quickstart run (it validates every data.steps_per_epoch steps)."
         )
-    traversal_picture(checkpoint, os.path.join(args.out, TRAVERSALS))
+    out = args.out or args.run
+    os.makedirs(out, exist_ok=True)
+    traversal_picture(checkpoint, os.path.join(out, TRAVERSALS))
     last = events.Images("reconstructions")[-1]
-    path = os.path.join(args.out, RECONSTRUCTIONS)
+    path = os.path.join(out, RECONSTRUCTIONS)
     with open(path, "wb") as f:
         f.write(last.encoded_image_string)
-    print(f"wrote {path} (step {last.step})")
+    print(f"wrote {path} (after {last.step} steps)")
     for tag in SCALARS:
-        value = events.Scalars(tag)[-1]
-        print(f"{tag} at step {value.step}: {value.value:.1f}")
+        value = events.Scalars(tag)[-1]  # logged at Lightning's index for the step, one below the count
+        print(f"{tag} after {value.step + 1} steps: {value.value:.1f}")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,31 @@ def test_bad_input_gives_one_clear_error(tmp_path, config_path, capsys, override
     assert "Traceback" not in err
 
 
+def test_mistakes_outside_the_config_give_one_clear_error(tmp_path, config_path, capsys):
+    """A save_dir through a file, a GPU that is not there, validate with no checkpoint, predict: one sentence each."""
+    config = config_path("quickstart.yaml")
+    (tmp_path / "a.ckpt").write_bytes(b"")
+    cases = [
+        (
+            ["fit", "--config", config, "--trainer.logger.init_args.save_dir", str(tmp_path / "a.ckpt" / "runs")],
+            "cannot write the run's folder in",
+        ),
+        (
+            ["validate", "--config", config, "--trainer.logger.init_args.save_dir", str(tmp_path)],
+            "validate without --ckpt_path would score the config's untrained weights",
+        ),
+        (["predict", "--config", config], "invalid choice: 'predict'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["fit", "--config", config, "--trainer.accelerator", "gpu"], "torch sees no CUDA GPU"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert not os.path.isdir(tmp_path / "quickstart")  # the refused validate made no version folder
+
+
 def test_bf16_mixed_precision_and_metrics_callback(tmp_path, config_path):
     # mig and elbo: after 6 steps every code dimension is below FactorVAE's pruning threshold, so its score is 0.
     fit(

@@ -58,6 +58,11 @@ class ConciseArgumentParser(LightningArgumentParser):
 
 
 class SBVAECLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # No predict: a VAE of sbvae has no prediction to make (sbvae-eval scores, sbvae-report draws).
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
     def parse_arguments(self, parser, args) -> None:
         self.command_line = sys.argv[1:] if args is None else args  # what the user typed, beside the config files
         super().parse_arguments(parser, args)
@@ -100,6 +105,15 @@ class SBVAECLI(LightningCLI):
             raise SBVAEError(
                 f"--trainer.max_steps {max_steps} trains nothing: give the number of optimiser steps, such as 1000."
             )
+        accelerator = str(settings.get("trainer", {}).get("accelerator"))
+        if accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SBVAEError(
+                    f"--trainer.accelerator {accelerator}: torch sees no CUDA GPU on this machine "
+                    f"(torch {torch.__version__}); use --trainer.accelerator cpu, or auto to take a GPU when there is one."
+                )
         if settings.get("replicas", 1) < 1:
             raise SBVAEError(f"--replicas must be at least 1, got {settings.get('replicas')}.")
         if settings.get("replicas", 1) == 1:
@@ -116,7 +130,28 @@ class SBVAECLI(LightningCLI):
             )
         trainer.strategy = STRATEGY  # processes as DDP's, without gradient averaging between replicas
 
+    def _check_log_folder(self) -> None:
+        """An unusable save_dir (a file in its path, say) stops the run here, in one sentence."""
+        root = getattr(self.trainer.logger, "root_dir", None)
+        if root:
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as error:
+                raise runs.write_failure(root, error, "the run's folder") from error
+
+    def _check_scored_checkpoint(self) -> None:
+        if not self._settings().get("ckpt_path"):
+            subcommand = self.config.get("subcommand")
+            raise SBVAEError(
+                f"sbvae-train {subcommand} without --ckpt_path would score the config's untrained weights: pass "
+                "--ckpt_path with a run's checkpoints/last.ckpt (or its best-step=N.ckpt)."
+            )
+        self._check_log_folder()
+
+    before_validate = before_test = _check_scored_checkpoint
+
     def before_fit(self) -> None:
+        self._check_log_folder()
         best = self.trainer.checkpoint_callback
         if best is not None and best.save_last:
             raise SBVAEError(
