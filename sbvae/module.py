@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from typing import Any, Literal
 
 import lightning as L
 import torch
 
-from sbvae import keyed, objectives
+from sbvae import keyed, objectives, runs
 from sbvae.engine import Engine
 from sbvae.errors import DivergenceError, SBVAEError
 from sbvae.metrics.latents_used import count_used
@@ -215,6 +216,11 @@ class VAE(L.LightningModule):
         x = dm.training_batch(self.engine.seed, self.engine.rank, step, self.device)
         return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
+    def _has_last_checkpoint(self) -> bool:
+        # The logger's own folder, not trainer.log_dir: that is a collective, and one process may be here alone.
+        folder = getattr(self._trainer.logger, "log_dir", None) if self._trainer is not None else None
+        return bool(folder) and os.path.isfile(os.path.join(folder, runs.CHECKPOINTS, runs.LAST_CHECKPOINT))
+
     def sync_divergence(self) -> None:
         """Stop with DivergenceError if any step so far diverged (reads one flag from the device).
 
@@ -228,8 +234,13 @@ class VAE(L.LightningModule):
         guarded = {k: v for k, v in values.items() if k in self.backward_terms}
         bad = {k: v for k, v in guarded.items() if not (math.isfinite(v) and v <= self.hparams.max_loss)}
         what = ", ".join(f"{k} = {v:.4g}" for k, v in (bad or guarded).items())
+        kept = (
+            "the last good checkpoint is kept: resume from it"
+            if self._has_last_checkpoint()
+            else "no checkpoint was written before it: train again"
+        )
         raise DivergenceError(
-            f"training diverged at step {step} ({what}); the last good checkpoint is kept: resume from it "
+            f"training diverged at step {step} ({what}); {kept} "
             "with a lower learning rate, another seed, or --model.init_args.likelihood gaussian (the paper's advice for stability).",
             step=step,
             value=next(iter(bad.values()), float("nan")),

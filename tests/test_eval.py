@@ -353,3 +353,17 @@ def test_eval_on_the_held_out_split(holdout_checkpoint, tmp_path):
         "elbo"
     ]
     assert train.elbo != record["metrics"]["elbo"]["elbo"]
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "meta"])
+def test_an_unknown_device_is_one_sentence_for_eval_and_report(name, tmp_path, capsys):
+    from sbvae.cli.evaluate import resolve_device
+    from sbvae.cli.report import main as report
+    from sbvae.errors import SBVAEError
+
+    with pytest.raises(SBVAEError, match=f"--device {name} is not a device sbvae runs on: use cpu, cuda"):
+        resolve_device(name)
+    with pytest.raises(SystemExit) as exit_info:
+        report([str(tmp_path), "--device", name])
+    assert exit_info.value.code == 2 and "is not a device sbvae runs on" in capsys.readouterr().err
+    assert resolve_device("cpu") == torch.device("cpu")

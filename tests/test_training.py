@@ -201,6 +201,17 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
     assert status["status"] == "diverged" and status["step"] == 6
 
 
+def test_divergence_before_any_checkpoint_says_there_is_none(tmp_path, config_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(config_path("quickstart.yaml"), tmp_path, "--model.init_args.max_loss", "1.0")
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert "diverged at step 0" in err and "no checkpoint was written before it: train again" in err
+    assert "last good checkpoint" not in err
+    (run,) = run_dirs(tmp_path)
+    assert not os.path.isfile(os.path.join(run, "checkpoints", "last.ckpt"))
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

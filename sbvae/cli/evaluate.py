@@ -39,11 +39,18 @@ from sbvae.metrics import MetricResult
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device as a torch device: auto, cpu, cuda or cuda:N."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise SBVAEError(f"--device {name} is not a device sbvae runs on: use cpu, cuda, cuda:N or auto.")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SBVAEError(f"--device {name} was asked for but no CUDA device is visible; use --device cpu or auto.")
-    return torch.device(name)
+    return device
 
 
 def table(results: dict[str, MetricResult]) -> str:

@@ -42,12 +42,10 @@ def main(argv=None) -> None:
     try:
         if args.geometry_points < 2:
             raise SBVAEError(f"--geometry-points must be at least 2, got {args.geometry_points}.")
-        device = args.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        from sbvae.cli.evaluate import resolve_device
         from sbvae.report.build import build_report
+
+        device = str(resolve_device(args.device))
 
         report = build_report(args.dir, args.out, device, not args.no_tensorboard, args.targets, args.geometry_points)
     except SBVAEError as error:
