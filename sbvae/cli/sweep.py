@@ -112,7 +112,10 @@ def print_plan(sweep, tasks, costs, out: str, jobs: int = 1) -> None:
             f"CPU rows are one thread each at the benchmark's widths (narrower networks train faster); with --jobs {jobs} "
             f"the CPU tasks take about {duration(sum(c.seconds for c in costs if c.cpu) / jobs)} of wall time."
         )
-    print("(scoring adds about 15 s per run at the paper preset on a GPU)")
+    if sweep.preset == "paper":
+        print("(scoring adds about 15 s per run at the paper preset on a GPU)")
+    else:
+        print(f"(scoring at the {sweep.preset} preset is not counted)")
 
 
 def cmd_run(args) -> int:
