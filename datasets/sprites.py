@@ -291,6 +291,7 @@ class ColoredSprites(GroundTruthData):
         data_dir: str | None = None,
         allow_subset: bool = False,
     ):
+        check_int(self.name, "image_size", image_size, 8)  # named here: the sprites below would say dsprites
         self.sprites = DSprites(
             image_size=image_size, source=source, path=path, data_dir=data_dir, allow_subset=allow_subset
         )

@@ -93,8 +93,16 @@ class VAE(L.LightningModule):
             raise SBVAEError(f"unknown decoder {decoder!r}: choose one of {sorted(DECODERS)}.")
         if likelihood not in objectives.LIKELIHOODS:
             raise SBVAEError(f"unknown likelihood {likelihood!r}: choose one of {objectives.LIKELIHOODS}.")
-        if beta < 0 or lr <= 0 or gaussian_variance <= 0:
-            raise SBVAEError("beta must be >= 0, and lr and gaussian_variance > 0.")
+        limits = (
+            ("beta", beta, beta >= 0),
+            ("lr", lr, lr > 0),
+            ("gaussian_variance", gaussian_variance, gaussian_variance > 0),
+        )
+        bad = [f"{name} {value}" for name, value, ok in limits if not ok]
+        if bad:
+            raise SBVAEError(
+                f"model.init_args: got {', '.join(bad)}; beta must be >= 0, and lr and gaussian_variance > 0."
+            )
         if latent_dim < 1:
             raise SBVAEError(f"latent_dim must be at least 1, got {latent_dim}; the paper uses 10.")
         if step_mode not in ("auto", "graph", "eager"):

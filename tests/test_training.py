@@ -223,6 +223,8 @@ def test_divergence_before_any_checkpoint_says_there_is_none(tmp_path, config_pa
         (["--trainer.max_steps", "-5"], "--trainer.max_steps -5 trains nothing"),
         (["--trainer.max_steps", "0"], "--trainer.max_steps 0 trains nothing"),
         (["--model.init_args.latent_dim", "0"], "latent_dim must be at least 1"),
+        (["--model.init_args.lr", "-1"], "model.init_args: got lr -1"),
+        (["--data.image_size", "5"], "colored-sprites: option image_size must be an integer >= 8, got 5"),
         (["--images.num_images", "0"], "num_images, steps and order_images must be at least 1"),
         (["--data.dataset_options", "{image_size: 64}"], "image_size is data.image_size, not a dataset option"),
     ],
