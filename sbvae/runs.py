@@ -18,6 +18,7 @@ import contextlib
 import errno
 import importlib
 import json
+import math
 import os
 import pickle
 import re
@@ -259,10 +260,11 @@ def write_status(run_dir: str | os.PathLike, status: str, global_step: int, star
         "hostname": socket.gethostname(),
         "started": started,
         "heartbeat": time.time(),
-        **fields,
+        # Strict JSON for every reader (jq, browsers): a diverged value of nan or inf is written as a string.
+        **{k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()},
     }
     with atomic_path(os.path.join(run_dir, STATUS_FILE)) as tmp, open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
+        json.dump(record, f, indent=2, allow_nan=False)
     return record
 
 

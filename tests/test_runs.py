@@ -33,6 +33,18 @@ def saved_steps(run):
 # -- status.json and run_state ------------------------------------------------------------------
 
 
+def test_a_non_finite_diverged_value_is_strict_json(tmp_path):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    for value, written in ((float("nan"), "nan"), (-float("inf"), "-inf")):
+        folder = tmp_path / written
+        folder.mkdir()
+        runs.write_status(folder, "diverged", 3, started=time.time(), step=3, value=value, message="m")
+        record = json.loads((folder / runs.STATUS_FILE).read_text(), parse_constant=refuse)
+        assert record["status"] == "diverged" and record["step"] == 3 and record["value"] == written
+
+
 def test_run_state_believes_running_only_with_a_live_process_and_a_fresh_heartbeat(tmp_path):
     assert runs.run_state(tmp_path)["status"] == "unknown"
     record = runs.write_status(tmp_path, "running", 12, started=time.time())
