@@ -201,6 +201,18 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, c
     assert status["status"] == "diverged" and status["step"] == 6
 
 
+def test_a_resume_past_max_steps_is_refused(tmp_path, config_path, capsys):
+    fit(config_path("quickstart.yaml"), tmp_path)
+    (run,) = run_dirs(tmp_path)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        fit(config_path("quickstart.yaml"), tmp_path, "--ckpt_path", last, "--trainer.max_steps", "4")
+    assert exit_info.value.code == 2
+    assert "is at step 6, past --trainer.max_steps 4: nothing would train" in capsys.readouterr().err
+    fit(config_path("quickstart.yaml"), tmp_path, "--ckpt_path", last)  # at its own max_steps: done, no error
+    assert run_dirs(tmp_path) == [run]
+
+
 def test_divergence_before_any_checkpoint_says_there_is_none(tmp_path, config_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit(config_path("quickstart.yaml"), tmp_path, "--model.init_args.max_loss", "1.0")

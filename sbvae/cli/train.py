@@ -238,6 +238,12 @@ class SBVAECLI(LightningCLI):
             )
         checkpoint = runs.load_checkpoint(path)  # refuses a file that would run code, before anything else
         if subcommand == "fit":
+            step, max_steps = checkpoint.get("global_step", 0), settings.trainer.max_steps
+            if max_steps is not None and 0 < max_steps < step:
+                raise SBVAEError(
+                    f"--ckpt_path {path} is at step {step}, past --trainer.max_steps {max_steps}: nothing would "
+                    f"train. Set max_steps above {step} to continue the run."
+                )
             check_replicas_match(path, settings.get("replicas", 1))  # before the run folder is touched
             keep_checkpoint_seeds(settings, path, checkpoint, self.command_line)
             continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0), checkpoint)
