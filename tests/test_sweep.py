@@ -557,6 +557,17 @@ def test_seeds_that_another_process_trained_are_refused_and_its_blocking_is_acce
     Runner(sweep, str(smoke)).check_settings(sweep.tasks())
 
 
+@pytest.mark.parametrize("mode", [["--dry-run"], ["--emit", "slurm"], []])
+def test_a_misspelt_override_is_refused_before_any_plan(tmp_path, capsys, mode):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main(["run", SMOKE, "--out", str(out), *TINY, "--set", "model.init_args.betaa=2", *mode])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sweep smoke, group sbd: sbvae-train refuses its settings" in err and "'betaa' is not accepted" in err
+    assert not out.exists()  # no folder tied to the typo
+
+
 def test_a_failing_run_is_reported_with_its_error(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:

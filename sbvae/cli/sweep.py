@@ -119,6 +119,7 @@ def print_plan(sweep, tasks, costs, out: str, jobs: int = 1) -> None:
 
 
 def cmd_run(args) -> int:
+    from sbvae.sweep.commands import check_train_commands
     from sbvae.sweep.estimate import estimate, results_folder
     from sbvae.sweep.spec import load_sweep, select
 
@@ -127,6 +128,7 @@ def cmd_run(args) -> int:
     sweep = load_sweep(args.sweep, args.set)
     out = args.out or default_out(sweep.name)
     tasks = select(sweep, args.only)
+    check_train_commands(sweep, tasks, out)
     if args.dry_run:
         print_plan(sweep, tasks, estimate(sweep, tasks, results_folder(args.sweep)), out, args.jobs)
         return 0
