@@ -122,7 +122,8 @@ def two_decoders(tmp_path):
 
 def test_table_has_mean_std_counts_and_the_papers_rows(two_decoders, capsys):
     report_main([two_decoders, "--no-tensorboard"])
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "drew 1 mig histogram figure(s)" in out and "wrote" in out
     text = open(os.path.join(two_decoders, "report", "report.md")).read()
     # sbd: ELBO 330/340/350, NLL 305/314/323, KL 25/26/27, latents 7/8/9, MIG .1/.2/.3, FactorVAE .2/.25/.3
     assert (
@@ -349,8 +350,10 @@ def test_plain_training_runs_are_grouped_by_folder(tmp_path):
     (tmp_path / "deconv" / "version_0" / "config.yaml").write_text(
         (tmp_path / "deconv" / "version_0" / "config.yaml").read_text().replace("max_steps: 10", "max_steps: 20")
     )
-    stale = build_report(str(tmp_path), tensorboard=False, echo=lambda _: None)
+    said = []
+    stale = build_report(str(tmp_path), tensorboard=False, echo=said.append)
     assert not next(r for r in stale.results if r.group == "deconv").scores
+    assert said[0] == stale.notes[-1]  # the reason a run is left out is on the terminal too
     assert any(
         "1 completed run(s) trained on after their scores" in n
         and "scores of step 10, checkpoint at step 20" in n

@@ -364,9 +364,10 @@ def build_report(
             f"scores of step {stale[0].stale_step}, checkpoint at step {stale[0].global_step}), so they are left out: "
             "rescore them with sbvae-eval --ckpt <run folder> (sbvae-sweep run rescores a sweep's)."
         )
+        echo(report.notes[-1])
     models = Models(device, tensorboard)
     for kind in applicable(report):
-        echo(f"drawing {kind.replace('_', ' ')}")
+        drawn = len(report.pictures)
         if kind == "mig_histogram":
             mig_histograms(report, models)
         elif kind == "traversals":
@@ -375,6 +376,12 @@ def build_report(
             rate_distortion(report, models)
         elif kind == "latent_geometry":
             latent_geometry(report, models, geometry_points)
+        count = len(report.pictures) - drawn
+        echo(
+            f"drew {count} {kind.replace('_', ' ')} figure(s)"
+            if count
+            else f"no {kind.replace('_', ' ')} for these runs"
+        )
     with open(os.path.join(report.out, "report.md"), "w") as f:
         f.write(markdown(report))
     data = summary(manifest, report.rows, report.folder)
