@@ -156,12 +156,14 @@ def test_cli_generate_then_verify_round_trip(capsys, tmp_path):
     ]
     assert main(args) == 0
     path = out / DSPRITES_FILE
-    assert path.is_file() and "wrote" in capsys.readouterr().out
+    assert path.is_file() and "wrote" in (out := capsys.readouterr().out)
+    assert "{allow_subset: true}" in out
     assert main(["verify", str(path), "--allow-subset"]) == 0
     report = capsys.readouterr().out
     assert "imgs: shape (72, 64, 64), dtype uint8" in report and "OK" in report
     assert main(["verify", str(path)]) == 1
-    assert "WRONG: it holds a sub-grid of 72 images" in capsys.readouterr().out
+    assert "WRONG: it holds a sub-grid of 72 images" in (out := capsys.readouterr().out)
+    assert "passes with --allow-subset" in out
     assert main(args) == 2  # exists: refuse without --force
     err = capsys.readouterr().err
     assert "--force" in err and err.count("\n") == 1 and "Traceback" not in err

@@ -118,8 +118,34 @@ def print_plan(sweep, tasks, costs, out: str, jobs: int = 1) -> None:
         print(f"(scoring at the {sweep.preset} preset is not counted)")
 
 
+def check_train_commands(sweep, tasks: list, out: str) -> None:
+    """Parse each group's sbvae-train command (``--print_config``: nothing is built or trained), so that a
+    misspelt key or a bad value is one error before any plan is printed, written or run."""
+    import contextlib
+    import io
+
+    from sbvae.cli.train import build_cli
+    from sbvae.sweep.commands import TRAIN, train_command
+
+    by_group = {g.name: g for g in sweep.groups}
+    for name in dict.fromkeys(t.group for t in tasks):
+        task = next(t for t in tasks if t.group == name)
+        args = train_command(sweep, by_group[name], task, out)[len(TRAIN) :] + ["--print_config"]
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                build_cli(args)
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                lines = [line for line in err.getvalue().splitlines() if "error:" in line] or ["(no message)"]
+                reason = lines[-1].split("error:", 1)[-1].strip()
+                raise SBVAEError(
+                    f"sweep {sweep.name}, group {name}: sbvae-train refuses its settings ({reason.rstrip('.')}); "
+                    "fix the sweep file or the --set item."
+                ) from None
+
+
 def cmd_run(args) -> int:
-    from sbvae.sweep.commands import check_train_commands
     from sbvae.sweep.estimate import estimate, results_folder
     from sbvae.sweep.spec import load_sweep, select
 

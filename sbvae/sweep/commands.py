@@ -78,33 +78,6 @@ def train_command(sweep: Sweep, group: Group, task: Task, out: str, resume: str 
     return cmd
 
 
-def check_train_commands(sweep: Sweep, tasks: list[Task], out: str) -> None:
-    """Parse each group's sbvae-train command (``--print_config``: nothing is built or trained), so that a
-    misspelt key or a bad value is one error before any plan is printed, written or run."""
-    import contextlib
-    import io
-
-    from sbvae.cli.train import build_cli
-    from sbvae.errors import SBVAEError
-
-    by_group = {g.name: g for g in sweep.groups}
-    for name in dict.fromkeys(t.group for t in tasks):
-        task = next(t for t in tasks if t.group == name)
-        args = train_command(sweep, by_group[name], task, out)[len(TRAIN) :] + ["--print_config"]
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-                build_cli(args)
-        except SystemExit as exit_:
-            if exit_.code not in (0, None):
-                lines = [line for line in err.getvalue().splitlines() if "error:" in line] or ["(no message)"]
-                reason = lines[-1].split("error:", 1)[-1].strip()
-                raise SBVAEError(
-                    f"sweep {sweep.name}, group {name}: sbvae-train refuses its settings ({reason.rstrip('.')}); "
-                    "fix the sweep file or the --set item."
-                ) from None
-
-
 def rerun_commands(manifest: dict[str, Any], group: dict[str, Any], seed: int, threads: int | None = None) -> list[str]:
     """The two commands that train one seed of a sweep's group alone (not as a replica: replica k is the
     single run of seed base + k) into runs/rerun/ and score it as the sweep did; shown as a user types them."""
