@@ -246,7 +246,7 @@ class SBVAECLI(LightningCLI):
                 )
             check_replicas_match(path, settings.get("replicas", 1))  # before the run folder is touched
             keep_checkpoint_seeds(settings, path, checkpoint, self.command_line)
-            continue_in_run_folder(settings.trainer, path, checkpoint.get("global_step", 0), checkpoint)
+            continue_in_run_folder(settings.trainer, path, step, checkpoint)
             self._resume = (path, checkpoint)
 
 

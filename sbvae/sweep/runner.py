@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import shutil
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from sbvae.sweep.commands import (
     single_metrics,
     train_command,
 )
-from sbvae.sweep.spec import Group, Sweep, Task
+from sbvae.sweep.spec import Group, Sweep, Task, block_seeds
 
 
 @dataclass
@@ -76,16 +75,6 @@ def device_name(gpu: str | None) -> str:
     except (OSError, subprocess.SubprocessError):
         out = ""
     return out or f"cuda:{gpu}"
-
-
-def block_seeds(block: str) -> tuple[int, ...]:
-    """The seeds of a task folder's name (seed_3, seeds_0-4), or () for any other name."""
-    match = re.fullmatch(r"seed_(\d+)|seeds_(\d+)-(\d+)", block)
-    if match is None:
-        return ()
-    if match[1] is not None:
-        return (int(match[1]),)
-    return tuple(range(int(match[2]), int(match[3]) + 1))
 
 
 def settings_of(group: Group) -> dict:
@@ -135,13 +124,10 @@ class Runner:
     def _check_seeds(self, task: Task) -> None:
         """A new blocking of the seeds (seeds raised with replicas left at all of them, say) would train
         done seeds again in a second folder."""
-        prefix = task.group + "--"
-        for name in (
-            os.listdir(os.path.join(self.out, "tasks")) if os.path.isdir(os.path.join(self.out, "tasks")) else []
-        ):
-            block = name[len(prefix) : -len(".json")] if name.startswith(prefix) and name.endswith(".json") else ""
+        folder = os.path.dirname(os.path.join(self.out, task.folder))  # the group's task folders
+        for block in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             seeds = block_seeds(block)
-            if block == task.block or not seeds or not set(seeds) & set(task.seeds):
+            if block == task.block or not set(seeds) & set(task.seeds):
                 continue
             raise SBVAEError(
                 f"{task.name} would train seeds {seeds[0]}..{seeds[-1]} again: {task.group}/{block} in {self.out} "

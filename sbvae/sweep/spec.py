@@ -105,6 +105,16 @@ class Task:
         return [Run(self.group, s, os.path.join(self.folder, f"replica_{k}")) for k, s in enumerate(self.seeds)]
 
 
+def block_seeds(block: str) -> tuple[int, ...]:
+    """The seeds of a task folder's name (Task.block: seed_3, seeds_0-4), or () for any other name."""
+    match = re.fullmatch(r"seed_(\d+)|seeds_(\d+)-(\d+)", block)
+    if match is None:
+        return ()
+    if match[1] is not None:
+        return (int(match[1]),)
+    return tuple(range(int(match[2]), int(match[3]) + 1))
+
+
 @dataclass(frozen=True)
 class Group:
     """One point of the grid: a config and its overrides; its runs differ only in the seed."""
