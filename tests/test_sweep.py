@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sbvae.cli.sweep import main as sweep_main
 from sbvae.errors import SBVAEError
 from sbvae.sweep import state as S
-from sbvae.sweep.estimate import DEFAULT_IMAGES_PER_S, lookup, read_rows
+from sbvae.sweep.estimate import DEFAULT_IMAGES_PER_S, lookup, precision_name, read_rows
 from sbvae.sweep.runner import Runner
 from sbvae.sweep.spec import load_sweep
 
@@ -270,6 +270,38 @@ def test_throughput_lookup_prefers_same_batch_and_replicas_and_scales_pixels(tmp
     assert lookup(read_rows(str(tmp_path)), "deconv", 16, 1, 32, cpu=True).images_per_s == 30.0
     unknown = lookup(rows, "sbd", 16, 1, 64, cpu=True)
     assert math.isnan(unknown.images_per_s) and "no CPU row in benchmarks/results measures sbd" in unknown.source
+
+
+def test_a_bf16_measurement_times_only_bf16_runs(tmp_path):
+    """The GPU check writes throughput-cuda-bf16.json beside throughput-cuda.json, and the bf16 file sorts
+    first: an fp32 sweep must still be timed by the fp32 rows."""
+    for name, precision, rate in (
+        ("throughput-cuda-bf16.json", "bf16-mixed", 30000.0),
+        ("throughput-cuda.json", "32-true", 10000.0),
+    ):
+        (tmp_path / name).write_text(
+            json.dumps(
+                {
+                    "device": "NVIDIA H200",
+                    "precision": precision,
+                    "results": [{"model": "sbd", "batch": 16, "replicas": 1, "path": "trainer", "images_per_s": rate}],
+                }
+            )
+        )
+    rows = read_rows(str(tmp_path))
+    assert lookup(rows, "sbd", 16, 1, 64).images_per_s == 10000.0
+    assert lookup(rows, "sbd", 16, 1, 64, precision="32-true").images_per_s == 10000.0
+    assert lookup(rows, "sbd", 16, 1, 64, precision="bf16-mixed").images_per_s == 30000.0
+    # Lightning's short names are the same precisions; a precision nobody measured takes the nearest row and says so.
+    assert [precision_name(p) for p in (None, 32, "32", "bf16", 16)] == [
+        "32-true",
+        "32-true",
+        "32-true",
+        "bf16-mixed",
+        "16-mixed",
+    ]
+    other = lookup(rows, "sbd", 16, 1, 64, precision="16-mixed")
+    assert other.source.endswith("measured in bf16-mixed") or other.source.endswith("measured in 32-true")
 
 
 def test_emit_slurm_names_every_task(tmp_path, capsys):

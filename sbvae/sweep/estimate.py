@@ -4,8 +4,9 @@ The rows read are those of ``benchmarks/results/*.json`` files with a ``results`
 {"model", "batch" (or "batch_size"), "replicas", "path", "images_per_s"}; ``throughput-*.json`` files
 (sbvae-train's real loop on a GPU) come first; rows measured on a CPU estimate only groups that train on
 the CPU (``trainer.accelerator: cpu``), and those only from CPU rows.  A row is matched by model kind (sbd, deconv,
-coordconv, factorvae-sbd, ...), then batch, then replica count; its images/s are scaled by the pixel
-count from the benchmark's image size (64 px unless the file says otherwise) to the run's.
+coordconv, factorvae-sbd, ...), then batch, then precision (the file's, 32-true unless it says otherwise, against
+the run's ``trainer.precision``), then replica count; its images/s are scaled by the pixel count from the
+benchmark's image size (64 px unless the file says otherwise) to the run's.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def read_rows(folder: str | None) -> list[dict[str, Any]]:
                     "path": row.get("path"),
                     "images_per_s": float(row["images_per_s"]),
                     "image_size": row.get("image_size", data.get("image_size", 64)),
+                    "precision": precision_name(data.get("precision")),
                     "source": f"{os.path.basename(path)} ({data.get('device', 'unknown device')})",
                     "cpu": cpu,
                 }
@@ -105,11 +107,26 @@ def read_rows(folder: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+def precision_name(value: Any) -> str:
+    """Lightning's precision by its full name: its default (None) and 32 are "32-true", its short "bf16" and 16
+    the mixed ones."""
+    if value is None:
+        return "32-true"
+    short = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+    return short.get(str(value), str(value))
+
+
 def lookup(
-    rows: list[dict[str, Any]], kind: str, batch: int, replicas: int, image_size: int, cpu: bool = False
+    rows: list[dict[str, Any]],
+    kind: str,
+    batch: int,
+    replicas: int,
+    image_size: int,
+    cpu: bool = False,
+    precision: str = "32-true",
 ) -> Throughput:
     """The closest measured row of the device kind (CPU or accelerator): same model kind, then the same batch,
-    image size, replica count and the trainer path preferred."""
+    precision, image size, replica count and the trainer path preferred."""
     same = [r for r in rows if r["kind"] == kind and r.get("cpu", False) == cpu]
     if not same and cpu:
         return Throughput(
@@ -125,6 +142,7 @@ def lookup(
     def distance(row):
         return (
             row["batch"] != batch,
+            row["precision"] != precision,  # a bf16 file must not time an fp32 sweep
             row["image_size"] != image_size,
             abs((row["replicas"] or 1) - replicas),
             row["path"] not in (None, "trainer"),
@@ -133,6 +151,8 @@ def lookup(
     best = min(same, key=distance)  # rows keep file order on ties: throughput-*.json first
     scale = (best["image_size"] / image_size) ** 2
     what = f"{best['source']}: {kind}, batch {best['batch']}, {best['replicas'] or 1} replica(s), {best['images_per_s']:,.0f} img/s"
+    if best["precision"] != precision:
+        what += f", measured in {best['precision']}"
     if scale != 1:
         what += f", scaled x{scale:g} for {image_size} px"
     return Throughput(best["images_per_s"] * scale, what)
@@ -159,6 +179,7 @@ def group_settings(group: Group) -> dict[str, Any]:
             "data.batch_size",
             "data.image_size",
             "trainer.accelerator",
+            "trainer.precision",
         )
     }
     decoder = {"spatial_broadcast": "sbd", "deconv": "deconv", "coordconv": "coordconv"}.get(
@@ -170,6 +191,7 @@ def group_settings(group: Group) -> dict[str, Any]:
         "batch": int(value["data.batch_size"] or 16),
         "image_size": int(value["data.image_size"] or 64),
         "cpu": value["trainer.accelerator"] == "cpu",
+        "precision": precision_name(value["trainer.precision"]),
     }
 
 
@@ -181,7 +203,13 @@ def estimate(sweep: Sweep, tasks: list[Task], folder: str | None) -> list[TaskCo
         settings = group_settings(groups[task.group])
         images = sweep.steps * settings["batch"] * len(task.seeds)
         throughput = lookup(
-            rows, settings["kind"], settings["batch"], len(task.seeds), settings["image_size"], settings["cpu"]
+            rows,
+            settings["kind"],
+            settings["batch"],
+            len(task.seeds),
+            settings["image_size"],
+            settings["cpu"],
+            settings["precision"],
         )
         costs.append(TaskCost(task, settings["kind"], images, throughput, settings["cpu"]))
     return costs
