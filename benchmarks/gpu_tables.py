@@ -242,7 +242,7 @@ def device_time_block(root: str, block: list[str]) -> list[str]:
         "",
         *wrap(
             f"Device time is `--dry-run`'s estimate, and `--dry-run` says which figure it used. {assumed} The CPU "
-            "sweeps (smoke, cpu-study) keep their measured wall times; `--dry-run` times them by the committed "
+            "sweeps keep their measured wall times; `--dry-run` times them by the committed "
             "`benchmarks/results/throughput-cpu*.json`."
         ),
     ]
