@@ -158,8 +158,14 @@ def gpu_block(results: dict[str, dict]) -> list[str]:
         ]
     naive = _row(fp32, "naive")
     replica_rows = sorted(
-        (r for data in (fp32, largest) if data for r in data.get("results", []) if r.get("model") == "sbd"),
-        key=lambda r: (r.get("replicas", 1), r.get("path") != "trainer"),
+        (
+            dict(r, probe=data is largest)
+            for data in (fp32, largest)
+            if data
+            for r in data.get("results", [])
+            if r.get("model") == "sbd"
+        ),
+        key=lambda r: (r.get("replicas", 1), r["probe"], r.get("path") != "trainer"),
     )
     for r in replica_rows:
         if r.get("path") not in ("trainer", "step") or r.get("replicas", 1) < 2:
@@ -169,7 +175,10 @@ def gpu_block(results: dict[str, dict]) -> list[str]:
         # The goal is the real loop's: the step alone is shown beside it, as for one run.
         trainer = r["path"] == "trainer"
         ok = r["images_per_s"] >= GOAL_REPLICAS if trainer and r["replicas"] >= GOAL_REPLICAS_AT else None
-        what = "sbvae-train's loop" if trainer else "sbvae's step alone"
+        probe_steps = ((largest or {}).get("timing") or {}).get("trainer_steps")
+        what = ("sbvae-train's loop" if trainer else "sbvae's step alone") + (
+            f" (the largest-count probe{f', {probe_steps} steps' if probe_steps else ''})" if r["probe"] else ""
+        )
         lines.append(
             f"| {r['replicas']} replicas, {what}, fp32{memory} | {_rate(r)} | "
             f"{f'{ratio:.2f}x' if ratio else '-'} | {replicas if ok is not None else '-'}{_met(ok)} |"

@@ -120,6 +120,7 @@ def test_failed_rows_are_listed(tmp_path):
     largest = dict(
         H200,
         precision="32-true",
+        timing={"trainer_steps": 5},
         results=[sbd("trainer", 243, 70000.0, peak_memory_gib=120.3)],
         errors=[{"row": "sbd trainer, 243 replica(s)", "error": "OutOfMemoryError: CUDA out of memory"}],
     )
@@ -127,7 +128,7 @@ def test_failed_rows_are_listed(tmp_path):
     assert gpu_tables.main(["--root", str(root)]) == 0
     gpu = "\n".join(block(root / "docs" / "performance.md", "gpu"))
     assert (
-        "| 243 replicas, sbvae-train's loop, fp32, peak 120.3 GiB reserved | 70,000 img/s | - | >= 50,000 img/s: **met** |"
+        "| 243 replicas, sbvae-train's loop (the largest-count probe, 5 steps), fp32, peak 120.3 GiB reserved | 70,000 img/s | - | >= 50,000 img/s: **met** |"
         in gpu
     )
     assert "- Failed in throughput-cuda-largest.json: sbd trainer, 243 replica(s): OutOfMemoryError" in gpu
