@@ -77,8 +77,16 @@ def shell_commands(body: str) -> list[str]:
     return commands
 
 
+def command_words(command: str) -> list[str]:
+    """The command's words after any leading FOO=1 environment settings."""
+    words = shlex.split(command)
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        words.pop(0)
+    return words
+
+
 def program(command: str) -> str:
-    words = [w for w in shlex.split(command) if not re.match(r"^[A-Z_][A-Z0-9_]*=", w)]  # FOO=1 cmd
+    words = command_words(command)
     return words[0] if words else ""
 
 
@@ -127,7 +135,7 @@ def test_every_script_a_command_runs_exists(path):
     missing = []
     for body in blocks:
         for command in shell_commands(body):
-            words = shlex.split(command)
+            words = command_words(command)
             runs_a_script = program(command) in ("python", "python3", "bash") and len(words) > 1
             if runs_a_script and words[1].endswith((".py", ".sh")) and not (ROOT / words[1]).is_file():
                 missing.append(words[1])
@@ -155,6 +163,12 @@ def test_the_command_parser_splits_chains_and_drops_comments():
     )
     assert shell_commands(body) == ["ruff check .", "ruff format --check .", "sbvae-train fit --config configs/x.yaml"]
     assert program("OMP_NUM_THREADS=1 pytest -q") == "pytest"
+    # A script run under an environment setting is still the script the existence check looks for.
+    assert command_words('A=1 B_2=x python3 benchmarks/gpu_check.py "$OUT/r"') == [
+        "python3",
+        "benchmarks/gpu_check.py",
+        "$OUT/r",
+    ]
 
 
 def test_the_readme_install_and_test_commands_are_the_ones_ci_runs():
