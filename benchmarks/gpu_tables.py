@@ -31,6 +31,7 @@ FILES = {
     "bf16": "throughput-cuda-bf16.json",
     "largest": "throughput-cuda-largest.json",
 }
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "largest": "32-true"}
 LINK = re.compile(r"\[([^\]]+\.yaml)\]\(([^)]+)\)")
 
 
@@ -39,7 +40,8 @@ class TablesError(Exception):
 
 
 def read_results(folder: str) -> dict[str, dict]:
-    """The GPU check's files in ``folder`` that exist, by kind; a rehearsal's CPU files are refused."""
+    """The GPU check's files in ``folder`` that exist, by kind, each checked: a throughput file of the
+    precision its name says, measured on a GPU, all on the same one."""
     found = {}
     for kind, name in FILES.items():
         path = os.path.join(folder, name)
@@ -49,28 +51,70 @@ def read_results(folder: str) -> dict[str, dict]:
             with open(path) as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as error:
+            data, problem = None, str(error)
+        else:
+            problem = malformed(data)
+        if problem:
             raise TablesError(
-                f"{path} is not a throughput file ({error}): take it again from the GPU's results"
-            ) from None
+                f"{path} is not a throughput file of benchmarks/throughput.py ({problem}): "
+                "take it again from the GPU check's results"
+            )
         if str(data.get("device", "")).lower().startswith("cpu"):
             raise TablesError(
                 f"{path} was measured on {data['device']}: a rehearsal's file, not a GPU's. "
                 "Remove it and take the files of a GPU run of benchmarks/gpu_check.py."
             )
+        precision = data.get("precision", "32-true")
+        if precision != PRECISIONS[kind]:
+            raise TablesError(
+                f"{path} holds {precision} figures, but its name is for {PRECISIONS[kind]} ones: "
+                "throughput.py names its file by precision unless --json says otherwise; rename or remeasure it"
+            )
         found[kind] = data
+    devices = sorted({str(data.get("device")) for data in found.values()})
+    if len(devices) > 1:
+        raise TablesError(
+            f"the throughput files in {folder} come from different devices ({', '.join(devices)}): "
+            "take the files of one GPU check together (--take RESULTS replaces the whole set)"
+        )
     return found
 
 
-def take(results: str, root: str) -> list[str]:
-    """Copy a GPU check's throughput files into benchmarks/results, all checked before any is copied."""
-    if not read_results(results):
+def malformed(data) -> str | None:
+    """What keeps ``data`` from being throughput.py's output, or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if not isinstance(data.get("results"), list):
+        return "no list of results"
+    for row in data["results"]:
+        if not isinstance(row, dict) or not isinstance(row.get("images_per_s"), (int, float)):
+            return f"a row without images_per_s: {str(row)[:80]}"
+        if not isinstance(row.get("replicas", 1), int) or not isinstance(row.get("peak_memory_gib") or 0, (int, float)):
+            return f"a row with a bad replica count or peak memory: {str(row)[:80]}"
+    errors = data.get("errors", [])
+    if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+        return "errors is not a list of objects"
+    return None
+
+
+def take(results: str, root: str) -> tuple[list[str], list[str]]:
+    """Replace benchmarks/results' GPU check files by those of ``results``, all checked before any is
+    touched: (copied, removed). A file the new check lacks is removed, so two checks never mix."""
+    target = os.path.join(root, "benchmarks", "results")
+    if os.path.isdir(results) and os.path.samefile(results, target):
+        raise TablesError(f"{results} is benchmarks/results itself: run without --take to rewrite the docs from it")
+    found = read_results(results)
+    if not found:
         raise TablesError(f"{results} holds none of {', '.join(FILES.values())}: give the GPU check's results folder")
-    copied = []
-    for name in FILES.values():
-        if os.path.isfile(os.path.join(results, name)):
-            shutil.copyfile(os.path.join(results, name), os.path.join(root, "benchmarks", "results", name))
+    copied, removed = [], []
+    for kind, name in FILES.items():
+        if kind in found:
+            shutil.copyfile(os.path.join(results, name), os.path.join(target, name))
             copied.append(name)
-    return copied
+        elif os.path.isfile(os.path.join(target, name)):
+            os.remove(os.path.join(target, name))
+            removed.append(name)
+    return copied, removed
 
 
 def _row(data: dict | None, path: str, replicas: int = 1) -> dict | None:
@@ -98,20 +142,21 @@ def _met(ok: bool | None) -> str:
     return "" if ok is None else ": **met**" if ok else ": **not met**"
 
 
-def memory_per_replica(rows: list[dict]) -> tuple[float, int, int] | None:
-    """GiB per replica by the two largest replica sets' peaks (the single run has no replica program)."""
-    sets = sorted(
-        (r["replicas"], r["peak_memory_gib"])
-        for r in rows
+def memory_per_replica(data: dict | None) -> tuple[float, int, int] | None:
+    """GiB per replica by the peaks of the two largest replica sets (the single run has no replica program),
+    the line throughput.py predicts the largest count by; None without two counts or a peak that grows."""
+    peaks = {
+        r["replicas"]: r["peak_memory_gib"]
+        for r in (data or {}).get("results", [])
         if r.get("model") == "sbd"
         and r.get("path") == "trainer"
         and r.get("replicas", 1) > 1
         and r.get("peak_memory_gib")
-    )
-    if len(sets) < 2:
+    }
+    if len(peaks) < 2:
         return None
-    (r0, m0), (r1, m1) = sets[-2], sets[-1]
-    return (m1 - m0) / (r1 - r0), r0, r1
+    (r0, m0), (r1, m1) = sorted(peaks.items())[-2:]
+    return ((m1 - m0) / (r1 - r0), r0, r1) if m1 > m0 else None
 
 
 def gpu_block(results: dict[str, dict]) -> list[str]:
@@ -174,7 +219,9 @@ def gpu_block(results: dict[str, dict]) -> list[str]:
         memory = f", peak {r['peak_memory_gib']:.1f} GiB reserved" if r.get("peak_memory_gib") else ""
         # The goal is the real loop's: the step alone is shown beside it, as for one run.
         trainer = r["path"] == "trainer"
-        ok = r["images_per_s"] >= GOAL_REPLICAS if trainer and r["replicas"] >= GOAL_REPLICAS_AT else None
+        # A probe of a few steps shows what fits, not a rate to hold against the goal.
+        judged = trainer and not r["probe"] and r["replicas"] >= GOAL_REPLICAS_AT
+        ok = r["images_per_s"] >= GOAL_REPLICAS if judged else None
         probe_steps = ((largest or {}).get("timing") or {}).get("trainer_steps")
         what = ("sbvae-train's loop" if trainer else "sbvae's step alone") + (
             f" (the largest-count probe{f', {probe_steps} steps' if probe_steps else ''})" if r["probe"] else ""
@@ -184,16 +231,23 @@ def gpu_block(results: dict[str, dict]) -> list[str]:
             f"{f'{ratio:.2f}x' if ratio else '-'} | {replicas if ok is not None else '-'}{_met(ok)} |"
         )
     lines.append("")
-    per = memory_per_replica(replica_rows)
-    fit = (fp32 or {}).get("largest_replicas_that_fit", {}).get("sbd")
+    per = memory_per_replica(fp32)
+    fit = ((fp32 or {}).get("largest_replicas_that_fit") or {}).get("sbd")
+    memory = (fp32 or {}).get("gpu_memory_gib")
     if per:
         lines.append(
-            f"- Memory per replica: {per[0]:.3f} GiB, by the peaks of {per[1]} and {per[2]} replicas."
-            + (f" About {fit} replicas fit in its {fp32['gpu_memory_gib']:.0f} GiB." if fit else "")
+            f"- Memory per replica: {per[0]:.3f} GiB, by the peaks of {per[1]} and {per[2]} replicas"
+            + (
+                f"; throughput.py's line through them predicts about {fit} replicas in the card's {memory:.0f} GiB."
+                if fit and isinstance(memory, (int, float))
+                else "."
+            )
         )
+    elif fp32:
+        lines.append("- Memory per replica: not measured (it needs two replica sets whose peaks grow with the count).")
     for kind, data in results.items():
         for error in data.get("errors", []):
-            lines.append(f"- Failed in {FILES[kind]}: {error['row']}: {error['error']}")
+            lines.append(f"- Failed in {FILES[kind]}: {error.get('row', '?')}: {error.get('error', '?')}")
     missing = [FILES[k] for k in FILES if k not in results]
     if missing:
         lines.append(f"- Not measured yet: {', '.join(missing)}.")
@@ -302,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(args.root)
     try:
         if args.take:
-            for name in take(args.take, root):
+            copied, removed = take(args.take, root)
+            for name in copied:
                 print(f"took {name} into {os.path.join(root, 'benchmarks', 'results')}")
+            for name in removed:
+                print(f"removed benchmarks/results/{name}: {args.take} has none, and two checks' files never mix")
         texts = regenerate(root)
     except TablesError as error:
         print(f"gpu_tables: {error}", file=sys.stderr)

@@ -305,7 +305,10 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="32 px images and few steps (a few minutes on 2 CPU cores)"
     )
-    parser.add_argument("--json", help="write the results here (default: benchmarks/results/throughput-<device>.json)")
+    parser.add_argument(
+        "--json",
+        help="write the results here (default: benchmarks/results/throughput-<device>[-bf16][-quick][-<size>px].json)",
+    )
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument(
@@ -344,10 +347,7 @@ def main() -> None:
     args.steps_per_epoch = 1000 if args.quick else 10000  # the paper configs validate every 10,000 steps
     args.val_size = 64 if args.quick else 4096
     replica_counts = [int(v) for v in args.replicas.split(",") if v]
-    size = f"-{args.image_size}px" if args.image_size != (32 if args.quick else 64) else ""
-    out = args.json or os.path.join(
-        ROOT, "benchmarks", "results", f"throughput-{device.type}{'-quick' if args.quick else ''}{size}.json"
-    )
+    out = args.json or default_json(device.type, args.precision, args.quick, args.image_size)
     info = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -423,6 +423,15 @@ def main() -> None:
     print(f"wrote {out}")
     if info["errors"]:
         raise SystemExit(f"{len(info['errors'])} measurement(s) failed: see 'errors' in {out}")
+
+
+def default_json(device: str, precision: str, quick: bool, image_size: int) -> str:
+    """benchmarks/results/throughput-<device>[-bf16][-quick][-<size>px].json: a bf16 run never overwrites the
+    fp32 file of the same device, nor an odd image size the usual one."""
+    bf16 = "-bf16" if precision == "bf16-mixed" else ""
+    size = f"-{image_size}px" if image_size != (32 if quick else 64) else ""
+    name = f"throughput-{device}{bf16}{'-quick' if quick else ''}{size}.json"
+    return os.path.join(ROOT, "benchmarks", "results", name)
 
 
 def free(device: torch.device) -> None:

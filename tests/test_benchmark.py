@@ -119,3 +119,11 @@ def test_a_failed_row_is_recorded_and_the_others_are_kept(tmp_path, monkeypatch)
     with pytest.raises(SystemExit):
         throughput.main()
     assert [r["replicas"] for r in json.load(open(out))["results"]] == [3]  # the probe: only the counts asked
+
+
+def test_a_bf16_run_is_written_beside_the_fp32_file_of_its_device():
+    name = lambda *args: os.path.basename(throughput.default_json(*args))
+    assert name("cuda", "32-true", False, 64) == "throughput-cuda.json"
+    assert name("cuda", "bf16-mixed", False, 64) == "throughput-cuda-bf16.json"  # what gpu_tables.py reads
+    assert name("cpu", "32-true", True, 32) == "throughput-cpu-quick.json"
+    assert name("cpu", "bf16-mixed", True, 64) == "throughput-cpu-bf16-quick-64px.json"

@@ -93,8 +93,8 @@ def test_a_gpu_run_becomes_the_figures_against_the_goals_and_the_sweeps_device_t
     )
     # (16.5 - 8.0) / (32 - 15) GiB per replica
     assert (
-        "- Memory per replica: 0.500 GiB, by the peaks of 15 and 32 replicas. About 270 replicas fit in its 140 GiB."
-        in gpu
+        "- Memory per replica: 0.500 GiB, by the peaks of 15 and 32 replicas; throughput.py's line through them "
+        "predicts about 270 replicas in the card's 140 GiB." in gpu
     )
     assert "- Not measured yet: throughput-cuda-largest.json." in gpu
     assert "still owed" not in gpu
@@ -128,18 +128,43 @@ def test_failed_rows_are_listed(tmp_path):
     assert gpu_tables.main(["--root", str(root)]) == 0
     gpu = "\n".join(block(root / "docs" / "performance.md", "gpu"))
     assert (
-        "| 243 replicas, sbvae-train's loop (the largest-count probe, 5 steps), fp32, peak 120.3 GiB reserved | 70,000 img/s | - | >= 50,000 img/s: **met** |"
+        # a 5-step probe shows what fits; its rate is not held against the goal
+        "| 243 replicas, sbvae-train's loop (the largest-count probe, 5 steps), fp32, peak 120.3 GiB reserved | 70,000 img/s | - | - |"
         in gpu
     )
     assert "- Failed in throughput-cuda-largest.json: sbd trainer, 243 replica(s): OutOfMemoryError" in gpu
     assert "| one run, sbvae-train's loop, fp32 | not measured |" in gpu
 
 
-@pytest.mark.parametrize("what", ["rehearsal", "markers"])
-def test_a_rehearsals_file_or_lost_markers_are_one_error(tmp_path, capsys, what):
-    if what == "rehearsal":
-        root = checkout(tmp_path, cuda=dict(H200, device="cpu (2 cores, x86_64, 1 threads)", results=[]))
-        says = "a rehearsal's file, not a GPU's"
+def test_memory_per_replica_needs_two_replica_sets_whose_peaks_grow():
+    sets = lambda *peaks: {"results": [sbd("trainer", r, 1.0, peak_memory_gib=m) for r, m in peaks]}
+    assert gpu_tables.memory_per_replica(sets((1, 2.0), (15, 8.0), (32, 16.5))) == (0.5, 15, 32)
+    assert gpu_tables.memory_per_replica(sets((1, 2.0), (15, 8.0))) is None  # the single run is off the line
+    assert gpu_tables.memory_per_replica(sets((15, 8.0), (32, 7.9))) is None
+    assert gpu_tables.memory_per_replica(None) is None
+
+
+BAD_FILES = {
+    "rehearsal": (dict(H200, device="cpu (2 cores, x86_64, 1 threads)", results=[]), "a rehearsal's file, not a GPU's"),
+    "precision": (
+        dict(H200, precision="bf16-mixed", results=[sbd("trainer", 1, 9.0)]),
+        "holds bf16-mixed figures, but its name is for 32-true ones",
+    ),
+    "array": ([1, 2], "is not a throughput file of benchmarks/throughput.py (not a JSON object)"),
+    "row": (dict(H200, results=[{"model": "sbd", "path": "naive"}]), "(a row without images_per_s"),
+    "errors": (dict(H200, results=[], errors=["OOM"]), "(errors is not a list of objects)"),
+}
+
+
+@pytest.mark.parametrize("what", [*BAD_FILES, "devices", "markers"])
+def test_a_bad_file_or_lost_markers_are_one_error_and_change_nothing(tmp_path, capsys, what):
+    if what in BAD_FILES:
+        data, says = BAD_FILES[what]
+        root = checkout(tmp_path, cuda=data)
+    elif what == "devices":
+        h100 = dict(H200, device="NVIDIA H100 80GB HBM3", precision="bf16-mixed", results=[])
+        root = checkout(tmp_path, cuda=dict(H200, results=[]), cuda_bf16=h100)
+        says = "come from different devices (NVIDIA H100 80GB HBM3, NVIDIA H200)"
     else:
         root = checkout(tmp_path)
         path = root / "docs" / "performance.md"
@@ -174,3 +199,28 @@ def test_take_copies_a_gpu_checks_throughput_files_and_rewrites_the_docs(tmp_pat
     assert (root / "docs" / "performance.md").read_text() == before
     assert gpu_tables.main(["--take", str(tmp_path / "r" / "nothing-here"), "--root", str(root)]) == 2
     assert "holds none of throughput-cuda.json" in capsys.readouterr().err
+    assert gpu_tables.main(["--take", str(root / "benchmarks" / "results"), "--root", str(root)]) == 2
+    assert "is benchmarks/results itself: run without --take" in capsys.readouterr().err
+
+
+def test_take_replaces_the_last_checks_files_whole(tmp_path, capsys):
+    """A new check without a largest-count probe must not keep the last check's probe, from another card."""
+    h100 = dict(H200, device="NVIDIA H100 80GB HBM3", precision="32-true")
+    root = checkout(
+        tmp_path,
+        cuda=dict(h100, results=[sbd("trainer", 1, 5000.0)]),
+        cuda_largest=dict(h100, results=[sbd("trainer", 140, 60000.0, peak_memory_gib=70.0)]),
+    )
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "throughput-cuda.json").write_text(
+        json.dumps(
+            dict(H200, precision="32-true", largest_replicas_that_fit=None, results=[sbd("trainer", 1, 12000.0)])
+        )
+    )
+    assert gpu_tables.main(["--take", str(results), "--root", str(root)]) == 0
+    assert "removed benchmarks/results/throughput-cuda-largest.json" in capsys.readouterr().out
+    assert sorted(os.listdir(root / "benchmarks" / "results")) == ["throughput-cuda.json"]
+    gpu = "\n".join(block(root / "docs" / "performance.md", "gpu"))
+    assert "NVIDIA H200" in gpu and "H100" not in gpu and "140 replicas" not in gpu
+    assert "- Memory per replica: not measured (it needs two replica sets whose peaks grow with the count)." in gpu

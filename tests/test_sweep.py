@@ -292,16 +292,21 @@ def test_a_bf16_measurement_times_only_bf16_runs(tmp_path):
     assert lookup(rows, "sbd", 16, 1, 64).images_per_s == 10000.0
     assert lookup(rows, "sbd", 16, 1, 64, precision="32-true").images_per_s == 10000.0
     assert lookup(rows, "sbd", 16, 1, 64, precision="bf16-mixed").images_per_s == 30000.0
-    # Lightning's short names are the same precisions; a precision nobody measured takes the nearest row and says so.
-    assert [precision_name(p) for p in (None, 32, "32", "bf16", 16)] == [
+    # Lightning's short names are the same precisions.
+    assert [precision_name(p) for p in (None, 32, "32", "bf16", 16, "bf16-true")] == [
         "32-true",
         "32-true",
         "32-true",
         "bf16-mixed",
         "16-mixed",
+        "bf16-true",
     ]
+    # A precision nobody measured is not timed by another's rate: the GPU default, saying which it lacks.
     other = lookup(rows, "sbd", 16, 1, 64, precision="16-mixed")
-    assert other.source.endswith("measured in bf16-mixed") or other.source.endswith("measured in 32-true")
+    assert other.images_per_s == DEFAULT_IMAGES_PER_S and other.source.endswith("matches sbd in 16-mixed")
+    assert lookup(rows[:1], "sbd", 16, 1, 64).images_per_s == DEFAULT_IMAGES_PER_S  # the bf16 file alone
+    cpu = lookup(rows, "sbd", 16, 1, 64, cpu=True, precision="bf16-mixed")
+    assert math.isnan(cpu.images_per_s) and "--precision bf16-mixed measures one" in cpu.source
 
 
 def test_emit_slurm_names_every_task(tmp_path, capsys):

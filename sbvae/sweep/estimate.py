@@ -4,8 +4,8 @@ The rows read are those of ``benchmarks/results/*.json`` files with a ``results`
 {"model", "batch" (or "batch_size"), "replicas", "path", "images_per_s"}; ``throughput-*.json`` files
 (sbvae-train's real loop on a GPU) come first; rows measured on a CPU estimate only groups that train on
 the CPU (``trainer.accelerator: cpu``), and those only from CPU rows.  A row is matched by model kind (sbd, deconv,
-coordconv, factorvae-sbd, ...), then batch, then precision (the file's, 32-true unless it says otherwise, against
-the run's ``trainer.precision``), then replica count; its images/s are scaled by the pixel count from the
+coordconv, factorvae-sbd, ...) and precision (the file's, 32-true unless it says otherwise, against the run's
+``trainer.precision``), then batch, then replica count; its images/s are scaled by the pixel count from the
 benchmark's image size (64 px unless the file says otherwise) to the run's.
 """
 
@@ -125,24 +125,26 @@ def lookup(
     cpu: bool = False,
     precision: str = "32-true",
 ) -> Throughput:
-    """The closest measured row of the device kind (CPU or accelerator): same model kind, then the same batch,
-    precision, image size, replica count and the trainer path preferred."""
-    same = [r for r in rows if r["kind"] == kind and r.get("cpu", False) == cpu]
+    """The closest measured row of the device kind (CPU or accelerator) and precision: same model kind, then
+    the same batch, image size, replica count and the trainer path preferred."""
+    # Another precision's rate says little of this one's (bf16 runs about twice fp32's on a GPU).
+    same = [r for r in rows if r["kind"] == kind and r.get("cpu", False) == cpu and r["precision"] == precision]
+    what = kind if precision == "32-true" else f"{kind} in {precision}"
     if not same and cpu:
         return Throughput(
             math.nan,
-            f"no CPU row in benchmarks/results measures {kind}, so its time is unknown "
-            f"(python benchmarks/throughput.py --device cpu --quick --models {kind} measures one)",
+            f"no CPU row in benchmarks/results measures {what}, so its time is unknown "
+            f"(python benchmarks/throughput.py --device cpu --quick --models {kind} --precision {precision} "
+            "measures one)",
         )
     if not same:
         scale = (64 / image_size) ** 2
         note = f", scaled x{scale:g} for {image_size} px" if scale != 1 else ""
-        return Throughput(DEFAULT_IMAGES_PER_S * scale, f"{DEFAULT_SOURCE} matches {kind}{note}")
+        return Throughput(DEFAULT_IMAGES_PER_S * scale, f"{DEFAULT_SOURCE} matches {what}{note}")
 
     def distance(row):
         return (
             row["batch"] != batch,
-            row["precision"] != precision,  # a bf16 file must not time an fp32 sweep
             row["image_size"] != image_size,
             abs((row["replicas"] or 1) - replicas),
             row["path"] not in (None, "trainer"),
@@ -151,8 +153,6 @@ def lookup(
     best = min(same, key=distance)  # rows keep file order on ties: throughput-*.json first
     scale = (best["image_size"] / image_size) ** 2
     what = f"{best['source']}: {kind}, batch {best['batch']}, {best['replicas'] or 1} replica(s), {best['images_per_s']:,.0f} img/s"
-    if best["precision"] != precision:
-        what += f", measured in {best['precision']}"
     if scale != 1:
         what += f", scaled x{scale:g} for {image_size} px"
     return Throughput(best["images_per_s"] * scale, what)
