@@ -428,6 +428,27 @@ RUNNERS = {
 }
 
 
+def figures(results: str) -> list[str]:
+    """The throughput files' figures against the goals, as gpu_tables.py writes them into the docs. Printed
+    last, so the call's output carries them even when its files do not come back; a rehearsal's CPU files
+    are tabled too (gpu_tables.py refuses them only as the docs' source)."""
+    import gpu_tables  # beside this script, standard library only
+
+    found = {}
+    for kind, name in gpu_tables.FILES.items():
+        try:
+            with open(os.path.join(results, name)) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if gpu_tables.malformed(data) is None:
+            found[kind] = data
+    try:
+        return gpu_tables.gpu_block(found) if found else []
+    except Exception as error:  # noqa: BLE001 - the stages' files matter more than this summary
+        return [f"(the figures could not be tabled: {type(error).__name__}: {error})"]
+
+
 def last_line_matching(check: Check, words: tuple[str, ...]) -> str | None:
     try:
         with open(os.path.join(check.results, "log.txt")) as f:
@@ -491,6 +512,7 @@ def main(argv=None) -> int:
         extra = sorted(set(os.listdir(check.results)) - set(RESULT_FILES))
         if extra:
             print(f"unexpected files in {check.results}: {extra}", file=sys.stderr)
+        print("\n".join(["", *figures(check.results)]), flush=True)
     return 0 if all(s.get("ok") for s in check.record["stages"].values()) or args.plan else 1
 
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py, the one command of a GPU window: its stages, their commands and files cannot rot."""
 
+import json
 import os
 import re
 import subprocess
@@ -107,3 +108,18 @@ def test_the_install_makes_the_installed_sbvae_the_checkouts(tmp_path):
     assert gpu_check.sync_sources(str(site)) == ["sbvae/engine.py", "sbvae/metrics/irs.py"]
     assert (site / "sbvae" / "engine.py").read_bytes() == open(files["sbvae/engine.py"], "rb").read()
     assert gpu_check.sync_sources(str(site)) == []
+
+
+def test_the_figures_are_printed_from_the_stages_files_even_a_rehearsals(tmp_path):
+    """The call's output carries the owed figures against the goals, in case its files never come back."""
+    row = lambda path, rate: {"model": "sbd", "batch": 16, "replicas": 1, "path": path, "images_per_s": rate}
+    rehearsal = {
+        "device": "cpu (2 cores)",
+        "precision": "32-true",
+        "results": [row("naive", 100.0), row("trainer", 150.0)],
+    }
+    (tmp_path / "throughput-cuda.json").write_text(json.dumps(rehearsal))
+    (tmp_path / "throughput-cuda-bf16.json").write_text("{not json")  # a file cut off mid-write is skipped
+    lines = gpu_check.figures(str(tmp_path))
+    assert "| one run, sbvae-train's loop, fp32 | 150 img/s | 1.50x | >= 10,000 img/s and >= 3x: **not met** |" in lines
+    assert gpu_check.figures(str(tmp_path / "none")) == []
