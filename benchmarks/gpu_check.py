@@ -434,15 +434,8 @@ def figures(results: str) -> list[str]:
     are tabled too (gpu_tables.py refuses them only as the docs' source)."""
     import gpu_tables  # beside this script, standard library only
 
-    found = {}
-    for kind, name in gpu_tables.FILES.items():
-        try:
-            with open(os.path.join(results, name)) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            continue
-        if gpu_tables.malformed(data) is None:
-            found[kind] = data
+    loaded = {kind: gpu_tables.load(os.path.join(results, name))[0] for kind, name in gpu_tables.FILES.items()}
+    found = {kind: data for kind, data in loaded.items() if data is not None}
     try:
         return gpu_tables.gpu_block(found) if found else []
     except Exception as error:  # noqa: BLE001 - the stages' files matter more than this summary

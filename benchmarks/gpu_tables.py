@@ -47,13 +47,7 @@ def read_results(folder: str) -> dict[str, dict]:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
-            data, problem = None, str(error)
-        else:
-            problem = malformed(data)
+        data, problem = load(path)
         if problem:
             raise TablesError(
                 f"{path} is not a throughput file of benchmarks/throughput.py ({problem}): "
@@ -78,6 +72,17 @@ def read_results(folder: str) -> dict[str, dict]:
             "take the files of one GPU check together (--take RESULTS replaces the whole set)"
         )
     return found
+
+
+def load(path: str) -> tuple[dict | None, str | None]:
+    """(the file's throughput data, None), or (None, what keeps it from being throughput.py's output)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        return None, str(error)
+    problem = malformed(data)
+    return (None, problem) if problem else (data, None)
 
 
 def malformed(data) -> str | None:
@@ -207,14 +212,13 @@ def gpu_block(results: dict[str, dict]) -> list[str]:
             dict(r, probe=data is largest)
             for data in (fp32, largest)
             if data
-            for r in data.get("results", [])
-            if r.get("model") == "sbd"
+            for r in data["results"]
+            if r.get("model") == "sbd" and r.get("path") in ("trainer", "step") and r.get("replicas", 1) > 1
         ),
-        key=lambda r: (r.get("replicas", 1), r["probe"], r.get("path") != "trainer"),
+        key=lambda r: (r["replicas"], r["probe"], r["path"] != "trainer"),
     )
+    probe_steps = ((largest or {}).get("timing") or {}).get("trainer_steps")
     for r in replica_rows:
-        if r.get("path") not in ("trainer", "step") or r.get("replicas", 1) < 2:
-            continue
         ratio = _ratio(r, naive)
         memory = f", peak {r['peak_memory_gib']:.1f} GiB reserved" if r.get("peak_memory_gib") else ""
         # The goal is the real loop's: the step alone is shown beside it, as for one run.
@@ -222,7 +226,6 @@ def gpu_block(results: dict[str, dict]) -> list[str]:
         # A probe of a few steps shows what fits, not a rate to hold against the goal.
         judged = trainer and not r["probe"] and r["replicas"] >= GOAL_REPLICAS_AT
         ok = r["images_per_s"] >= GOAL_REPLICAS if judged else None
-        probe_steps = ((largest or {}).get("timing") or {}).get("trainer_steps")
         what = ("sbvae-train's loop" if trainer else "sbvae's step alone") + (
             f" (the largest-count probe{f', {probe_steps} steps' if probe_steps else ''})" if r["probe"] else ""
         )
